@@ -1,0 +1,30 @@
+# detx: `make demo` and `make test` work on a fresh clone (they install first when needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATASET ?= vindr-cxr
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+# The stamp is rewritten by tools/install.sh only after a verified install, so a second
+# `make install` is a no-op until setup.py, constraints.txt or the installer change.
+install: $(VENV)/.installed
+$(VENV)/.installed: setup.py constraints.txt tools/install.sh
+	VENV=$(VENV) PYTHON=$(PYTHON) bash tools/install.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m detx.demo --dataset $(DATASET) --out output/demo$(if $(filter spinexr,$(DATASET)),-spinexr,)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf output build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""detx.evaluation"""

@@ -1,0 +1,69 @@
+"""detx: Detectron2-based detection of abnormalities on X-rays (VinDr-CXR, VinDr-SpineXR).
+
+detectron2 itself is not on PyPI, so it is not listed here: `make install` (tools/install.sh)
+installs it, upstream from GitHub when reachable, else the pure-Python build (README, DESIGN §4).
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+install_requires = [
+    "torch",  # pinned with torchvision in constraints.txt
+    "torchvision",
+    "numpy>=1.26",
+    "pandas>=2.0",
+    "scipy>=1.10",
+    "scikit-learn>=1.3",
+    "opencv-python-headless>=4.8",  # the only cv2 distribution: albumentations uses the same one
+    "albumentations>=1.4",
+    "pydicom>=2.4",
+    "pylibjpeg>=2.0",
+    "pylibjpeg-libjpeg>=2.1",
+    "pylibjpeg-openjpeg>=2.3",
+    "pylibjpeg-rle>=2.0",
+    "python-gdcm>=3.0.22",
+    "ensemble-boxes>=1.0.9",
+    "pycocotools>=2.0.7",
+    "matplotlib>=3.7",
+    "tqdm>=4.60",
+    "Pillow>=9.0",
+    # detectron2's own runtime dependencies (it is installed with --no-deps in the pure-Python path)
+    "fvcore>=0.1.5,<0.1.6",
+    "iopath>=0.1.7,<0.1.11",
+    "yacs>=0.1.8",
+    "omegaconf>=2.1,<2.4",
+    "hydra-core>=1.1",
+    "tabulate",
+    "termcolor>=1.1",
+    "cloudpickle",
+    "tensorboard",
+    "packaging",
+]
+
+extras_require = {
+    "dev": [
+        "pytest>=7.4",
+        "pytest-timeout>=2.2",
+        "ruff>=0.5",
+        "nbclient>=0.9",
+        "nbformat>=5.9",
+        "ipykernel>=6.25",
+    ],
+}
+
+setup(
+    name="detx",
+    version="0.1.0",
+    description="Detectron2 toolkit for abnormality detection on chest and spine X-rays (VinDr-CXR, VinDr-SpineXR)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["detx", "detx.*"]),
+    install_requires=install_requires,
+    extras_require=extras_require,
+    include_package_data=True,
+    license="Apache-2.0",
+)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Creates .venv and installs detx with everything it needs (called by `make install`).
+#   1. pinned torch + torchvision (constraints.txt), 2. detx in editable mode with [dev],
+#   3. detectron2: upstream from GitHub when reachable, else the pure-Python build from PyPI
+#      (sal-detectron2, DESIGN §4). DETX_DETECTRON2=upstream|pure forces one of them.
+# Fails loudly, naming the step, instead of leaving a half-installed environment behind.
+set -Eeuo pipefail
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+D2_UPSTREAM="git+https://github.com/facebookresearch/detectron2.git"
+D2_PURE="sal-detectron2==0.7.2"
+STEP="start"
+
+die() { echo "make install: FAILED during '$STEP': $*" >&2; rm -f "$VENV/.installed"; exit 1; }
+trap 'die "command failed (exit $?): $BASH_COMMAND"' ERR
+
+STEP="find python3"
+command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH; install Python >= 3.10 or run 'make install PYTHON=/path/to/python3'"
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), sys.version' 2>/dev/null \
+  || die "$("$PYTHON" --version 2>&1) is too old; detx needs Python >= 3.10"
+
+STEP="create $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV" || die "'$PYTHON -m venv' failed (on Debian/Ubuntu: apt-get install python3-venv)"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt)
+
+STEP="reach the package registry"
+"$VENV/bin/python" -m pip download --no-deps --disable-pip-version-check -q -d "$(mktemp -d)" tabulate >/dev/null 2>&1 \
+  || die "cannot download from the package registry (PyPI); check the network or pip's index settings"
+
+STEP="install torch and torchvision (pinned in constraints.txt)"
+"${PIP[@]}" torch torchvision
+
+STEP="install detx[dev] (editable)"
+"${PIP[@]}" -e '.[dev]'
+
+STEP="check a single OpenCV distribution"
+n_cv=$("$VENV/bin/python" -m pip list 2>/dev/null | grep -ciE '^opencv-' || true)
+[ "$n_cv" = "1" ] || die "expected exactly one opencv-* distribution, found $n_cv: $("$VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^opencv-' | tr '\n' ' ')"
+
+STEP="install detectron2"
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+which_d2=${DETX_DETECTRON2:-}
+if [ -z "$which_d2" ]; then
+  if timeout 20 git ls-remote --exit-code https://github.com/facebookresearch/detectron2.git HEAD >/dev/null 2>&1; then
+    which_d2=upstream
+  else
+    which_d2=pure
+  fi
+fi
+if [ "$which_d2" = "upstream" ]; then
+  rm -f "$site/detx-detectron2.pth"
+  "${PIP[@]}" --no-build-isolation "$D2_UPSTREAM" || die "building upstream detectron2 failed (needs a C++ compiler and the torch headers); DETX_DETECTRON2=pure installs the pure-Python build"
+  d2_desc="upstream detectron2 from GitHub (compiled ops)"
+elif [ "$which_d2" = "pure" ]; then
+  target="$VENV/detectron2-pure"
+  rm -rf "$target"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps --only-binary=:all: \
+    --python-version 3.10 --platform linux_x86_64 --implementation cp --target "$target" "$D2_PURE" \
+    || die "could not download $D2_PURE from PyPI"
+  rm -rf "$target/tools"  # its tools/ package would shadow this repository's tools/ on sys.path
+  (cd "$target" && pwd) > "$site/detx-detectron2.pth"
+  d2_desc="pure-Python detectron2 ($D2_PURE, GitHub unreachable; torchvision ops, no rotated boxes / deformable conv)"
+else
+  die "DETX_DETECTRON2 must be 'upstream' or 'pure', not '$which_d2'"
+fi
+
+STEP="verify the environment"
+"$VENV/bin/python" - <<'PY' || die "the installed environment does not import (see the traceback above)"
+import torch, torchvision
+from torchvision.ops import nms
+nms(torch.zeros((1, 4)), torch.ones(1), 0.5)  # fails when torchvision's compiled ops do not match torch
+import cv2, detectron2, detx
+from detectron2.modeling import build_model  # noqa: F401
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, opencv {cv2.__version__}, "
+      f"detectron2 {detectron2.__version__} at {detectron2.__file__}")
+PY
+echo "detectron2: installed $d2_desc"
+echo "$d2_desc" > "$VENV/.installed"
+echo "make install: done ($VENV)"
