@@ -1,0 +1,255 @@
+"""The submission CSV: ``image_id,PredictionString``, one row per image.
+
+A PredictionString is a run of 6-tuples ``class_id confidence x_min y_min x_max y_max`` with boxes in
+original-DICOM pixels; the image-level "No finding" class (id ``len(classes)``) is written with the
+whole-image box ``0 0 1 1``. An empty PredictionString means "no predictions".
+
+Reading checks every entry. In strict mode the first problem raises :class:`SubmissionError` naming the
+image and the problem; in lenient mode the bad entry (or, for a string whose length is not a multiple
+of 6, the image's whole string) is skipped with a warning and recorded in ``Submission.problems``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detx.utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Predictions",
+    "Submission",
+    "SubmissionError",
+    "format_prediction_string",
+    "parse_prediction_string",
+    "read_submission",
+    "write_submission",
+]
+
+# Kaggle VinBigData: 14 finding classes + "No finding".
+DEFAULT_NUM_CLASSES = 15
+
+
+class SubmissionError(ValueError):
+    """A submission file or PredictionString that does not follow the format; the message names the image."""
+
+
+@dataclass
+class Predictions:
+    """Detections of one image, boxes ``x_min y_min x_max y_max`` in original pixels.
+
+    Attributes:
+        boxes: (N, 4) float64.
+        scores: (N,) float64 confidences in [0, 1].
+        classes: (N,) int64 class ids (0-based; ``len(classes)`` is "No finding").
+    """
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))
+    classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
+        n = len(self.boxes)
+        if len(self.scores) != n or len(self.classes) != n:
+            raise ValueError(
+                f"Predictions need as many boxes, scores and classes; got {n}, {len(self.scores)}, {len(self.classes)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def select(self, mask: np.ndarray) -> Predictions:
+        """The subset of entries where ``mask`` (a boolean array or index array) selects."""
+        return Predictions(self.boxes[mask], self.scores[mask], self.classes[mask])
+
+    @staticmethod
+    def concatenate(parts: Iterable[Predictions]) -> Predictions:
+        parts = list(parts)
+        if not parts:
+            return Predictions()
+        return Predictions(
+            np.concatenate([p.boxes for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.classes for p in parts]),
+        )
+
+
+class Submission(dict):
+    """``image_id -> Predictions`` in file order, with ``problems``: what lenient reading skipped."""
+
+    def __init__(self, *args, problems: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.problems: list[str] = problems if problems is not None else []
+
+
+def _fmt(v: float, digits: int) -> str:
+    s = f"{v:.{digits}g}"
+    return "0" if s == "-0" else s
+
+
+def format_prediction_string(pred: Predictions, digits: int = 6) -> str:
+    """``"cls score x0 y0 x1 y1 ..."`` for one image; ``""`` for no predictions.
+
+    Args:
+        pred: the image's detections.
+        digits: significant digits of the confidence and coordinates (6 keeps sub-pixel precision on
+            images up to 10^5 px).
+    """
+    parts = []
+    for c, s, b in zip(pred.classes.tolist(), pred.scores.tolist(), pred.boxes.tolist()):
+        parts.append(" ".join([str(int(c)), _fmt(s, digits), *(_fmt(v, digits) for v in b)]))
+    return " ".join(parts)
+
+
+def _problem(msg: str, strict: bool, problems: list[str] | None) -> None:
+    if strict:
+        raise SubmissionError(msg)
+    logger.warning("%s (skipped)", msg)
+    if problems is not None:
+        problems.append(msg)
+
+
+def parse_prediction_string(
+    text: str | float | None,
+    image_id: str,
+    strict: bool = True,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    problems: list[str] | None = None,
+) -> Predictions:
+    """Parse one PredictionString into :class:`Predictions`.
+
+    Args:
+        text: the string; ``""``, whitespace, ``None`` or NaN (pandas' empty cell) mean no predictions.
+        image_id: named in error messages.
+        strict: raise :class:`SubmissionError` at the first bad entry; else skip it with a warning and
+            append the message to ``problems``.
+        num_classes: valid class ids are ``0 .. num_classes - 1`` (15 for VinBigData: 14 findings + No finding).
+        problems: list that collects the skipped entries' messages in lenient mode.
+
+    Returns:
+        The image's predictions, in string order.
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return Predictions()
+    tokens = str(text).split()
+    if not tokens:
+        return Predictions()
+    if len(tokens) % 6:
+        _problem(
+            f"image {image_id}: PredictionString has {len(tokens)} values, not a multiple of 6 "
+            "(class confidence x_min y_min x_max y_max); its entries cannot be aligned",
+            strict,
+            problems,
+        )
+        return Predictions()
+    classes, scores, boxes = [], [], []
+    for k in range(len(tokens) // 6):
+        entry = tokens[6 * k : 6 * k + 6]
+        where = f"image {image_id}: entry {k + 1} ({' '.join(entry)})"
+        try:
+            values = [float(t) for t in entry]
+        except ValueError:
+            _problem(f"{where}: non-numeric value", strict, problems)
+            continue
+        if not all(math.isfinite(v) for v in values):
+            _problem(f"{where}: non-finite value", strict, problems)
+            continue
+        cls, score, x0, y0, x1, y1 = values
+        if cls != int(cls) or not 0 <= cls < num_classes:
+            _problem(f"{where}: class {entry[0]} outside 0-{num_classes - 1}", strict, problems)
+            continue
+        if not 0.0 <= score <= 1.0:
+            _problem(f"{where}: confidence {entry[1]} outside [0, 1]", strict, problems)
+            continue
+        if x1 < x0:
+            _problem(f"{where}: x_max {entry[4]} < x_min {entry[2]}", strict, problems)
+            continue
+        if y1 < y0:
+            _problem(f"{where}: y_max {entry[5]} < y_min {entry[3]}", strict, problems)
+            continue
+        classes.append(int(cls))
+        scores.append(score)
+        boxes.append((x0, y0, x1, y1))
+    return Predictions(np.asarray(boxes, np.float64).reshape(-1, 4), scores, classes)
+
+
+def read_submission(
+    path: str | os.PathLike,
+    strict: bool = True,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    image_ids: Iterable[str] | None = None,
+) -> Submission:
+    """Read a submission CSV into ``image_id -> Predictions``.
+
+    Args:
+        path: CSV with the header ``image_id,PredictionString`` (other columns are ignored).
+        strict: raise :class:`SubmissionError` at the first problem; else skip bad entries with a warning
+            and list them in the result's ``problems``.
+        num_classes: valid class ids are ``0 .. num_classes - 1``.
+        image_ids: when given, the images the submission must cover exactly: a missing image is an error
+            (lenient: it gets no predictions), an extra one too (lenient: dropped).
+
+    Returns:
+        A :class:`Submission` (a dict in file order, then any missing images) with ``.problems``.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    out = Submission(problems=problems)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise SubmissionError(f"{path}: empty file, expected the header image_id,PredictionString")
+        header = [h.strip() for h in header]
+        if "image_id" not in header or "PredictionString" not in header:
+            raise SubmissionError(f"{path}: header {header} lacks image_id and PredictionString")
+        i_id, i_ps = header.index("image_id"), header.index("PredictionString")
+        for row_no, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) <= i_id or not row[i_id].strip():
+                _problem(f"{path}:{row_no}: row without an image_id", strict, problems)
+                continue
+            image_id = row[i_id].strip()
+            text = row[i_ps] if len(row) > i_ps else ""
+            if image_id in out:
+                _problem(f"{path}:{row_no}: image {image_id}: duplicate row (the first one is kept)", strict,
+                         problems)
+                continue
+            out[image_id] = parse_prediction_string(text, image_id, strict, num_classes, problems)
+    if image_ids is not None:
+        expected = list(dict.fromkeys(str(i) for i in image_ids))
+        expected_set = set(expected)
+        missing = [i for i in expected if i not in out]
+        extra = [i for i in out if i not in expected_set]
+        for image_id in missing:
+            _problem(f"{path}: image {image_id} missing from the submission (no predictions assumed)", strict,
+                     problems)
+            out[image_id] = Predictions()
+        for image_id in extra:
+            _problem(f"{path}: image {image_id} is not in the ground truth (dropped)", strict, problems)
+            del out[image_id]
+    if problems:
+        logger.warning("%s: %d problem(s) skipped in lenient mode", path, len(problems))
+    return out
+
+
+def write_submission(path: str | os.PathLike, predictions: Mapping[str, Predictions], digits: int = 6) -> None:
+    """Write ``image_id,PredictionString`` rows (in ``predictions``' order) atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["image_id", "PredictionString"])
+        for image_id, pred in predictions.items():
+            writer.writerow([image_id, format_prediction_string(pred, digits)])
