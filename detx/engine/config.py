@@ -1,0 +1,176 @@
+"""detx's config keys (``DETX.*``) on top of detectron2's, and building a checked config from a yaml.
+
+``get_detx_cfg(config_file, opts)`` is the one way every tool builds its config: detectron2's defaults,
+then :func:`add_detx_config`, then the yaml (with ``_BASE_``), then ``KEY VALUE`` overrides. A key that
+does not exist fails with :class:`ConfigKeyError` naming the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Iterator, Sequence
+
+from detectron2.config import CfgNode, get_cfg
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigKeyError(KeyError):
+    """A config key that neither detectron2 nor detx defines; the message names the closest valid key."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def add_detx_config(cfg: CfgNode) -> None:
+    """Add the ``DETX.*`` keys (with their defaults) to a detectron2 config, in place.
+
+    Keys:
+        DETX.DATA_ROOT: a prepared dataset (``datasets/prepare_*.py --out``); when set and
+            ``DATASETS.TRAIN``/``DATASETS.TEST`` are empty, they become the fold's registered names.
+        DETX.FOLD: the cross-validation fold trained on (``train_fold{k}``) and validated on
+            (``val_fold{k}``); -1 trains on ``all`` with no validation.
+        DETX.VAL_PERIOD: iterations between validation-loss passes over the whole validation fold
+            (0: never); it also runs after the last iteration.
+        DETX.BEST_METRIC: the metric ``model_best.pth`` follows (higher is better).
+        DETX.BOX_MASKS: give annotations without a ``segmentation`` a box-shaped polygon mask
+            (Mask R-CNN on box-only data).
+        DETX.CURVES: write ``OUTPUT_DIR/curves.png`` (train vs validation loss and mAP) at the end.
+        DETX.EVAL.IOU_THR: IoU threshold of the challenge metric (VinBigData: 0.4).
+        DETX.AUG.*: training augmentation (albumentations), applied before detectron2's resize;
+            probabilities of 0 switch a transform off, ``DETX.AUG.ENABLED False`` all of them.
+    """
+    cfg.DETX = CfgNode()
+    cfg.DETX.DATA_ROOT = ""
+    cfg.DETX.FOLD = 0
+    cfg.DETX.VAL_PERIOD = 0
+    cfg.DETX.BEST_METRIC = "vinbigdata/mAP40"
+    cfg.DETX.BOX_MASKS = False
+    cfg.DETX.CURVES = True
+
+    cfg.DETX.EVAL = CfgNode()
+    cfg.DETX.EVAL.IOU_THR = 0.4
+
+    cfg.DETX.AUG = CfgNode()
+    cfg.DETX.AUG.ENABLED = True
+    cfg.DETX.AUG.HFLIP_PROB = 0.5
+    cfg.DETX.AUG.VFLIP_PROB = 0.0
+    # Affine (shift-scale-rotate): shift as a fraction of the image side, scale as +-fraction, degrees.
+    cfg.DETX.AUG.AFFINE_PROB = 0.5
+    cfg.DETX.AUG.SHIFT_LIMIT = 0.0625
+    cfg.DETX.AUG.SCALE_LIMIT = 0.1
+    cfg.DETX.AUG.ROTATE_LIMIT = 10.0
+    cfg.DETX.AUG.BRIGHTNESS_CONTRAST_PROB = 0.5
+    cfg.DETX.AUG.BRIGHTNESS_LIMIT = 0.2
+    cfg.DETX.AUG.CONTRAST_LIMIT = 0.2
+    cfg.DETX.AUG.CLAHE_PROB = 0.0
+    cfg.DETX.AUG.CLAHE_CLIP_LIMIT = 2.0
+    cfg.DETX.AUG.CLAHE_TILE_GRID = 8
+    # A box keeping less than this fraction of its area inside the transformed image is dropped.
+    cfg.DETX.AUG.MIN_VISIBILITY = 0.3
+
+
+def _flat_keys(node: CfgNode, prefix: str = "") -> Iterator[str]:
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, CfgNode):
+            yield full
+            yield from _flat_keys(v, full + ".")
+        else:
+            yield full
+
+
+def closest_key(cfg: CfgNode, key: str) -> str | None:
+    """The existing config key most similar to ``key`` (difflib), or None when nothing is close."""
+    keys = list(_flat_keys(cfg))
+    upper = {k.upper(): k for k in keys}
+    if key.upper() in upper:  # a case slip
+        return upper[key.upper()]
+    best = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if best:
+        return best[0]
+    # same parent, similar leaf (e.g. DETX.AUG.HFLIP -> DETX.AUG.HFLIP_PROB)
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    best = difflib.get_close_matches(key, siblings, n=1, cutoff=0.4)
+    if best:
+        return best[0]
+    return None
+
+
+_MISSING = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def _unknown_key_error(cfg: CfgNode, exc: BaseException, where: str) -> ConfigKeyError | None:
+    m = _MISSING.search(str(exc))
+    if m is None:
+        return None
+    key = m.group(1).strip("'\"")
+    near = closest_key(cfg, key)
+    hint = f"; did you mean {near}?" if near else ""
+    return ConfigKeyError(f"unknown config key {key} in {where}{hint}")
+
+
+def get_detx_cfg(config_file: str | None = None, opts: Sequence[str] | None = None,
+                 freeze: bool = True) -> CfgNode:
+    """Build detectron2's config with the detx keys, merged from a yaml and ``KEY VALUE`` overrides.
+
+    A CUDA device that is not available falls back to the CPU (with AMP off), so the same config runs
+    on a laptop and on a GPU server.
+
+    Args:
+        config_file: a yaml (may use ``_BASE_``); None gives the defaults.
+        opts: a flat list ``[KEY, VALUE, KEY, VALUE, ...]`` as on detectron2's command line.
+        freeze: freeze the result (tools mutate it only through ``opts``).
+
+    Raises:
+        ConfigKeyError: a key in the yaml or in ``opts`` does not exist (the closest valid key is named).
+        FileNotFoundError: the yaml does not exist.
+    """
+    cfg = get_cfg()
+    add_detx_config(cfg)
+    if config_file:
+        from pathlib import Path
+
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, AssertionError) as e:
+            err = _unknown_key_error(cfg, e, config_file)
+            if err is None:
+                raise
+            raise err from None
+    if opts:
+        opts = list(opts)
+        if len(opts) % 2:
+            raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        try:
+            cfg.merge_from_list(opts)
+        except (KeyError, AssertionError) as e:
+            err = _unknown_key_error(cfg, e, "the command-line overrides")
+            if err is None:
+                raise
+            raise err from None
+    fit_device(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def fit_device(cfg: CfgNode) -> None:
+    """Run on the CPU when the config asks for CUDA but none is available; AMP only on CUDA (in place)."""
+    import torch
+
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        logger.info("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        logger.info("SOLVER.AMP.ENABLED needs CUDA: training in float32 on %s", cfg.MODEL.DEVICE)
+        cfg.SOLVER.AMP.ENABLED = False
+    if was_frozen:
+        cfg.freeze()
