@@ -49,6 +49,7 @@ extras_require = {
         "pytest-timeout>=2.2",
         "ruff>=0.5",
         "nbclient>=0.9",
+        "iterative-stratification>=0.1.7",  # reference for the fold stratifier tests
         "nbformat>=5.9",
         "ipykernel>=6.25",
     ],

@@ -1,0 +1,395 @@
+"""Reader annotation CSVs of each supported source, turned into one normalized table.
+
+The normalized table (a pandas DataFrame) has one row per box per reader:
+
+==========  =====================================================================================
+column      meaning
+==========  =====================================================================================
+image_id    the dataset's image id (str; the DICOM file name without extension)
+rad_id      the reader ("R8", ...; "" when the source does not say, e.g. PhysioNet test consensus)
+class_name  the canonical class name, or "No finding"
+class_id    0-based index into the dataset's classes; ``len(classes)`` for "No finding"
+x_min ...   x_min, y_min, x_max, y_max: float, original DICOM pixels; NaN on "No finding" rows
+study_id    str, "" when unknown (only VinDr-SpineXR has studies)
+row         the line of the source CSV the row came from (header = line 1); -1 for derived rows
+==========  =====================================================================================
+
+``table.attrs`` carries ``dataset`` (a key of :data:`detx.data.classes.DATASET_CLASSES`) and ``classes``.
+
+Bad rows (unknown class name, a finding box with missing or non-numeric coordinates, an inverted or
+empty box) are never returned: each becomes a :class:`Problem` naming the CSV line. In strict mode the
+first problem raises :class:`DataError` instead. Coordinates outside the image can only be checked
+once the image size is known: :func:`check_box_bounds`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detx.data.classes import (
+    GLOBAL_LABEL_ALIASES,
+    NO_FINDING,
+    PHYSIONET_TO_KAGGLE,
+    SPINEXR_CLASSES,
+    VINDR_CXR_CLASSES,
+    VINDR_CXR_GLOBAL_LABELS,
+    VINDR_CXR_LOCAL_LABELS,
+)
+
+logger = logging.getLogger(__name__)
+
+TABLE_COLUMNS: tuple[str, ...] = (
+    "image_id", "rad_id", "class_name", "class_id", "x_min", "y_min", "x_max", "y_max", "study_id", "row",
+)
+BOX_COLUMNS: tuple[str, ...] = ("x_min", "y_min", "x_max", "y_max")
+FORMATS: tuple[str, ...] = ("kaggle", "physionet", "spinexr")
+
+
+class DataError(ValueError):
+    """A problem with the input data, raised in strict mode (the message names the file, row or image)."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One skipped (or, for ``kind == "clipped"``, repaired) piece of input.
+
+    ``kind`` is one of: unknown_class, missing_coords, inverted_box, empty_box, missing_image_id,
+    bad_label, clipped, out_of_image, missing_dicom, bad_dicom, no_csv_rows, no_valid_rows,
+    duplicate_dicom.
+    """
+
+    kind: str
+    where: str
+    message: str
+    image_id: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class ProblemLog:
+    """Collects problems; in strict mode the first one that is not a mere warning raises :class:`DataError`."""
+
+    #: kinds that repair the input instead of dropping it: logged and counted, never fatal
+    WARNING_KINDS = frozenset({"clipped"})
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+        self.items: list[Problem] = []
+
+    def add(self, kind: str, where: str, message: str, image_id: str = "") -> None:
+        problem = Problem(kind, where, message, image_id)
+        if self.strict and kind not in self.WARNING_KINDS:
+            raise DataError(problem)
+        logger.warning("%s", problem)
+        self.items.append(problem)
+
+    def extend(self, problems: Iterable[Problem]) -> None:
+        for p in problems:
+            self.add(p.kind, p.where, p.message, p.image_id)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.items:
+            out[p.kind] = out.get(p.kind, 0) + 1
+        return dict(sorted(out.items()))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _key(name: str) -> str:
+    """Case- and spacing-insensitive lookup key of a class name."""
+    return re.sub(r"\s+", " ", str(name)).strip().lower()
+
+
+def _class_lookup(classes: Iterable[str], aliases: dict[str, str] | None = None) -> dict[str, str]:
+    lookup = {_key(c): c for c in classes}
+    lookup[_key(NO_FINDING)] = NO_FINDING
+    for alias, target in (aliases or {}).items():
+        lookup[_key(alias)] = target
+    return lookup
+
+
+def _str_col(df: pd.DataFrame, name: str) -> pd.Series:
+    if name not in df.columns:
+        return pd.Series([""] * len(df), index=df.index, dtype=object)
+    return df[name].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
+
+
+def _read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation CSV not found: {path}")
+    df = pd.read_csv(path, dtype=str, keep_default_na=True)
+    df.columns = [c.strip() for c in df.columns]
+    return df
+
+
+def _normalize(
+    df: pd.DataFrame,
+    source: str,
+    *,
+    dataset: str,
+    classes: tuple[str, ...],
+    lookup: dict[str, str],
+    class_col: str,
+    coord_cols: tuple[str, str, str, str],
+    log: ProblemLog,
+    class_map: dict[str, str] | None = None,
+    class_id_col: str | None = None,
+) -> pd.DataFrame:
+    """Validate rows of a source CSV and build the normalized table (bad rows become problems)."""
+    index = {c: i for i, c in enumerate(classes)}
+    nf_id = len(classes)
+    image_ids = _str_col(df, "image_id")
+    rad_ids = _str_col(df, "rad_id")
+    study_ids = _str_col(df, "study_id")
+    names = _str_col(df, class_col)
+    given_ids = _str_col(df, class_id_col) if class_id_col else None
+    coords = np.stack(
+        [pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) if c in df.columns
+         else np.full(len(df), np.nan) for c in coord_cols], axis=1,
+    ) if len(df) else np.zeros((0, 4))
+    rows = []
+    for i in range(len(df)):
+        line = i + 2
+        where = f"{source} line {line}"
+        image_id = image_ids.iat[i]
+        if not image_id:
+            log.add("missing_image_id", where, "row has no image_id")
+            continue
+        raw_name = names.iat[i]
+        name = lookup.get(_key(raw_name))
+        if name is not None and class_map is not None and name != NO_FINDING:
+            name = class_map.get(name)
+        if name is None:
+            log.add("unknown_class", where, f"image {image_id}: unknown class name {raw_name!r}", image_id)
+            continue
+        cid = nf_id if name == NO_FINDING else index[name]
+        if given_ids is not None and given_ids.iat[i] != "":
+            try:
+                given = int(float(given_ids.iat[i]))
+            except ValueError:
+                given = None
+            if given != cid:
+                log.add("unknown_class", where, f"image {image_id}: class_id {given_ids.iat[i]!r} does not match "
+                        f"class name {raw_name!r} (expected {cid})", image_id)
+                continue
+        box = coords[i]
+        if name == NO_FINDING:
+            box = np.full(4, np.nan)
+        elif np.isnan(box).any():
+            log.add("missing_coords", where, f"image {image_id}: {name} box has missing or non-numeric "
+                    f"coordinates {[df[c].iat[i] if c in df.columns else None for c in coord_cols]}", image_id)
+            continue
+        elif box[2] < box[0] or box[3] < box[1]:
+            log.add("inverted_box", where, f"image {image_id}: {name} box is inverted "
+                    f"(x_min={box[0]:g}, y_min={box[1]:g}, x_max={box[2]:g}, y_max={box[3]:g})", image_id)
+            continue
+        elif box[2] == box[0] or box[3] == box[1]:
+            log.add("empty_box", where, f"image {image_id}: {name} box has zero width or height "
+                    f"(x_min={box[0]:g}, y_min={box[1]:g}, x_max={box[2]:g}, y_max={box[3]:g})", image_id)
+            continue
+        rows.append((image_id, rad_ids.iat[i], name, cid, *box.tolist(), study_ids.iat[i], line))
+    return make_table(rows, dataset=dataset, classes=classes)
+
+
+def make_table(rows: Iterable[tuple] | pd.DataFrame = (), *, dataset: str, classes: tuple[str, ...]) -> pd.DataFrame:
+    """A normalized table from row tuples in :data:`TABLE_COLUMNS` order (or a frame), with the right dtypes."""
+    table = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows), columns=list(TABLE_COLUMNS))
+    for c in ("image_id", "rad_id", "class_name", "study_id"):
+        table[c] = table[c].astype(object) if len(table) else pd.Series([], dtype=object)
+    table["class_id"] = table["class_id"].astype(np.int64)
+    table["row"] = table["row"].astype(np.int64)
+    for c in BOX_COLUMNS:
+        table[c] = table[c].astype(float)
+    table = table.reset_index(drop=True)
+    table.attrs = {"dataset": dataset, "classes": tuple(classes)}
+    return table
+
+
+def read_vinbigdata_csv(path: str | os.PathLike, strict: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
+    """Kaggle VinBigData ``train.csv`` (image_id, class_name, class_id, rad_id, x_min, y_min, x_max, y_max).
+
+    ``class_id`` must agree with ``class_name`` (14 = "No finding").
+    """
+    log = ProblemLog(strict)
+    df = _read_csv(path)
+    table = _normalize(
+        df, Path(path).name, dataset="vindr-cxr", classes=VINDR_CXR_CLASSES,
+        lookup=_class_lookup(VINDR_CXR_CLASSES), class_col="class_name", coord_cols=BOX_COLUMNS,
+        log=log, class_id_col="class_id" if "class_id" in df.columns else None,
+    )
+    return table, log.items
+
+
+def read_physionet_vindr_cxr(
+    annotations_csv: str | os.PathLike,
+    image_labels_csv: str | os.PathLike | None = None,
+    kaggle_classes: bool = True,
+    strict: bool = False,
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """PhysioNet VinDr-CXR 1.0.0 ``annotations_{train,test}.csv`` (the test file has no ``rad_id``).
+
+    Args:
+        annotations_csv: the box file (image_id, [rad_id,] class_name, x_min, y_min, x_max, y_max).
+        image_labels_csv: optional ``image_labels_{train,test}.csv``; its per-image labels (see
+            :func:`read_physionet_image_labels`) are attached as ``table.attrs["image_labels"]``.
+        kaggle_classes: map the 22 local labels onto the Kaggle 14 (``PHYSIONET_TO_KAGGLE``; dataset
+            "vindr-cxr"); else keep all 22 (dataset "vindr-cxr-physionet").
+    """
+    log = ProblemLog(strict)
+    df = _read_csv(annotations_csv)
+    if kaggle_classes:
+        dataset, classes, class_map = "vindr-cxr", VINDR_CXR_CLASSES, PHYSIONET_TO_KAGGLE
+    else:
+        dataset, classes, class_map = "vindr-cxr-physionet", VINDR_CXR_LOCAL_LABELS, None
+    table = _normalize(
+        df, Path(annotations_csv).name, dataset=dataset, classes=classes,
+        lookup=_class_lookup(VINDR_CXR_LOCAL_LABELS), class_col="class_name", coord_cols=BOX_COLUMNS,
+        log=log, class_map=class_map,
+    )
+    if image_labels_csv is not None:
+        labels, label_problems = read_physionet_image_labels(image_labels_csv, strict=strict)
+        log.items.extend(label_problems)
+        table.attrs["image_labels"] = labels
+    return table, log.items
+
+
+def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
+    """PhysioNet ``image_labels_{train,test}.csv`` aggregated to one row per image.
+
+    A label is 1 for an image when any of its readers marked it (the same "any reader" rule as
+    :func:`detx.data.fusion.image_labels`). Columns: image_id, n_label_readers, then one int column per
+    label in the file's order (names canonicalized: "Other disease" -> "Other diseases"). A row with a
+    value other than 0/1 is skipped as a ``bad_label`` problem.
+    """
+    log = ProblemLog(strict)
+    df = _read_csv(path)
+    if "image_id" not in df.columns:
+        raise ValueError(f"{path}: no image_id column; columns are {list(df.columns)}")
+    known = _class_lookup(VINDR_CXR_LOCAL_LABELS + VINDR_CXR_GLOBAL_LABELS, GLOBAL_LABEL_ALIASES)
+    label_cols = [c for c in df.columns if c not in ("image_id", "rad_id")]
+    rename = {c: known.get(_key(c), c) for c in label_cols}
+    values = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) for c in label_cols], axis=1) \
+        if label_cols else np.zeros((len(df), 0))
+    ok = np.isin(values, (0.0, 1.0)).all(axis=1)
+    image_ids = _str_col(df, "image_id")
+    for i in np.flatnonzero(~ok | (image_ids == "").to_numpy()):
+        log.add("bad_label", f"{Path(path).name} line {i + 2}",
+                f"image {image_ids.iat[i] or '?'}: label values must be 0 or 1", image_ids.iat[i])
+    keep = ok & (image_ids != "").to_numpy()
+    frame = pd.DataFrame(values[keep].astype(np.int64), columns=[rename[c] for c in label_cols])
+    frame.insert(0, "image_id", image_ids[keep].to_numpy())
+    grouped = frame.groupby("image_id", sort=True)
+    out = grouped.max()
+    out.insert(0, "n_label_readers", grouped.size())
+    return out.reset_index(), log.items
+
+
+def read_spinexr_csv(path: str | os.PathLike, strict: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
+    """VinDr-SpineXR 1.0.0 ``annotations/{train,test}.csv``.
+
+    Columns image_id, lesion_type and the box (xmin, ymin, xmax, ymax or x_min, ...) are required;
+    study_id, series_id and rad_id are optional.
+    """
+    log = ProblemLog(strict)
+    df = _read_csv(path)
+    coord_cols = ("xmin", "ymin", "xmax", "ymax") if "xmin" in df.columns else BOX_COLUMNS
+    class_col = "lesion_type" if "lesion_type" in df.columns else "class_name"
+    table = _normalize(
+        df, Path(path).name, dataset="spinexr", classes=SPINEXR_CLASSES,
+        lookup=_class_lookup(SPINEXR_CLASSES), class_col=class_col, coord_cols=coord_cols, log=log,
+    )
+    return table, log.items
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """Which reader CSV ``path`` is, from its header: "kaggle", "physionet" or "spinexr"."""
+    cols = {c.strip() for c in pd.read_csv(path, nrows=0).columns}
+    if "lesion_type" in cols:
+        return "spinexr"
+    if "class_name" in cols and "class_id" in cols:
+        return "kaggle"
+    if "class_name" in cols:
+        return "physionet"
+    raise ValueError(f"{path}: cannot tell the annotation format from its columns {sorted(cols)}; expected "
+                     "Kaggle train.csv, PhysioNet annotations_*.csv or VinDr-SpineXR annotations")
+
+
+def read_reader_csv(
+    path: str | os.PathLike,
+    fmt: str = "auto",
+    *,
+    image_labels_csv: str | os.PathLike | None = None,
+    kaggle_classes: bool = True,
+    strict: bool = False,
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """Read any supported reader CSV into the normalized table (``fmt="auto"`` sniffs the header)."""
+    fmt = sniff_format(path) if fmt == "auto" else fmt
+    if fmt == "kaggle":
+        return read_vinbigdata_csv(path, strict=strict)
+    if fmt == "physionet":
+        return read_physionet_vindr_cxr(path, image_labels_csv, kaggle_classes=kaggle_classes, strict=strict)
+    if fmt == "spinexr":
+        return read_spinexr_csv(path, strict=strict)
+    raise ValueError(f"unknown annotation format {fmt!r}; expected auto or one of {FORMATS}")
+
+
+def check_box_bounds(
+    table: pd.DataFrame,
+    sizes: dict[str, tuple[int, int]],
+    log: ProblemLog,
+    tolerance: float = 0.05,
+) -> pd.DataFrame:
+    """Clip boxes slightly outside their image and drop absurd ones.
+
+    A box is clipped to the image (a ``clipped`` warning) when every coordinate lies within
+    ``tolerance`` times the image side outside it, and dropped (``out_of_image``) when a coordinate is
+    farther out or nothing of it is left inside. Rows of images missing from ``sizes`` are kept as they are.
+
+    Args:
+        table: normalized table.
+        sizes: image_id -> (width, height) in original pixels.
+        log: where problems go (strict mode raises on a dropped box).
+        tolerance: fraction of the image side a coordinate may lie outside it and still be clipped.
+    """
+    keep = np.ones(len(table), dtype=bool)
+    out = table.copy()
+    boxes = np.array(out[list(BOX_COLUMNS)].to_numpy(dtype=float), copy=True)
+    for i, (image_id, name, line) in enumerate(zip(out["image_id"], out["class_name"], out["row"])):
+        if image_id not in sizes or np.isnan(boxes[i]).any():
+            continue
+        w, h = sizes[image_id]
+        x0, y0, x1, y1 = boxes[i]
+        where = f"line {line}" if line >= 0 else f"image {image_id}"
+        desc = f"image {image_id} ({w}x{h}): {name} box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+        if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+            continue
+        tx, ty = tolerance * w, tolerance * h
+        far = x0 < -tx or y0 < -ty or x1 > w + tx or y1 > h + ty
+        c = np.array([min(max(x0, 0), w), min(max(y0, 0), h), min(max(x1, 0), w), min(max(y1, 0), h)])
+        if far or c[2] <= c[0] or c[3] <= c[1]:
+            log.add("out_of_image", where, f"{desc} lies outside the image; dropped", image_id)
+            keep[i] = False
+            continue
+        log.add("clipped", where, f"{desc} is slightly outside the image; clipped", image_id)
+        boxes[i] = c
+    out[list(BOX_COLUMNS)] = boxes
+    out = out[keep].reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    return out

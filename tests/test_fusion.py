@@ -1,0 +1,118 @@
+"""Reader fusion against hand-computed boxes, and the per-image label rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detx.data.classes import VINDR_CXR_CLASSES
+from detx.data.fusion import box_iou, fuse_readers, image_labels
+from detx.data.readers import make_table
+
+A, B = 0, 3  # Aortic enlargement, Cardiomegaly
+
+
+def _table(rows):
+    full = [(img, rad, VINDR_CXR_CLASSES[c] if c < 14 else "No finding", c, *box, "", i + 2)
+            for i, (img, rad, c, box) in enumerate(rows)]
+    return make_table(full, dataset="vindr-cxr", classes=VINDR_CXR_CLASSES)
+
+
+NAN4 = (np.nan,) * 4
+ROWS = [
+    ("img", "R1", A, (10, 10, 50, 50)),
+    ("img", "R2", A, (12, 8, 52, 48)),
+    ("img", "R3", A, (8, 12, 48, 52)),
+    ("img", "R1", A, (70, 70, 90, 90)),   # far from the others: its own cluster
+    ("img", "R2", B, (10, 10, 50, 50)),   # same place, other class: never fused with A
+    ("nrm", "R1", 14, NAN4),
+    ("nrm", "R2", 14, NAN4),
+    ("one", "R7", A, (0, 0, 10, 10)),     # a single reader: kept as is
+    ("one", "R7", A, (1, 1, 11, 11)),
+]
+
+
+def _boxes(df):
+    return df[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=float)
+
+
+def test_wbf_three_jittered_readers_become_their_mean():
+    fused = fuse_readers(_table(ROWS), "wbf", iou_thr=0.4, image_sizes={"img": (100, 100)})
+    img = fused[fused["image_id"] == "img"]
+    a = img[img["class_id"] == A]
+    np.testing.assert_allclose(_boxes(a), [[10, 10, 50, 50], [70, 70, 90, 90]], atol=1e-3)
+    assert list(a["n_readers"]) == [3, 1]
+    b = img[img["class_id"] == B]
+    np.testing.assert_allclose(_boxes(b), [[10, 10, 50, 50]], atol=1e-3)
+    assert set(img["rad_id"]) == {"fused"} and set(img["row"]) == {-1}
+    nrm = fused[fused["image_id"] == "nrm"]
+    assert list(nrm["class_name"]) == ["No finding"] and list(nrm["class_id"]) == [14]
+    assert nrm["n_readers"].tolist() == [2] and nrm[["x_min"]].isna().all().all()
+    one = fused[fused["image_id"] == "one"]
+    np.testing.assert_allclose(_boxes(one), [[0, 0, 10, 10], [1, 1, 11, 11]])
+    assert list(one["rad_id"]) == ["R7", "R7"]
+
+
+def test_wbf_without_image_sizes_is_scale_invariant():
+    with_sizes = fuse_readers(_table(ROWS), "wbf", image_sizes={"img": (100, 100), "one": (20, 20)})
+    without = fuse_readers(_table(ROWS), "wbf")
+    np.testing.assert_allclose(_boxes(with_sizes.dropna()), _boxes(without.dropna()), atol=1e-3)
+
+
+def test_wbf_weighted_mean_hand_computed():
+    rows = [("i", "R1", A, (0, 0, 40, 40)), ("i", "R2", A, (4, 0, 44, 40)), ("i", "R3", A, (2, 6, 42, 46))]
+    fused = fuse_readers(_table(rows), "wbf", iou_thr=0.4, image_sizes={"i": (200, 100)})
+    np.testing.assert_allclose(_boxes(fused), [[2, 2, 42, 42]], atol=1e-3)
+
+
+def test_nms_keeps_one_original_box_per_cluster():
+    fused = fuse_readers(_table(ROWS), "nms", iou_thr=0.4, image_sizes={"img": (100, 100)})
+    a = fused[(fused["image_id"] == "img") & (fused["class_id"] == A)]
+    assert len(a) == 2
+    originals = {tuple(r[3]) for r in ROWS if r[0] == "img" and r[2] == A}
+    assert {tuple(np.round(b, 3)) for b in _boxes(a)} <= {tuple(map(float, o)) for o in originals}
+    assert (fused[(fused["image_id"] == "img")]["class_id"] == B).sum() == 1
+
+
+def test_none_keeps_every_readers_box():
+    table = _table(ROWS)
+    fused = fuse_readers(table, "none")
+    finding = table[table["class_id"] != 14]
+    assert len(fused) == len(finding) + 1  # + the single "No finding" row of image nrm
+    np.testing.assert_allclose(_boxes(fused[fused["class_id"] != 14]), _boxes(finding))
+    assert list(fused[fused["class_id"] != 14]["rad_id"]) == list(finding["rad_id"])
+
+
+def test_iou_threshold_separates_clusters():
+    rows = [("i", "R1", A, (0, 0, 10, 10)), ("i", "R2", A, (5, 0, 15, 10))]  # IoU = 50/150 = 1/3
+    assert box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10]]))[0, 0] == pytest.approx(1 / 3)
+    assert len(fuse_readers(_table(rows), "wbf", iou_thr=0.4)) == 2
+    assert len(fuse_readers(_table(rows), "wbf", iou_thr=0.3)) == 1
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse_readers(_table(ROWS), "mean")
+
+
+def test_image_labels_any_and_majority():
+    rows = [
+        ("x", "R1", A, (0, 0, 5, 5)), ("x", "R2", 14, NAN4), ("x", "R3", 14, NAN4),   # 1 of 3 readers
+        ("y", "R1", A, (0, 0, 5, 5)), ("y", "R2", A, (0, 0, 5, 5)), ("y", "R3", B, (1, 1, 4, 4)),
+        ("z", "R1", 14, NAN4), ("z", "R2", 14, NAN4),
+    ]
+    table = _table(rows)
+    any_ = image_labels(table).set_index("image_id")
+    assert any_["abnormal"].to_dict() == {"x": 1, "y": 1, "z": 0}
+    assert any_.loc["y", VINDR_CXR_CLASSES[A]] == 1 and any_.loc["y", VINDR_CXR_CLASSES[B]] == 1
+    assert any_["n_readers"].to_dict() == {"x": 3, "y": 3, "z": 2}
+    assert any_.loc["z", list(VINDR_CXR_CLASSES)].sum() == 0
+    # the rule gives the same answer after fusion
+    fused = image_labels(fuse_readers(table, "wbf")).set_index("image_id")
+    pd.testing.assert_frame_equal(fused.drop(columns="n_readers"), any_.drop(columns="n_readers"))
+    maj = image_labels(table, rule="majority").set_index("image_id")
+    assert maj["abnormal"].to_dict() == {"x": 0, "y": 1, "z": 0}
+    assert maj.loc["y", VINDR_CXR_CLASSES[A]] == 1 and maj.loc["y", VINDR_CXR_CLASSES[B]] == 0
+    with pytest.raises(ValueError, match="before fusion"):
+        image_labels(fuse_readers(table, "wbf"), rule="majority")
