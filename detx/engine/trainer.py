@@ -1,0 +1,201 @@
+"""detx's detectron2 trainer: the albumentations mapper, the challenge-metric evaluator, validation loss,
+best checkpoint, curves; and the checks that stop a misconfigured run before it starts."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import hooks as d2hooks
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from detx.engine.datasets import PreparedDatasetError, setup_datasets
+from detx.engine.hooks import PersistentBestCheckpointer, TrainingCurves, ValidationLoss
+from detx.engine.mapper import DetxDatasetMapper
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingSetupError(ValueError):
+    """A configuration that cannot train (the message names the key or file and the fix)."""
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` with detx's data mapper, evaluator and hooks.
+
+    Hooks, in order: detectron2's timer, LR scheduler, (PreciseBN), periodic checkpointer, ``EvalHook``
+    (``TEST.EVAL_PERIOD``: ``vinbigdata/*`` and ``bbox/*``), then :class:`ValidationLoss`
+    (``DETX.VAL_PERIOD``), :class:`PersistentBestCheckpointer` (``DETX.BEST_METRIC`` ->
+    ``model_best.pth``), the writers (``metrics.json``, TensorBoard, console) and
+    :class:`TrainingCurves` (``curves.png``).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        # DefaultTrainer.__init__, except that DDP on the CPU (gloo) must not be given device ids.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_kwargs: dict = {"broadcast_buffers": False}
+        if not str(cfg.MODEL.DEVICE).startswith("cuda"):
+            ddp_kwargs["device_ids"] = None
+        model = create_ddp_model(model, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """detectron2's train loader (``DATALOADER.SAMPLER_TRAIN``: ``TrainingSampler`` or
+        ``RepeatFactorTrainingSampler``) with :class:`DetxDatasetMapper`."""
+        return build_detection_train_loader(cfg, mapper=DetxDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name, mapper=DetxDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_val_loss_loader(cls, cfg: CfgNode):
+        """The validation-loss loader: ``DATASETS.TEST`` with annotations, test-size resize, no augmentation,
+        sharded over processes."""
+        dicts = get_detection_dataset_dicts(list(cfg.DATASETS.TEST), filter_empty=False)
+        batch = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        return build_detection_test_loader(dicts, mapper=DetxDatasetMapper(cfg, is_train=True, augment=False),
+                                           batch_size=batch, num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+                        ) -> DatasetEvaluator:
+        """The challenge metric (``vinbigdata/mAP40``, per-class AP40) and COCO ``bbox/*``."""
+        from detx.evaluation.evaluator import VinBigDataEvaluator
+
+        return VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR,
+                                   output_dir=output_folder or str(Path(cfg.OUTPUT_DIR) / "inference"))
+
+    def build_hooks(self) -> list:
+        ret = super().build_hooks()
+        cfg = self.cfg
+        # after EvalHook (the metric exists) and before PeriodicWriter (the scalars get written)
+        at = next(i for i, h in enumerate(ret) if isinstance(h, d2hooks.EvalHook)) + 1
+        extra = []
+        if cfg.DATASETS.TEST and cfg.DETX.VAL_PERIOD >= 0:
+            extra.append(ValidationLoss(cfg.DETX.VAL_PERIOD, lambda: self.build_val_loss_loader(cfg),
+                                        amp=cfg.SOLVER.AMP.ENABLED))
+        if comm.is_main_process() and cfg.DATASETS.TEST and cfg.DETX.BEST_METRIC:
+            extra.append(PersistentBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer,
+                                                    cfg.DETX.BEST_METRIC, mode="max"))
+        ret[at:at] = extra
+        if comm.is_main_process() and cfg.DETX.CURVES:
+            ret.append(TrainingCurves(cfg.OUTPUT_DIR, metric_keys=(cfg.DETX.BEST_METRIC,)))
+        return ret
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """detectron2's resume (``last_checkpoint``: iteration, optimizer, LR schedule) or load of
+        ``MODEL.WEIGHTS``, with an unreadable file reported as :class:`TrainingSetupError`."""
+        try:
+            super().resume_or_load(resume=resume)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
+            what = "the last checkpoint" if resume and self.checkpointer.has_checkpoint() else \
+                f"MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS!r}"
+            raise TrainingSetupError(f"cannot load {what}: {type(e).__name__}: {e}") from e
+
+
+def check_weights(cfg: CfgNode, resume: bool = False) -> None:
+    """``MODEL.WEIGHTS`` must be empty (random init), a URL (detectron2 downloads and caches it) or a
+    readable local file, unless ``resume`` finds a ``last_checkpoint`` in ``OUTPUT_DIR``."""
+    if resume and (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file():
+        return
+    weights = str(cfg.MODEL.WEIGHTS)
+    if not weights or "://" in weights:
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise TrainingSetupError(
+            f"MODEL.WEIGHTS {weights} does not exist (a local .pth/.pkl file, a detectron2:// or https:// URL, "
+            "or \"\" for random initialization)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as e:
+        raise TrainingSetupError(f"MODEL.WEIGHTS {weights} cannot be read: {e}") from e
+    # torch checkpoints are zip archives ("PK") or legacy pickles (0x80); detectron2 .pkl files are pickles
+    if head not in (b"PK",) and head[:1] != b"\x80":
+        raise TrainingSetupError(f"MODEL.WEIGHTS {weights} is not a PyTorch/pickle checkpoint")
+
+
+def check_datasets(cfg: CfgNode, train: bool = True) -> None:
+    """The datasets of ``cfg`` exist, the training set has images, class counts agree with the model.
+
+    Raises:
+        TrainingSetupError: with the dataset name, the numbers and the key to change.
+    """
+    names = (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST)
+    if not train and not cfg.DATASETS.TEST:
+        raise TrainingSetupError("nothing to evaluate: DATASETS.TEST is empty (DETX.FOLD -1 has no validation "
+                                 "fold; choose a fold or set DATASETS.TEST)")
+    for name in names:
+        if name not in DatasetCatalog.list():
+            raise TrainingSetupError(f"dataset {name!r} is not registered (set DETX.DATA_ROOT to a prepared "
+                                     "dataset, or register it)")
+    if train:
+        n = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
+        if n == 0:
+            raise TrainingSetupError(f"the training set {list(cfg.DATASETS.TRAIN)} has no images")
+        if cfg.MODEL.MASK_ON and not cfg.DETX.BOX_MASKS:
+            has_masks = any(a.get("segmentation") for name in cfg.DATASETS.TRAIN
+                            for d in DatasetCatalog.get(name) for a in d.get("annotations", []))
+            if not has_masks:
+                raise TrainingSetupError(
+                    "MODEL.MASK_ON is set but the training annotations have no segmentation: set "
+                    "DETX.BOX_MASKS True (box-shaped masks) or prepare the dataset with box masks")
+    if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
+        want = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        key = "MODEL.ROI_HEADS.NUM_CLASSES"
+    elif cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        want, key = cfg.MODEL.RETINANET.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"
+    else:
+        return
+    for name in names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is None:
+            continue
+        if len(classes) != want:
+            raise TrainingSetupError(
+                f"{key} is {want} but dataset {name} has {len(classes)} classes ({', '.join(classes)}); "
+                f"set {key} {len(classes)}")
+
+
+def prepare_training(cfg: CfgNode, resume: bool = False, eval_only: bool = False) -> CfgNode:
+    """Register the data, fill the dataset names and run every check; raises before any training work.
+
+    Raises:
+        PreparedDatasetError, TrainingSetupError: with a message that names the problem and its fix.
+    """
+    setup_datasets(cfg)
+    check_datasets(cfg, train=not eval_only)
+    check_weights(cfg, resume=resume)
+    return cfg
+
+
+__all__ = ["Trainer", "TrainingSetupError", "PreparedDatasetError", "check_datasets", "check_weights",
+           "prepare_training"]

@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Train (or evaluate) a detx detector: detectron2's train_net with detx's data, evaluator and hooks.
+
+    python tools/train_net.py --config-file configs/vindr_cxr/faster_rcnn_R_50_FPN.yaml \\
+        DETX.DATA_ROOT data/vindr_cxr_1024 DETX.FOLD 0 OUTPUT_DIR output/r50_fold0
+    python tools/train_net.py --config-file ... --resume          # continue from last_checkpoint
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/r50_fold0/model_best.pth
+    python tools/train_net.py --config-file ... --num-gpus 4       # DDP (gloo on CPU, NCCL on CUDA)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+
+from detx.engine.config import ConfigKeyError, get_detx_cfg
+from detx.engine.hooks import finite_or_none
+from detx.engine.trainer import Trainer, TrainingSetupError, prepare_training
+from detx.utils.io import atomic_write_text, write_json
+
+
+def build_config(args) -> CfgNode:
+    """The checked config: yaml + overrides, datasets registered and resolved, inputs verified."""
+    cfg = get_detx_cfg(args.config_file, args.opts, freeze=False)
+    prepare_training(cfg, resume=args.resume, eval_only=args.eval_only)
+    cfg.freeze()
+    return cfg
+
+
+def setup(args) -> CfgNode:
+    cfg = build_config(args)
+    default_setup(cfg, args)  # logging, OUTPUT_DIR/config.yaml, seeds
+    if comm.is_main_process():
+        atomic_write_text(f"{cfg.OUTPUT_DIR}/environment.txt", collect_env_info() + "\n")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            write_json(f"{cfg.OUTPUT_DIR}/eval_results.json", finite_or_none(results), indent=2)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = default_argument_parser(epilog=__doc__).parse_args(argv)
+    try:
+        build_config(args)  # fail here, once, before any process is launched
+    except (ConfigKeyError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except TrainingSetupError as e:  # e.g. MODEL.WEIGHTS that torch cannot load
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
