@@ -27,3 +27,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# ---------------------------------------------------------------------------------------- synthetic
+# Raw synthetic datasets in the real layouts (detx.data.synthetic), generated once per session.
+
+
+@pytest.fixture(scope="session")
+def synthetic_cxr_dir(tmp_path_factory):
+    """Kaggle VinBigData layout: train.csv, train/*.dicom (24), test/*.dicom (4), sample_submission.csv,
+    test_ground_truth.csv; images 96-192 px, the default 6 classes, seed 0."""
+    from detx.data.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("synthetic_cxr")
+    generate_dataset(out, dataset="vindr-cxr", n_train=24, n_test=4, seed=0, min_size=96, max_size=192,
+                     progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_spinexr_dir(tmp_path_factory):
+    """VinDr-SpineXR layout: annotations/{train,test}.csv, train_images/*.dicom (16), test_images/*.dicom (4);
+    1-3 images per study, images 96-192 px, all 7 classes, seed 0."""
+    from detx.data.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("synthetic_spinexr")
+    generate_dataset(out, dataset="spinexr", n_train=16, n_test=4, seed=0, min_size=96, max_size=192,
+                     progress=False)
+    return out

@@ -1,0 +1,482 @@
+"""Synthetic X-ray datasets written in the exact layouts of the real ones (VinBigData Kaggle, VinDr-SpineXR).
+
+The images are drawn by :mod:`detx.data.synthetic_draw` (a chest or a lateral lumbar spine with lesions of
+distinct shape in anatomical places); this module turns them into real DICOM files (varied bit depths,
+MONOCHROME1/2, VOI window and rescale tags), simulates the readers' boxes and writes the CSVs.
+
+Layouts (``OUT`` is ``--out``):
+
+* ``vindr-cxr`` (Kaggle VinBigData): ``train.csv`` (image_id, class_name, class_id, rad_id, x_min, y_min,
+  x_max, y_max; three readers per image), ``train/<image_id>.dicom``, ``test/<image_id>.dicom``,
+  ``sample_submission.csv``; plus ``test_ground_truth.csv`` (the test images' readers, in the train.csv
+  format), which the real challenge keeps secret.
+* ``spinexr`` (PhysioNet VinDr-SpineXR): ``annotations/{train,test}.csv`` (image_id, study_id, series_id,
+  rad_id, lesion_type, xmin, ymin, xmax, ymax), ``train_images/<image_id>.dicom``,
+  ``test_images/<image_id>.dicom``.
+
+CLI: ``python -m detx.data.synthetic --out DIR --dataset vindr-cxr --n-train 100 --n-test 20 --seed 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from detx.data.classes import NO_FINDING, SPINEXR_CLASSES, VINDR_CXR_CLASSES, no_finding_id
+from detx.utils.io import atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# Digital X-Ray Image Storage - For Presentation (what VinDr's DX files use).
+DX_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.1.1"
+
+DATASETS = ("vindr-cxr", "spinexr")
+
+# The default chest classes: six findings of clearly different shape, size and place (learnable by a small
+# detector at 256 px). ``classes="all"`` draws all 14.
+DEFAULT_CXR_CLASSES: tuple[str, ...] = (
+    "Aortic enlargement",  # bulging aortic knob, upper left mediastinal border
+    "Cardiomegaly",  # enlarged heart silhouette
+    "Nodule/Mass",  # round sharp blob in a lung field
+    "Pleural effusion",  # bright meniscus filling a costophrenic angle
+    "Pneumothorax",  # dark apical/lateral rim without lung markings, pleural line
+    "Pulmonary fibrosis",  # coarse reticular (honeycomb) texture in a lung zone
+)
+DEFAULT_SPINEXR_CLASSES: tuple[str, ...] = SPINEXR_CLASSES
+
+MIN_SIZE_LIMIT = 32
+
+
+# --------------------------------------------------------------------------------------------- DICOM
+
+
+def _uid(*parts: object) -> str:
+    """A deterministic DICOM UID derived from ``parts`` (same inputs, same UID)."""
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def _ds_number(value: float) -> str:
+    """A DS (decimal string) value of at most 16 characters."""
+    text = f"{float(value):.6g}"
+    return text if len(text) <= 16 else f"{float(value):.8e}"[:16]
+
+
+def write_dicom(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    compress: str | None = None,
+    image_id: str | None = None,
+    **extra_tags: Any,
+) -> Path:
+    """Write a single-frame grayscale X-ray as a DICOM file (Digital X-Ray, unsigned 16-bit allocated).
+
+    The pixel values are written as given: for ``photometric="MONOCHROME1"`` the caller passes values that
+    are already inverted (high = dark), as a MONOCHROME1 modality stores them.
+
+    Args:
+        path: output file (written atomically).
+        pixels: 2-D integer array with values in ``[0, 2**bits_stored - 1]``.
+        photometric: "MONOCHROME2" (high = bright) or "MONOCHROME1" (high = dark).
+        bits_stored: 8 to 16 (VinDr files use 12, 14 and 16); BitsAllocated is always 16.
+        window: optional VOI window ``(center, width)`` in modality units (after rescale), written as
+            WindowCenter / WindowWidth.
+        rescale: optional modality LUT ``(slope, intercept)``, written as RescaleSlope / RescaleIntercept.
+        compress: None (Explicit VR Little Endian) or "rle" (RLE Lossless, encoded by pydicom).
+        image_id: seeds the UIDs (SOP/Study/Series Instance UID) so the file is reproducible; by default they
+            are derived from the pixel data.
+        **extra_tags: further DICOM keywords and values, e.g. ``PatientID="x"``, ``ImagerPixelSpacing=[.14, .14]``.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    arr = np.asarray(pixels)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{path}: pixels must be a non-empty 2-D array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{path}: pixels must be integers, got dtype {arr.dtype}")
+    if not 8 <= int(bits_stored) <= 16:
+        raise ValueError(f"{path}: bits_stored must be 8..16, got {bits_stored}")
+    bits_stored = int(bits_stored)
+    max_value = (1 << bits_stored) - 1
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > max_value:
+        raise ValueError(f"{path}: pixel values [{lo}, {hi}] do not fit in {bits_stored} unsigned bits")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"{path}: photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if compress not in (None, "rle"):
+        raise ValueError(f"{path}: compress must be None or 'rle', got {compress!r}")
+    if window is not None and float(window[1]) <= 0:
+        raise ValueError(f"{path}: window width must be > 0, got {window[1]}")
+    if rescale is not None and float(rescale[0]) == 0:
+        raise ValueError(f"{path}: rescale slope must be non-zero")
+    arr = np.ascontiguousarray(arr, dtype=np.uint16)
+    key = image_id if image_id is not None else hashlib.sha1(arr.tobytes()).hexdigest()
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_SOP_CLASS_UID
+    meta.MediaStorageSOPInstanceUID = _uid("sop", key)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = DX_SOP_CLASS_UID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = _uid("study", key)
+    ds.SeriesInstanceUID = _uid("series", key)
+    ds.Modality = "DX"
+    ds.PatientID = ""
+    ds.PatientName = ""
+    ds.Rows, ds.Columns = int(arr.shape[0]), int(arr.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    if rescale is not None:
+        ds.RescaleSlope = _ds_number(rescale[0])
+        ds.RescaleIntercept = _ds_number(rescale[1])
+        ds.RescaleType = "US"
+    if window is not None:
+        ds.WindowCenter = _ds_number(window[0])
+        ds.WindowWidth = _ds_number(window[1])
+    for keyword, value in extra_tags.items():
+        if keyword not in pydicom.datadict.keyword_dict:
+            raise ValueError(f"{path}: unknown DICOM keyword {keyword!r}")
+        setattr(ds, keyword, value)
+    ds.PixelData = arr.tobytes()
+    if compress == "rle":
+        ds.compress(RLELossless, arr, encoding_plugin="pydicom")
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ generator
+
+
+def _resolve_classes(dataset: str, classes: str | Sequence[str] | None) -> tuple[str, ...]:
+    vocab = VINDR_CXR_CLASSES if dataset == "vindr-cxr" else SPINEXR_CLASSES
+    if classes is None:
+        return DEFAULT_CXR_CLASSES if dataset == "vindr-cxr" else DEFAULT_SPINEXR_CLASSES
+    if isinstance(classes, str):
+        classes = [classes]
+    classes = list(classes)
+    if classes == ["all"]:
+        return vocab
+    if not classes:
+        raise ValueError("classes must not be empty (use None for the default subset or 'all')")
+    unknown = [c for c in classes if c not in vocab]
+    if unknown:
+        raise ValueError(f"unknown {dataset} class name(s) {unknown}; known: {list(vocab)}")
+    # keep the vocabulary's order, drop duplicates
+    return tuple(c for c in vocab if c in set(classes))
+
+
+def _check_args(dataset: str, n_train: int, n_test: int, min_size: int, max_size: int,
+                normal_fraction: float) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
+    for name, n in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    for name, s in (("min_size", min_size), ("max_size", max_size)):
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {s!r}")
+    if min_size < MIN_SIZE_LIMIT:
+        raise ValueError(f"min_size must be >= {MIN_SIZE_LIMIT} px, got {min_size}")
+    if min_size > max_size:
+        raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
+    if not 0.0 <= float(normal_fraction) <= 1.0:
+        raise ValueError(f"normal_fraction must be in [0, 1], got {normal_fraction}")
+
+
+def _hex_id(rng: np.random.Generator) -> str:
+    """A 32-hex-character id like the VinDr image/study ids."""
+    return rng.bytes(16).hex()
+
+
+def _image_size(rng: np.random.Generator, min_size: int, max_size: int, p_landscape: float) -> tuple[int, int]:
+    """(height, width): long side uniform in [min, max], aspect 0.72..0.95, portrait or landscape."""
+    long_side = int(rng.integers(min_size, max_size + 1))
+    short_side = max(min_size, int(round(long_side * rng.uniform(0.72, 0.95))))
+    if rng.random() < p_landscape:
+        return short_side, long_side
+    return long_side, short_side
+
+
+def encode_pixels(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Quantize a brightness map into stored DICOM values with a random but realistic encoding.
+
+    Draws the bit depth (12/14/16), MONOCHROME1 (stored inverted), a VOI window that clips the air around
+    the body and the brightest bone/metal (so applying the window matters), and a rescale slope/intercept.
+
+    Returns:
+        ``(pixels, write_dicom keyword arguments)``.
+    """
+    bits = int(rng.choice([12, 14, 16], p=[0.5, 0.3, 0.2]))
+    max_value = (1 << bits) - 1
+    windowed = rng.random() < 0.4
+    mono1 = rng.random() < 0.3
+    rescaled = rng.random() < 0.3
+    if windowed:
+        a, b = rng.uniform(0.1, 0.14), rng.uniform(0.8, 0.9)  # brightness range shown by the window
+        lo, hi = max_value * rng.uniform(0.15, 0.3), max_value * rng.uniform(0.6, 0.8)
+        stored = lo + (img - a) / (b - a) * (hi - lo)
+        center, width = (lo + hi) / 2, hi - lo
+    else:
+        lo, hi = max_value * rng.uniform(0.0, 0.08), max_value * rng.uniform(0.75, 1.0)
+        stored = lo + np.clip(img, 0, 1.2) / 1.2 * (hi - lo)
+    pixels = np.clip(np.rint(stored), 0, max_value).astype(np.uint16)
+    kwargs: dict[str, Any] = {"bits_stored": bits, "photometric": "MONOCHROME2"}
+    if mono1:
+        pixels = (max_value - pixels).astype(np.uint16)
+        kwargs["photometric"] = "MONOCHROME1"
+        if windowed:
+            center = max_value - center
+    slope, intercept = 1.0, 0.0
+    if rescaled:
+        slope, intercept = [(1.0, -1024.0), (0.5, 0.0), (2.0, -100.0)][int(rng.integers(3))]
+        kwargs["rescale"] = (slope, intercept)
+    if windowed:
+        kwargs["window"] = (round(slope * center + intercept, 1), round(abs(slope) * width, 1))
+    return pixels, kwargs
+
+
+def _reader_boxes(rng: np.random.Generator, boxes: list[tuple[str, tuple[float, float, float, float]]],
+                  h: int, w: int, n_readers: int, jitter: float, miss_small: float) -> list[list[tuple]]:
+    """Each reader's version of the true boxes: edges jittered by ``jitter`` of the box size, small lesions
+    (under 2% of the image) missed with probability ``miss_small``; every lesion is kept by at least one."""
+    keep = np.ones((n_readers, len(boxes)), bool)
+    for j, (_, (x0, y0, x1, y1)) in enumerate(boxes):
+        small = (x1 - x0) * (y1 - y0) < 0.02 * h * w
+        keep[:, j] = rng.random(n_readers) >= (miss_small if small else 0.02)
+        if not keep[:, j].any():
+            keep[int(rng.integers(n_readers)), j] = True
+    out = []
+    for r in range(n_readers):
+        rows = []
+        for j, (name, (x0, y0, x1, y1)) in enumerate(boxes):
+            if not keep[r, j]:
+                continue
+            bw, bh = x1 - x0, y1 - y0
+            d = rng.normal(0.0, jitter, 4) * np.array([bw, bh, bw, bh])
+            nx0 = float(np.clip(np.rint(x0 + d[0]), 0, w - 1))
+            ny0 = float(np.clip(np.rint(y0 + d[1]), 0, h - 1))
+            nx1 = float(np.clip(np.rint(x1 + d[2]), nx0 + 1, w))
+            ny1 = float(np.clip(np.rint(y1 + d[3]), ny0 + 1, h))
+            rows.append((name, nx0, ny0, nx1, ny1))
+        out.append(rows)
+    return out
+
+
+def _pick_findings(rng: np.random.Generator, classes: tuple[str, ...], counts: dict[str, int]) -> list[str]:
+    """1-3 distinct findings, favouring the classes drawn least so far (keeps the classes balanced)."""
+    k = min(len(classes), int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2])))
+    weights = np.array([1.0 / (1.0 + counts[c]) ** 2 for c in classes])
+    idx = rng.choice(len(classes), size=k, replace=False, p=weights / weights.sum())
+    return [classes[i] for i in sorted(idx)]
+
+
+def _make_image(dataset: str, rng: np.random.Generator, min_size: int, max_size: int,
+                findings: list[str]) -> tuple[np.ndarray, dict[str, Any], list[tuple[str, tuple]]]:
+    from detx.data.synthetic_draw import draw_chest, draw_spine
+
+    if dataset == "vindr-cxr":
+        h, w = _image_size(rng, min_size, max_size, p_landscape=0.25)
+        img, drawn = draw_chest(rng, h, w, findings)
+    else:
+        h, w = _image_size(rng, min_size, max_size, p_landscape=0.15)
+        img, drawn = draw_spine(rng, h, w, findings)
+    pixels, kwargs = encode_pixels(rng, img)
+    return pixels, kwargs, [(f.class_name, f.box) for f in drawn]
+
+
+def generate_dataset(
+    out: str | os.PathLike,
+    dataset: str = "vindr-cxr",
+    n_train: int = 100,
+    n_test: int = 20,
+    seed: int = 0,
+    min_size: int = 384,
+    max_size: int = 640,
+    classes: str | Sequence[str] | None = None,
+    normal_fraction: float = 0.5,
+    rle_fraction: float = 0.1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write a synthetic dataset in the real layout of ``dataset`` under ``out``.
+
+    Args:
+        out: output folder (created; files of the same names are replaced).
+        dataset: "vindr-cxr" (Kaggle VinBigData layout) or "spinexr" (PhysioNet VinDr-SpineXR layout).
+        n_train, n_test: number of train and test images (>= 1 each).
+        seed: the same seed writes identical files.
+        min_size, max_size: range of the image's longer side in pixels (the shorter is 72-95% of it, at
+            least ``min_size``).
+        classes: None for the default learnable subset (:data:`DEFAULT_CXR_CLASSES`; all 7 for spinexr),
+            "all", or a list of class names of the dataset.
+        normal_fraction: fraction of images without findings (rounded per split).
+        rle_fraction: fraction of DICOM files written RLE Lossless compressed.
+        progress: show a tqdm bar.
+
+    Returns:
+        A summary: dataset, out, seed, classes, image and abnormal counts per split, boxes (true lesions)
+        per class, and the paths of the CSV files.
+    """
+    _check_args(dataset, n_train, n_test, min_size, max_size, normal_fraction)
+    chosen = _resolve_classes(dataset, classes)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = VINDR_CXR_CLASSES if dataset == "vindr-cxr" else SPINEXR_CLASSES
+    master = np.random.default_rng([seed, 0 if dataset == "vindr-cxr" else 1])
+    splits = {"train": int(n_train), "test": int(n_test)}
+    counts = dict.fromkeys(chosen, 0)
+    summary: dict[str, Any] = {"dataset": dataset, "out": str(out), "seed": seed, "classes": list(chosen),
+                               "images": {}, "abnormal": {}, "boxes_per_class": counts, "files": {}}
+    rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    for split_idx, (split, n) in enumerate(splits.items()):
+        n_abnormal = int(round(n * (1.0 - normal_fraction)))
+        abnormal = np.zeros(n, bool)
+        abnormal[master.permutation(n)[:n_abnormal]] = True
+        image_ids = [_hex_id(master) for _ in range(n)]
+        study_ids, series_ids = _spine_studies(master, n) if dataset == "spinexr" else ([""] * n, [""] * n)
+        folder = out / (split if dataset == "vindr-cxr" else f"{split}_images")
+        it = range(n)
+        if progress and tqdm is not None:
+            it = tqdm(it, desc=f"synthetic {dataset} {split}", unit="img")
+        for i in it:
+            rng = np.random.default_rng([seed, split_idx, i, 0 if dataset == "vindr-cxr" else 1])
+            findings = _pick_findings(rng, chosen, counts) if abnormal[i] else []
+            pixels, kwargs, boxes = _make_image(dataset, rng, min_size, max_size, findings)
+            for name, _ in boxes:
+                counts[name] += 1
+            h, w = pixels.shape
+            extra = {}
+            if dataset == "spinexr":
+                extra = {"StudyInstanceUID": _uid("study", study_ids[i]), "SeriesInstanceUID": _uid("series", series_ids[i])}
+            write_dicom(folder / f"{image_ids[i]}.dicom", pixels, image_id=image_ids[i],
+                        compress="rle" if rng.random() < rle_fraction else None, **kwargs, **extra)
+            if dataset == "vindr-cxr":
+                rows[split] += _cxr_rows(rng, image_ids[i], boxes, h, w, vocab)
+            else:
+                rows[split] += _spine_rows(rng, image_ids[i], study_ids[i], series_ids[i], boxes, h, w)
+        summary["images"][split] = n
+        summary["abnormal"][split] = int(abnormal.sum())
+    summary["files"] = _write_tables(out, dataset, rows)
+    logger.info("wrote synthetic %s dataset to %s: %s", dataset, out, summary["images"])
+    return summary
+
+
+def _spine_studies(rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
+    """study_id per image, 1-3 images per study (consecutive), and one series_id per image."""
+    studies: list[str] = []
+    while len(studies) < n:
+        sid = _hex_id(rng)
+        studies += [sid] * int(rng.integers(1, 4))
+    return studies[:n], [_hex_id(rng) for _ in range(n)]
+
+
+CXR_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
+SPINEXR_COLUMNS = ["image_id", "study_id", "series_id", "rad_id", "lesion_type", "xmin", "ymin", "xmax", "ymax"]
+CXR_READERS = tuple(f"R{k}" for k in range(1, 18))
+
+
+def _cxr_rows(rng, image_id, boxes, h, w, vocab) -> list[dict[str, Any]]:
+    readers = [CXR_READERS[k] for k in rng.choice(len(CXR_READERS), 3, replace=False)]
+    per_reader = _reader_boxes(rng, boxes, h, w, n_readers=3, jitter=0.035, miss_small=0.2)
+    rows = []
+    nan = float("nan")
+    for rad, rboxes in zip(readers, per_reader):
+        if not rboxes:
+            rows.append({"image_id": image_id, "class_name": NO_FINDING, "class_id": no_finding_id(vocab), "rad_id": rad,
+                             "x_min": nan, "y_min": nan, "x_max": nan, "y_max": nan})
+        for name, x0, y0, x1, y1 in rboxes:
+            rows.append({"image_id": image_id, "class_name": name, "class_id": vocab.index(name), "rad_id": rad,
+                             "x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1})
+    return rows
+
+
+def _spine_rows(rng, image_id, study_id, series_id, boxes, h, w) -> list[dict[str, Any]]:
+    rad = f"rad{int(rng.integers(1, 4))}"
+    (rboxes,) = _reader_boxes(rng, boxes, h, w, n_readers=1, jitter=0.02, miss_small=0.0)
+    nan = float("nan")
+    base = {"image_id": image_id, "study_id": study_id, "series_id": series_id, "rad_id": rad}
+    if not rboxes:
+        return [dict(base, lesion_type=NO_FINDING, xmin=nan, ymin=nan, xmax=nan, ymax=nan)]
+    return [dict(base, lesion_type=name, xmin=x0, ymin=y0, xmax=x1, ymax=y1) for name, x0, y0, x1, y1 in rboxes]
+
+
+def _write_tables(out: Path, dataset: str, rows: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    files = {}
+    if dataset == "vindr-cxr":
+        train = pd.DataFrame(rows["train"], columns=CXR_COLUMNS)
+        test = pd.DataFrame(rows["test"], columns=CXR_COLUMNS)
+        targets = {"train_csv": (out / "train.csv", train), "test_ground_truth_csv": (out / "test_ground_truth.csv", test)}
+        sub = pd.DataFrame({"image_id": pd.unique(test["image_id"]), "PredictionString": "14 1 0 0 1 1"})
+        targets["sample_submission_csv"] = (out / "sample_submission.csv", sub)
+    else:
+        targets = {f"{split}_csv": (out / "annotations" / f"{split}.csv",
+                                    pd.DataFrame(rows[split], columns=SPINEXR_COLUMNS)) for split in rows}
+    for key, (path, df) in targets.items():
+        atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
+        files[key] = str(path)
+    return files
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m detx.data.synthetic",
+        description="Write a synthetic X-ray dataset (DICOM + reader CSVs) in the VinBigData or VinDr-SpineXR layout.")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--dataset", default="vindr-cxr", help="vindr-cxr (Kaggle layout) or spinexr")
+    parser.add_argument("--n-train", type=int, required=True, help="number of train images")
+    parser.add_argument("--n-test", type=int, required=True, help="number of test images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-size", type=int, default=384, help="smallest longer side in px (>= 32)")
+    parser.add_argument("--max-size", type=int, default=640, help="largest longer side in px")
+    parser.add_argument("--classes", nargs="+", default=None,
+                        help="class names to draw (quote names with spaces), or 'all'; default: a learnable subset")
+    parser.add_argument("--normal-fraction", type=float, default=0.5, help="fraction of images without findings")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = generate_dataset(args.out, dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
+                                   seed=args.seed, min_size=args.min_size, max_size=args.max_size,
+                                   classes=args.classes, normal_fraction=args.normal_fraction,
+                                   progress=not args.no_progress)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary['images']['train']} train and {summary['images']['test']} test images "
+          f"({summary['abnormal']['train']} + {summary['abnormal']['test']} abnormal) to {summary['out']}")
+    print("boxes per class: " + ", ".join(f"{k}: {v}" for k, v in summary["boxes_per_class"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
