@@ -1,0 +1,377 @@
+"""DICOM X-ray to PNG: the one decoding path used by data preparation and by the predictor.
+
+:func:`load_dicom_image` is the pipeline:
+
+1. pydicom decodes the stored values (pylibjpeg / gdcm plugins handle compressed transfer syntaxes);
+2. the modality LUT (rescale slope/intercept or a LUT sequence) and the VOI LUT (a LUT sequence or
+   the first window center/width) are applied with pydicom's ``apply_modality_lut`` / ``apply_voi_lut``;
+3. the result is scaled to the full output range (min -> 0, max -> 255 or 65535), and MONOCHROME1
+   images are inverted so that bone is bright;
+4. the image is resized with its aspect ratio kept (longest side = ``size``, ``cv2.INTER_AREA``).
+
+Steps 2-3 are pointwise functions of the stored integer value, so they are evaluated once per
+distinct value (a lookup table over ``[min, max]`` of the stored values) and applied with one
+indexing pass, in 16 bits; the resize then runs on the 16-bit image and 8-bit output is rounded from
+it. This gives the float pipeline's result within one gray level at a fraction of its cost.
+
+:func:`convert_dicoms` converts many files in parallel (``workers`` processes, a tqdm bar) and
+skips images converted before with the same settings (a journal of settings fingerprints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from tqdm import tqdm
+
+from detx.utils.io import atomic_write_bytes, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+#: bump when the decoding changes, so a second run re-converts instead of skipping
+DECODER_VERSION = 1
+DICOM_SUFFIXES: tuple[str, ...] = (".dicom", ".dcm")
+
+
+class DicomError(ValueError):
+    """A DICOM file that cannot be decoded (the message names the file)."""
+
+
+def read_dicom(path: str | os.PathLike) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises several types for broken files
+        raise DicomError(f"{path}: cannot read DICOM: {e}") from e
+
+
+def _stored_pixels(ds: pydicom.Dataset, path: str | os.PathLike) -> np.ndarray:
+    try:
+        raw = ds.pixel_array
+    except Exception as e:
+        raise DicomError(f"{path}: cannot decode pixel data "
+                         f"(transfer syntax {getattr(ds.file_meta, 'TransferSyntaxUID', '?')}): {e}") from e
+    if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
+        raise DicomError(f"{path}: {ds.SamplesPerPixel} samples per pixel; only grayscale X-rays are supported")
+    if raw.ndim == 3:
+        logger.warning("%s: %d frames; using the first", path, raw.shape[0])
+        raw = raw[0]
+    if raw.ndim != 2 or raw.size == 0:
+        raise DicomError(f"{path}: pixel data of shape {raw.shape} is not a 2-D image")
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise DicomError(f"{path}: floating point pixel data is not supported")
+    return raw
+
+
+def _chain(ds: pydicom.Dataset, lo: int, hi: int) -> np.ndarray:
+    """Modality LUT then VOI LUT / window of every stored value ``lo..hi`` (float64)."""
+    values = np.arange(lo, hi + 1, dtype=np.int64)
+    return np.asarray(apply_voi_lut(apply_modality_lut(values, ds), ds), dtype=np.float64)
+
+
+def _is_affine(out: np.ndarray) -> bool:
+    """Whether the values lie on the straight line through their first and last points."""
+    if len(out) <= 2:
+        return True
+    line = np.linspace(out[0], out[-1], len(out))
+    return bool(np.abs(out - line).max() <= 1e-9 * max(abs(out[-1] - out[0]), 1.0))
+
+
+def full_range_lut(ds: pydicom.Dataset, lo: int, hi: int, idx: np.ndarray | None = None,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """uint16 table mapping stored values ``lo..hi`` through the modality LUT, the VOI LUT or window,
+    full-range scaling to 0..65535 and MONOCHROME1 inversion.
+
+    Args:
+        ds: the DICOM dataset (its LUT / window / photometric attributes are used).
+        lo, hi: the smallest and largest stored value of the image.
+        idx: optional stored values minus ``lo``; only used when the VOI LUT is not monotonic, to take
+            the scaling range over the values that occur (a monotonic table has them at its ends).
+        out: the precomputed :func:`_chain` of ``lo..hi``.
+    """
+    out = _chain(ds, lo, hi) if out is None else out
+    diff = np.diff(out)
+    if idx is not None and not ((diff >= 0).all() or (diff <= 0).all()):
+        present = np.bincount(idx.ravel(), minlength=hi - lo + 1) > 0
+        vmin, vmax = float(out[present].min()), float(out[present].max())
+    else:
+        vmin, vmax = float(out.min()), float(out.max())
+    if vmax > vmin:
+        scaled = (np.clip(out, vmin, vmax) - vmin) * (65535.0 / (vmax - vmin))
+    else:
+        scaled = np.zeros_like(out)
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
+        scaled = 65535.0 - scaled
+    return np.rint(scaled).astype(np.uint16)
+
+
+def dicom_to_uint16(ds: pydicom.Dataset, path: str | os.PathLike = "<dataset>", size: int | None = None) -> np.ndarray:
+    """The image after LUTs, full-range scaling (0..65535), MONOCHROME1 inversion and resizing.
+
+    When the LUT chain is affine over the image's values (no VOI window clipping inside them, no
+    non-linear LUT) it commutes with area resizing, so the stored values are resized first and the
+    table is applied to the small image; otherwise the table is applied at full resolution.
+    """
+    raw = _stored_pixels(ds, path)
+    lo, hi = int(raw.min()), int(raw.max())
+    chain = _chain(ds, lo, hi)
+    if _is_affine(chain):
+        table = full_range_lut(ds, lo, hi, out=chain)
+        small = resize_longest(raw, size)
+        return table[small if lo == 0 else small.astype(np.int32) - lo]
+    if lo >= 0:  # index with the stored values themselves: no subtraction pass over the image
+        idx = raw
+        table = np.concatenate([np.zeros(lo, np.uint16), full_range_lut(ds, lo, hi, raw.astype(np.int32) - lo
+                                                                        if _needs_present(chain) else None, chain)])
+    else:
+        idx = raw.astype(np.int32) - lo
+        table = full_range_lut(ds, lo, hi, idx, chain)
+    return resize_longest(table[idx], size)
+
+
+def _needs_present(out: np.ndarray) -> bool:
+    diff = np.diff(out)
+    return not ((diff >= 0).all() or (diff <= 0).all())
+
+
+def resized_shape(width: int, height: int, size: int | None) -> tuple[int, int]:
+    """(width, height) with the longest side ``size`` and the aspect ratio kept (unchanged when size is None)."""
+    if not size:
+        return width, height
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_longest(img: np.ndarray, size: int | None) -> np.ndarray:
+    """Resize so the longest side is ``size`` (aspect kept, ``cv2.INTER_AREA``); None keeps the image."""
+    h, w = img.shape[:2]
+    new_w, new_h = resized_shape(w, h, size)
+    if (new_w, new_h) == (w, h):
+        return img
+    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
+
+
+def to_uint8(img16: np.ndarray) -> np.ndarray:
+    """Round a 0..65535 image to 0..255."""
+    return ((img16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def load_dicom_image(
+    path: str | os.PathLike, size: int | None = None, bit_depth: int = 8,
+) -> tuple[np.ndarray, int, int]:
+    """Decode a DICOM exactly as data preparation does.
+
+    Args:
+        path: the DICOM file.
+        size: longest side of the output (None: original resolution).
+        bit_depth: 8 (uint8) or 16 (uint16).
+
+    Returns:
+        (image (H, W) uint8 or uint16, original width, original height).
+
+    Raises:
+        DicomError: the file cannot be read or decoded.
+    """
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    ds = read_dicom(path)
+    try:
+        orig_w, orig_h = int(ds.Columns), int(ds.Rows)
+        img = dicom_to_uint16(ds, path, size)
+    except DicomError:
+        raise
+    except Exception as e:  # a malformed LUT or window attribute
+        raise DicomError(f"{path}: cannot apply the modality/VOI LUT: {e}") from e
+    return (to_uint8(img) if bit_depth == 8 else img), orig_w, orig_h
+
+
+def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write a grayscale PNG atomically."""
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+@dataclass
+class ConvertResult:
+    """Outcome of one DICOM -> PNG conversion (``error`` set when it failed)."""
+
+    image_id: str
+    orig_width: int = 0
+    orig_height: int = 0
+    width: int = 0
+    height: int = 0
+    key: str = ""
+    error: str = ""
+    skipped: bool = False
+
+
+def conversion_key(src: str | os.PathLike, size: int | None, bit_depth: int) -> str:
+    """Fingerprint of the settings and the source file (size, mtime): equal keys mean the PNG is current."""
+    st = os.stat(src)
+    text = json.dumps({"v": DECODER_VERSION, "size": size, "bit_depth": bit_depth,
+                       "src_bytes": st.st_size, "src_mtime_ns": st.st_mtime_ns}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def convert_dicom(image_id: str, src: str | os.PathLike, dst: str | os.PathLike, size: int | None,
+                  bit_depth: int = 8) -> ConvertResult:
+    """Convert one DICOM to PNG; failures are returned in ``error`` (never raised), for worker pools."""
+    try:
+        key = conversion_key(src, size, bit_depth)
+        img, orig_w, orig_h = load_dicom_image(src, size, bit_depth)
+        write_png(dst, img)
+        return ConvertResult(image_id, orig_w, orig_h, img.shape[1], img.shape[0], key)
+    except Exception as e:
+        msg = str(e) if isinstance(e, DicomError) else f"{src}: {type(e).__name__}: {e}"
+        return ConvertResult(image_id, error=msg)
+
+
+def _convert_job(args: tuple) -> ConvertResult:
+    return convert_dicom(*args)
+
+
+class ConversionJournal:
+    """Append-only record of finished conversions (``<dir>/.convert.jsonl``); survives interruption."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    e = json.loads(line)
+                    self.entries[e["image_id"]] = e
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by an interruption
+        self._fh = None
+
+    def done(self, image_id: str, key: str, dst: Path) -> ConvertResult | None:
+        e = self.entries.get(image_id)
+        if e is None or e.get("key") != key or not dst.exists():
+            return None
+        return ConvertResult(image_id, e["orig_width"], e["orig_height"], e["width"], e["height"], key,
+                             skipped=True)
+
+    def record(self, r: ConvertResult) -> None:
+        entry = {k: v for k, v in asdict(r).items() if k not in ("error", "skipped")}
+        self.entries[r.image_id] = entry
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh.write(json.dumps(entry) + "\n")
+        self._fh.flush()
+
+    def close(self, keep: Iterable[str] | None = None) -> None:
+        """Close, and compact the journal to the entries of ``keep`` (all when None)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        entries = self.entries if keep is None else {k: self.entries[k] for k in keep if k in self.entries}
+        if self.path.exists() or entries:
+            atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in entries.values()))
+
+
+def convert_dicoms(
+    jobs: Sequence[tuple[str, str | os.PathLike, str | os.PathLike]],
+    size: int | None,
+    bit_depth: int = 8,
+    workers: int = 1,
+    journal: str | os.PathLike | None = None,
+    on_error: Callable[[ConvertResult], None] | None = None,
+    progress: bool = True,
+) -> dict[str, ConvertResult]:
+    """Convert ``(image_id, dicom_path, png_path)`` jobs, in ``workers`` processes.
+
+    Args:
+        jobs: what to convert.
+        size: longest side of the PNGs (None: original resolution).
+        bit_depth: 8 or 16.
+        workers: processes (1: in this process).
+        journal: path of the conversion journal; a job whose PNG exists and whose journal entry has
+            the same :func:`conversion_key` is skipped.
+        on_error: called with each failed result as it arrives; it may raise to stop the run (strict
+            mode), which cancels the jobs not yet started.
+        progress: show a tqdm bar.
+
+    Returns:
+        image_id -> result (failed ones have ``error`` set).
+    """
+    log = ConversionJournal(journal) if journal is not None else None
+    results: dict[str, ConvertResult] = {}
+    todo = []
+    for image_id, src, dst in jobs:
+        dst = Path(dst)
+        if log is not None:
+            try:
+                prev = log.done(image_id, conversion_key(src, size, bit_depth), dst)
+            except OSError:
+                prev = None
+            if prev is not None:
+                results[image_id] = prev
+                continue
+        todo.append((image_id, str(src), str(dst), size, bit_depth))
+    if results:
+        logger.info("%d of %d images already converted with the same settings; skipped", len(results), len(jobs))
+
+    def handle(r: ConvertResult) -> None:
+        results[r.image_id] = r
+        if r.error:
+            if on_error is not None:
+                on_error(r)
+        elif log is not None:
+            log.record(r)
+
+    bar = tqdm(total=len(todo), desc="DICOM -> PNG", unit="img", disable=not progress or not todo)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for job in todo:
+                handle(_convert_job(job))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_convert_job, job) for job in todo]
+                try:
+                    for fut in as_completed(futures):
+                        handle(fut.result())
+                        bar.update()
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return results
+
+
+def find_dicoms(root: str | os.PathLike) -> tuple[dict[str, Path], list[tuple[str, Path, Path]]]:
+    """DICOM files under ``root`` (recursively; ``.dicom`` / ``.dcm``), keyed by file stem.
+
+    Returns:
+        (image_id -> path, [(image_id, kept path, duplicate path), ...] for stems seen twice).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DICOM folder not found: {root}")
+    found: dict[str, Path] = {}
+    duplicates = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in DICOM_SUFFIXES and p.is_file():
+            if p.stem in found:
+                duplicates.append((p.stem, found[p.stem], p))
+            else:
+                found[p.stem] = p
+    return found, duplicates
