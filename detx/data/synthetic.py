@@ -298,12 +298,12 @@ def _make_image(dataset: str, rng: np.random.Generator, min_size: int, max_size:
                 findings: list[str]) -> tuple[np.ndarray, dict[str, Any], list[tuple[str, tuple]]]:
     from detx.data.synthetic_draw import draw_chest, draw_spine
 
-    if dataset == "vindr-cxr":
-        h, w = _image_size(rng, min_size, max_size, p_landscape=0.25)
-        img, drawn = draw_chest(rng, h, w, findings)
-    else:
-        h, w = _image_size(rng, min_size, max_size, p_landscape=0.15)
-        img, drawn = draw_spine(rng, h, w, findings)
+    draw, p_landscape = (draw_chest, 0.25) if dataset == "vindr-cxr" else (draw_spine, 0.15)
+    for _ in range(10):  # a finding whose place is missing in this geometry is skipped: redraw if none is left
+        h, w = _image_size(rng, min_size, max_size, p_landscape=p_landscape)
+        img, drawn = draw(rng, h, w, findings)
+        if drawn or not findings:
+            break
     pixels, kwargs = encode_pixels(rng, img)
     return pixels, kwargs, [(f.class_name, f.box) for f in drawn]
 
