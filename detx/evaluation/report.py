@@ -1,0 +1,235 @@
+"""Evaluation of a submission against ground truth files: every metric, the printed table, the JSON.
+
+Ground truth comes from a reader CSV (any supported format, readers fused per image and class with
+:func:`detx.data.fusion.fuse_readers`) or a prepared COCO JSON (:func:`detx.data.coco.load_prepared_coco`,
+boxes in original pixels). An image is abnormal when it has a finding box after fusion (the "any reader"
+rule of :func:`detx.data.fusion.image_labels`), and has class k when it has a box of class k. The image-level
+score is P(abnormal) = 1 - the submission's No-finding confidence, or its highest finding confidence
+when it has no No-finding entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+from detx.data.classes import NO_FINDING, no_finding_id
+from detx.data.submission import Predictions, read_submission
+from detx.evaluation.classification import image_level_metrics, image_scores_from_predictions, per_class_auc
+from detx.evaluation.coco import SUMMARY_KEYS, coco_metrics
+from detx.evaluation.froc import froc
+from detx.evaluation.vinbigdata import map_key, vinbigdata_map
+from detx.inference.classifier import class_max_scores
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GroundTruthSet", "EvaluationResult", "load_ground_truth", "evaluate_submission", "evaluate_files",
+           "format_table"]
+
+MAX_PROBLEMS_IN_JSON = 100
+
+
+@dataclass
+class GroundTruthSet:
+    """Ground truth of an evaluation: ``gt`` maps image_id to (boxes xyxy original px, classes), findings only."""
+
+    gt: dict[str, tuple[np.ndarray, np.ndarray]]
+    classes: tuple[str, ...]
+    dataset: str = ""
+    source: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvaluationResult:
+    """``metrics`` is what the JSON holds; ``curves`` the arrays behind the plots."""
+
+    metrics: dict[str, Any]
+    curves: dict[str, Any]
+
+
+def load_ground_truth(
+    path: str | os.PathLike,
+    fusion: str = "wbf",
+    fusion_iou_thr: float = 0.4,
+    strict: bool = False,
+) -> GroundTruthSet:
+    """Ground truth from a reader CSV (fused per ``fusion``) or a prepared COCO JSON (``.json``).
+
+    Raises:
+        detx.data.readers.DataError: a bad CSV row in strict mode.
+        ValueError: an unreadable file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ground truth {path} does not exist")
+    if path.suffix.lower() == ".json":
+        from detx.data.coco import load_prepared_coco
+
+        pc = load_prepared_coco(path)
+        return GroundTruthSet(dict(pc.gt), tuple(pc.classes), str(pc.info.get("dataset", "")), str(path))
+
+    from detx.data.fusion import fuse_readers
+    from detx.data.readers import read_reader_csv
+
+    table, problems = read_reader_csv(path, strict=strict)
+    classes = tuple(table.attrs["classes"])
+    fused = fuse_readers(table, method=fusion, iou_thr=fusion_iou_thr)
+    gt: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    is_finding = (fused["class_name"] != NO_FINDING).to_numpy()
+    boxes = fused[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float64)
+    cls = fused["class_id"].to_numpy(dtype=np.int64)
+    for image_id, idx in fused.groupby("image_id", sort=False).indices.items():
+        keep = idx[is_finding[idx]]
+        gt[str(image_id)] = (boxes[keep].reshape(-1, 4), cls[keep])
+    return GroundTruthSet(gt, classes, str(table.attrs.get("dataset", "")), str(path), [str(p) for p in problems])
+
+
+def _by_name(values: dict[int, Any], names: list[str]) -> dict[str, Any]:
+    return {names[c]: v for c, v in values.items()}
+
+
+def evaluate_submission(
+    gts: GroundTruthSet,
+    preds: dict[str, Predictions],
+    iou_thr: float = 0.4,
+    threshold: float | None = None,
+) -> EvaluationResult:
+    """All metrics of ``preds`` (image_id -> Predictions, ids a subset of the ground truth's).
+
+    Args:
+        gts: the ground truth.
+        preds: the submission; an image without an entry has no predictions.
+        iou_thr: the matching IoU of the challenge metric, FROC and the extra COCO AP.
+        threshold: the image-level operating point; None: Youden-optimal on these images.
+    """
+    classes = list(gts.classes)
+    k = len(classes)
+    nf = no_finding_id(classes)
+    names = [*classes, NO_FINDING]
+    image_ids = list(gts.gt)
+    gt = gts.gt
+    key = map_key(iou_thr)
+
+    vb = vinbigdata_map(gt, preds, num_classes=k, iou_thr=iou_thr)
+    coco = coco_metrics(gt, preds, num_classes=k, extra_iou_thr=iou_thr)
+    fr = froc(gt, preds, num_classes=k, iou_thr=iou_thr)
+
+    empty = Predictions()
+    labels = np.array([len(gt[i][1]) > 0 for i in image_ids], np.int64)
+    p_abn = np.array([image_scores_from_predictions(preds.get(i, empty), k) for i in image_ids], np.float64)
+    image_level = image_level_metrics(labels, p_abn, threshold) if image_ids else {}
+    if image_ids:
+        present = np.zeros((len(image_ids), k), np.int64)
+        for r, i in enumerate(image_ids):
+            present[r, np.unique(gt[i][1])] = 1
+        per_class_scores = np.stack([class_max_scores(preds.get(i, empty), k) for i in image_ids])
+        image_level["auc_per_class"] = per_class_auc(present, per_class_scores, classes)
+
+    metrics: dict[str, Any] = {
+        "gt": gts.source,
+        "dataset": gts.dataset,
+        "num_images": len(image_ids),
+        "iou_thr": float(iou_thr),
+        key: vb["mAP"] if np.isfinite(vb["mAP"]) else None,
+        "mAP": vb["mAP"] if np.isfinite(vb["mAP"]) else None,
+        "AP_per_class": _by_name(vb["AP_per_class"], names),
+        f"coco_{key}": coco[f"coco_{key}"],
+        "coco": {**{s: coco[s] for s in SUMMARY_KEYS},
+                 "AP_per_class": _by_name(coco["AP_per_class"], classes),
+                 f"AP{key[3:]}_per_class": _by_name(coco[f"AP{key[3:]}_per_class"], classes)},
+        "froc": {kk: fr[kk] for kk in ("fp_rates", "sensitivity", "mean", "num_lesions")},
+        "image_level": image_level,
+        "num_gt": _by_name(vb["num_gt"], names),
+        "num_pred": _by_name(vb["num_pred"], names),
+        "excluded_classes": [names[c] for c, ap in vb["AP_per_class"].items() if ap is None],
+    }
+    curves = {
+        "pr": {names[c]: (cv["recall"], cv["precision"]) for c, cv in vb["curves"].items()},
+        "ap": {names[c]: ap for c, ap in vb["AP_per_class"].items() if ap is not None},
+        "froc": (fr["curve"]["fp_per_image"], fr["curve"]["sensitivity"], fr["fp_rates"], fr["sensitivity"]),
+        "roc": (labels, p_abn, image_level.get("threshold")),
+        "no_finding_id": nf,
+    }
+    return EvaluationResult(metrics, curves)
+
+
+def evaluate_files(
+    gt_path: str | os.PathLike,
+    pred_path: str | os.PathLike,
+    gt_fusion: str = "wbf",
+    iou_thr: float = 0.4,
+    strict: bool = False,
+    fusion_iou_thr: float = 0.4,
+    threshold: float | None = None,
+) -> EvaluationResult:
+    """Read the ground truth and the submission, check the submission covers exactly the ground truth's
+    images, and evaluate. In lenient mode bad entries are skipped and counted in ``metrics["problems"]``.
+
+    Raises:
+        detx.data.submission.SubmissionError: a bad submission in strict mode (or a bad header).
+        detx.data.readers.DataError: a bad ground-truth row in strict mode.
+    """
+    gts = load_ground_truth(gt_path, fusion=gt_fusion, fusion_iou_thr=fusion_iou_thr, strict=strict)
+    sub = read_submission(pred_path, strict=strict, num_classes=len(gts.classes) + 1, image_ids=list(gts.gt))
+    result = evaluate_submission(gts, dict(sub), iou_thr=iou_thr, threshold=threshold)
+    m = result.metrics
+    m["pred"] = str(pred_path)
+    m["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
+    m["problems"] = {
+        "submission": len(sub.problems),
+        "ground_truth": len(gts.problems),
+        "messages": (sub.problems + gts.problems)[:MAX_PROBLEMS_IN_JSON],
+    }
+    return result
+
+
+def _f(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{100 * v:.2f}" if pct else f"{v:.4f}"
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The per-class table and the summary lines, as text."""
+    key = map_key(metrics["iou_thr"])
+    coco = metrics["coco"]
+    extra = f"AP{key[3:]}_per_class"
+    rows = []
+    for cid, (name, ap) in enumerate(metrics["AP_per_class"].items()):
+        rows.append([
+            cid, name, "excluded (no GT)" if ap is None else _f(ap),
+            _f(coco["AP_per_class"].get(name)), _f(coco[extra].get(name)),
+            metrics["num_gt"][name], metrics["num_pred"][name],
+        ])
+    table = tabulate(rows, headers=["id", "class", f"AP{key[3:]} (VOC)", "COCO AP", f"COCO AP{key[3:]}", "GT", "pred"],
+                     tablefmt="github", disable_numparse=True)
+    fr = metrics["froc"]
+    il = metrics["image_level"]
+    lines = [
+        table,
+        "",
+        f"{key} (challenge, VOC 2010, IoU > {metrics['iou_thr']:g}, {metrics['num_images']} images, "
+        f"{len(metrics['AP_per_class']) - len(metrics['excluded_classes'])} classes with GT): {_f(metrics[key])}",
+        "COCO (findings): " + "  ".join(f"{k} {_f(coco[k])}" for k in SUMMARY_KEYS)
+        + f"  coco_{key} {_f(metrics['coco_' + key])}",
+        "FROC sensitivity at " + ", ".join(f"{r:g}: {_f(s)}" for r, s in zip(fr["fp_rates"], fr["sensitivity"]))
+        + f" FP/image; mean {_f(fr['mean'])} ({fr['num_lesions']} lesions)",
+    ]
+    if il:
+        lines.append(
+            f"Image level ({il['num_abnormal']} abnormal / {il['num_normal']} normal): AUC {_f(il['auc'])}; at "
+            f"threshold {il['threshold']:.4f} ({il['threshold_method']}): F1 {_f(il['f1'])}, sensitivity "
+            f"{_f(il['sensitivity'])}, specificity {_f(il['specificity'])}, accuracy {_f(il['accuracy'])}"
+        )
+    probs = metrics.get("problems")
+    if probs and (probs["submission"] or probs["ground_truth"]):
+        lines.append(f"Skipped in lenient mode: {probs['submission']} submission problem(s), "
+                     f"{probs['ground_truth']} ground-truth problem(s)")
+    return "\n".join(lines)
