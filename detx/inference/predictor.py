@@ -1,0 +1,393 @@
+"""Batched detectron2 prediction in original DICOM pixels, over prepared JSONs, DICOM folders or PNG folders.
+
+:func:`collect_inputs` turns ``--input`` into :class:`InputImage` records (with original sizes where they
+are known before decoding); :class:`BatchedPredictor` runs one checkpoint on several images per forward
+pass (AMP on CUDA) for any :class:`~detx.inference.tta.TTAView`; :func:`predict_all` decodes each batch
+once and runs every model and view on it, keeping images that fail to decode apart (lenient) or
+stopping at the first (strict).
+
+Images are read exactly as training reads them (detectron2 ``read_image`` in ``INPUT.FORMAT``; DICOMs
+decoded by the preparation pipeline at the prepared size) and resized like detectron2's
+``DefaultPredictor`` (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``). detectron2's
+post-processing scales boxes to the ``height``/``width`` passed with each image: passing the original
+size gives boxes in original pixels directly (the PNG keeps the aspect ratio, so original = model input
+times ``orig / input`` per axis).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+
+from detx.data.dicom import DICOM_SUFFIXES
+from detx.data.submission import Predictions
+from detx.inference.tta import TTAView, hflip_boxes, hflip_image
+
+logger = logging.getLogger(__name__)
+
+PNG_SUFFIXES = (".png",)
+
+
+class PredictionInputError(ValueError):
+    """An input (folder, JSON, image) that prediction cannot use; the message names it."""
+
+
+class UnreadableImageError(PredictionInputError):
+    """An image that cannot be decoded, in strict mode (lenient mode writes it as no finding)."""
+
+
+class CheckpointError(ValueError):
+    """A weights file that does not fit the config (missing, another class count, other shapes)."""
+
+
+@dataclass
+class InputImage:
+    """One image to predict.
+
+    Attributes:
+        image_id: the dataset's string id (submission row).
+        path: PNG or DICOM file.
+        kind: ``"png"`` or ``"dicom"``.
+        orig_width, orig_height: original DICOM size; None until decoded (a DICOM folder) or when a PNG
+            folder has no meta.csv (then the PNG size is used).
+    """
+
+    image_id: str
+    path: Path
+    kind: str
+    orig_width: int | None = None
+    orig_height: int | None = None
+
+
+@dataclass
+class InputSet:
+    """What ``--input`` holds: images, and for a prepared JSON its classes, dataset and ground truth."""
+
+    images: list[InputImage]
+    source: Path
+    classes: tuple[str, ...] | None = None
+    dataset: str | None = None
+    gt: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    png_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix:  # extension-less files may be DICOM: check the "DICM" magic at byte 128
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_meta(folder: Path) -> dict[str, tuple[int, int, int, int]]:
+    """meta.csv beside (or inside) a PNG folder: image_id -> (orig_w, orig_h, png_w, png_h)."""
+    import pandas as pd
+
+    for meta in (folder / "meta.csv", folder.parent / "meta.csv"):
+        if meta.is_file():
+            df = pd.read_csv(meta, dtype={"image_id": str})
+            need = {"image_id", "orig_width", "orig_height"}
+            if not need <= set(df.columns):
+                raise PredictionInputError(f"{meta}: needs the columns {sorted(need)}, has {list(df.columns)}")
+            w = df["width"] if "width" in df else pd.Series([-1] * len(df))
+            h = df["height"] if "height" in df else pd.Series([-1] * len(df))
+            return {str(i): (int(ow), int(oh), int(pw), int(ph))
+                    for i, ow, oh, pw, ph in zip(df["image_id"], df["orig_width"], df["orig_height"], w, h)}
+    return {}
+
+
+def collect_inputs(path: str | os.PathLike) -> InputSet:
+    """The images of a prepared COCO JSON, a DICOM folder or a PNG folder (sorted by image id).
+
+    Raises:
+        PredictionInputError: the path does not exist, or a folder holds no DICOM or PNG image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PredictionInputError(f"input {path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() != ".json":
+            raise PredictionInputError(f"input {path}: expected a prepared COCO .json, a DICOM folder or a PNG folder")
+        from detx.data.coco import load_prepared_coco
+
+        try:
+            coco = load_prepared_coco(path)
+        except (ValueError, KeyError) as e:
+            raise PredictionInputError(f"input {path}: {e}") from e
+        images = [InputImage(uid, coco.image_path(uid), "png", int(im["orig_width"]), int(im["orig_height"]))
+                  for uid, im in coco.images.items()]
+        if not images:
+            raise PredictionInputError(f"input {path} lists no images")
+        has_gt = any(len(b) for b, _ in coco.gt.values()) or "annotations" in _json_keys(path)
+        return InputSet(images, path, coco.classes, coco.info.get("dataset"), coco.gt if has_gt else None,
+                        {uid: (int(im["width"]), int(im["height"])) for uid, im in coco.images.items()})
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    dicoms = [p for p in files if _is_dicom_file(p)]
+    if dicoms:
+        return InputSet([InputImage(_image_id(p), p, "dicom") for p in dicoms], path)
+    pngs = [p for p in files if p.suffix.lower() in PNG_SUFFIXES]
+    if not pngs:
+        raise PredictionInputError(f"input folder {path} holds no DICOM (*.dicom, *.dcm, extension-less) or PNG images")
+    meta = _read_meta(path)
+    images = []
+    for p in pngs:
+        m = meta.get(p.stem)
+        images.append(InputImage(p.stem, p, "png", m[0] if m else None, m[1] if m else None))
+    if meta:
+        missing = [im.image_id for im in images if im.orig_width is None]
+        if missing:
+            logger.warning("%d PNG(s) not in meta.csv, their own size is taken as original: %s", len(missing),
+                           missing[:5])
+    return InputSet(images, path)
+
+
+def _json_keys(path: Path) -> set[str]:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return {k for k, v in data.items() if v} if isinstance(data, dict) else set()
+
+
+def _image_id(path: Path) -> str:
+    return path.stem if path.suffix.lower() in DICOM_SUFFIXES else path.name
+
+
+def to_model_format(gray_or_rgb: np.ndarray, fmt: str) -> np.ndarray:
+    """An image array as detectron2 ``read_image`` would return its PNG in ``fmt`` (e.g. gray -> 3-channel BGR)."""
+    from detectron2.data.detection_utils import convert_PIL_to_numpy
+    from PIL import Image
+
+    return convert_PIL_to_numpy(Image.fromarray(gray_or_rgb), fmt)
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image in the model's format, with its original size, or the error that stopped it."""
+
+    record: InputImage
+    image: np.ndarray | None = None
+    orig_size: tuple[int, int] | None = None  # (width, height)
+    error: str | None = None
+
+
+def load_image(record: InputImage, fmt: str, dicom_size: int) -> LoadedImage:
+    """Decode one input image (never raises: a failure is returned as ``error``)."""
+    try:
+        if record.kind == "dicom":
+            from detx.data.dicom import load_dicom_image
+
+            gray, orig_w, orig_h = load_dicom_image(record.path, dicom_size)
+            return LoadedImage(record, to_model_format(gray, fmt), (orig_w, orig_h))
+        from detectron2.data.detection_utils import read_image
+
+        image = read_image(str(record.path), format=fmt)
+        h, w = image.shape[:2]
+        orig = (record.orig_width or w, record.orig_height or h)
+        return LoadedImage(record, image, orig)
+    except Exception as e:  # noqa: BLE001 - any decoder error makes this one image unreadable
+        return LoadedImage(record, error=f"{record.path}: {type(e).__name__}: {e}")
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, records: Sequence[InputImage], fmt: str, dicom_size: int):
+        self.records, self.fmt, self.dicom_size = list(records), fmt, dicom_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> LoadedImage:
+        return load_image(self.records[i], self.fmt, self.dicom_size)
+
+
+def iter_batches(records: Sequence[InputImage], fmt: str, dicom_size: int, batch_size: int,
+                 num_workers: int = 0) -> Iterator[list[LoadedImage]]:
+    """Decoded images in batches, decoding in ``num_workers`` background processes."""
+    loader = torch.utils.data.DataLoader(_Images(records, fmt, dicom_size), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=list, shuffle=False)
+    yield from loader
+
+
+# ----------------------------------------------------------------------------------------- model
+
+def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classes: int) -> None:
+    """Fail early on weights that cannot be this model's: missing file, another class count, other shapes.
+
+    detectron2's checkpointer only warns on shape mismatches and leaves those layers random.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".pkl":  # model-zoo (Caffe2-named) weights: detectron2 converts and checks them
+        return
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling error means an unusable file
+        raise CheckpointError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"weights file {path} holds no model state dict")
+    cls_key = "roi_heads.box_predictor.cls_score.weight"
+    if cls_key in state and tuple(state[cls_key].shape)[0] != num_classes + 1:
+        raise CheckpointError(
+            f"weights file {path} was trained for {tuple(state[cls_key].shape)[0] - 1} classes but the config has "
+            f"MODEL.ROI_HEADS.NUM_CLASSES {num_classes}")
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CheckpointError(f"weights file {path} does not fit the config's model: {len(wrong)} shape "
+                              f"mismatch(es), e.g. {wrong[:3]}")
+    if not any(k in own for k in state):
+        raise CheckpointError(f"weights file {path} shares no parameter name with the config's model")
+
+
+class BatchedPredictor:
+    """One checkpoint of a config, predicting several images per forward pass.
+
+    Like detectron2's ``DefaultPredictor`` (same resize, same model call) but batched, with AMP on
+    CUDA, TTA views, and boxes returned in original pixels as :class:`Predictions`.
+    """
+
+    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True):
+        from detectron2.checkpoint import DetectionCheckpointer
+        from detectron2.modeling import build_model
+
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        check_checkpoint(self.model, weights, self.cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        DetectionCheckpointer(self.model).load(str(weights))
+        self.weights = str(weights)
+        self.device = torch.device(self.cfg.MODEL.DEVICE)
+        self.amp = amp and self.device.type == "cuda"
+        self.input_format = self.cfg.INPUT.FORMAT
+
+    def _resize(self, view: TTAView):
+        from detectron2.data import transforms as T
+
+        min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        if view.min_size is not None:  # keep the config's max/min ratio at another scale
+            max_size = int(round(max_size * view.min_size / min_size))
+            min_size = view.min_size
+        return T.ResizeShortestEdge([min_size, min_size], max_size)
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
+                 view: TTAView | None = None) -> list[Predictions]:
+        """Predict a batch.
+
+        Args:
+            images: HWC uint8 arrays in ``INPUT.FORMAT`` (as :func:`load_image` returns them).
+            orig_sizes: (width, height) in original pixels, the frame of the returned boxes.
+            view: the TTA view (flip, scale) to run.
+        """
+        view = view or TTAView()
+        if not images:
+            return []
+        resize = self._resize(view)
+        inputs = []
+        for image, (ow, oh) in zip(images, orig_sizes):
+            x = resize.get_transform(image).apply_image(image)
+            t = torch.as_tensor(np.ascontiguousarray(x.transpose(2, 0, 1))).float()
+            if view.hflip:
+                t = hflip_image(t)
+            inputs.append({"image": t, "height": int(oh), "width": int(ow)})
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+            outputs = self.model(inputs)
+        preds = []
+        for out, (ow, _oh) in zip(outputs, orig_sizes):
+            inst = out["instances"].to("cpu")
+            boxes = inst.pred_boxes.tensor.float().numpy().astype(np.float64)
+            if view.hflip:
+                boxes = hflip_boxes(boxes, float(ow))
+            preds.append(Predictions(boxes, inst.scores.float().numpy(), inst.pred_classes.numpy()))
+        return preds
+
+
+@dataclass
+class PredictionRun:
+    """Raw predictions of every (model, view) pair, before ensembling.
+
+    Attributes:
+        sets: one ``{image_id: Predictions}`` per (model, view), in ``names`` order.
+        names: ``"m<k>:<view>"`` per set.
+        set_weights: WBF weight of each set (its model's weight).
+        orig_sizes: image_id -> (width, height) original pixels, for every decoded image.
+        failures: image_id -> the reason it could not be decoded (lenient mode).
+        order: every input image id, in input order.
+    """
+
+    sets: list[dict[str, Predictions]]
+    names: list[str]
+    set_weights: list[float]
+    orig_sizes: dict[str, tuple[int, int]]
+    failures: dict[str, str]
+    order: list[str]
+
+
+def predict_all(
+    predictors: Sequence[BatchedPredictor],
+    records: Sequence[InputImage],
+    views: Sequence[TTAView] | None = None,
+    batch_size: int = 4,
+    model_weights: Sequence[float] | None = None,
+    dicom_size: int = 1024,
+    num_workers: int = 0,
+    strict: bool = False,
+    progress: bool = True,
+) -> PredictionRun:
+    """Run every predictor and view on every image, decoding each batch once.
+
+    Raises:
+        UnreadableImageError: in ``strict`` mode, at the first image that cannot be decoded.
+    """
+    from tqdm import tqdm
+
+    if not predictors:
+        raise ValueError("no model to predict with")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    weights = list(model_weights) if model_weights is not None else [1.0] * len(predictors)
+    if len(weights) != len(predictors):
+        raise ValueError(f"{len(weights)} model weights for {len(predictors)} models")
+    views = list(views) if views else [TTAView()]
+    fmt = predictors[0].input_format
+    pairs = [(m, v) for m in range(len(predictors)) for v in views]
+    sets: list[dict[str, Predictions]] = [{} for _ in pairs]
+    sizes: dict[str, tuple[int, int]] = {}
+    failures: dict[str, str] = {}
+    bar = tqdm(total=len(records), desc="predict", unit="img", disable=not progress)
+    for batch in iter_batches(records, fmt, dicom_size, batch_size, num_workers):
+        good = []
+        for item in batch:
+            if item.error is not None:
+                if strict:
+                    raise UnreadableImageError(f"image {item.record.image_id}: {item.error}")
+                logger.warning("image %s cannot be read, written as no finding: %s", item.record.image_id,
+                               item.error)
+                failures[item.record.image_id] = item.error
+            else:
+                good.append(item)
+                sizes[item.record.image_id] = item.orig_size
+        images = [g.image for g in good]
+        orig = [g.orig_size for g in good]
+        for k, (m, view) in enumerate(pairs):
+            for g, p in zip(good, predictors[m](images, orig, view)):
+                sets[k][g.record.image_id] = p
+        bar.update(len(batch))
+    bar.close()
+    return PredictionRun(sets, [f"m{m}:{v.name}" for m, v in pairs], [weights[m] for m, _ in pairs], sizes,
+                         failures, [r.image_id for r in records])
