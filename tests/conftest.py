@@ -55,3 +55,31 @@ def synthetic_spinexr_dir(tmp_path_factory):
     generate_dataset(out, dataset="spinexr", n_train=16, n_test=4, seed=0, min_size=96, max_size=192,
                      progress=False)
     return out
+
+
+# ----------------------------------------------------------------------------------------- prepared
+# The synthetic datasets run through data preparation (detx.data.prepare), once per session:
+# OUT/images/*.png (longest side 128), meta.csv, annotations/{all,train_fold{0,1},val_fold{0,1}}.json.
+
+
+@pytest.fixture(scope="session")
+def prepared_cxr_dir(synthetic_cxr_dir, tmp_path_factory):
+    """synthetic_cxr_dir's train set prepared: --size 128, WBF, 2 folds, seed 0 (14 Kaggle classes)."""
+    from detx.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared_cxr")
+    prepare_dataset(dataset="vindr-cxr", csv=synthetic_cxr_dir / "train.csv", dicom_dir=synthetic_cxr_dir / "train",
+                    out=out, size=128, folds=2, seed=0, workers=1, report=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_spinexr_dir(synthetic_spinexr_dir, tmp_path_factory):
+    """synthetic_spinexr_dir's train set prepared: --size 128, WBF, 2 study-grouped folds, seed 0 (7 classes)."""
+    from detx.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared_spinexr")
+    prepare_dataset(dataset="spinexr", csv=synthetic_spinexr_dir / "annotations" / "train.csv",
+                    dicom_dir=synthetic_spinexr_dir / "train_images", out=out, size=128, folds=2, seed=0,
+                    workers=1, report=False, progress=False)
+    return out

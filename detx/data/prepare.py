@@ -1,0 +1,397 @@
+"""The data preparation pipeline: DICOM + reader CSV -> PNGs, meta.csv, fused COCO JSON with folds.
+
+:func:`prepare_dataset` runs, in order:
+
+1. read the reader CSV into the normalized table (:mod:`detx.data.readers`; bad rows become problems);
+2. match CSV images and DICOM files (a CSV image without DICOM, a DICOM without CSV rows, an image all
+   of whose rows were bad: skipped);
+3. convert the DICOMs to PNG (:mod:`detx.data.dicom`; an undecodable file: skipped);
+4. clip boxes slightly outside their image, drop absurd ones (:func:`~detx.data.readers.check_box_bounds`);
+5. fuse the readers (:mod:`detx.data.fusion`), derive per-image labels, assign folds (:mod:`detx.data.folds`);
+6. write ``meta.csv``, ``annotations/{all,train_fold{k},val_fold{k}}.json`` (or ``test.json`` without a
+   CSV), ``summary.json``, ``problems.csv`` and the ``report/`` plots.
+
+Every skipped item is a :class:`~detx.data.readers.Problem` naming the row or image, counted in the
+summary; with ``strict=True`` the first one raises :class:`~detx.data.readers.DataError` instead.
+Every file is written atomically, and a second run skips images already converted with the same
+settings, so an interrupted run is simply started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detx.data.classes import DATASET_CLASSES, NO_FINDING
+from detx.data.coco import build_coco, write_coco
+from detx.data.dicom import convert_dicoms, find_dicoms
+from detx.data.folds import assign_folds
+from detx.data.fusion import FUSION_METHODS, fuse_readers, image_labels
+from detx.data.readers import (
+    ProblemLog,
+    check_box_bounds,
+    make_table,
+    read_physionet_image_labels,
+    read_reader_csv,
+    sniff_format,
+)
+from detx.utils.io import atomic_write_text, write_json
+
+logger = logging.getLogger(__name__)
+
+#: which annotation formats each prepare script accepts
+DATASET_FORMATS: dict[str, tuple[str, ...]] = {"vindr-cxr": ("kaggle", "physionet"), "spinexr": ("spinexr",)}
+
+
+@dataclass
+class PrepareSummary:
+    """What a preparation run did (also written to ``OUT/summary.json``)."""
+
+    out: str
+    dataset: str
+    classes: list[str]
+    settings: dict
+    dicoms_found: int = 0
+    images: int = 0
+    images_normal: int = 0
+    images_abnormal: int = 0
+    images_converted: int = 0
+    images_already_done: int = 0
+    boxes_before_fusion: int = 0
+    boxes_after_fusion: int = 0
+    per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    boxes_per_reader: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, int] = field(default_factory=dict)
+    folds: dict[str, dict[str, int]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Skipped rows and images (clipped boxes are repaired, not skipped)."""
+        return sum(n for k, n in self.problems.items() if k != "clipped")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "skipped": self.skipped}
+
+    def format(self) -> str:
+        """A short human-readable summary."""
+        lines = [
+            f"Prepared {self.dataset} in {self.out}",
+            f"  images: {self.images} ({self.images_abnormal} abnormal, {self.images_normal} normal); "
+            f"DICOMs found {self.dicoms_found}, converted {self.images_converted}, "
+            f"already done {self.images_already_done}",
+        ]
+        if self.settings.get("csv"):
+            lines.append(f"  boxes: {self.boxes_before_fusion} from readers -> {self.boxes_after_fusion} after "
+                         f"fusion ({self.settings.get('fusion')}, IoU {self.settings.get('iou_thr')})")
+            width = max((len(c) for c in self.per_class), default=10)
+            lines.append(f"  {'class':<{width}}  readers  fused  images")
+            for name, c in self.per_class.items():
+                lines.append(f"  {name:<{width}}  {c['before']:>7}  {c['after']:>5}  {c['images']:>6}")
+        if self.problems:
+            detail = ", ".join(f"{k} {n}" for k, n in self.problems.items())
+            lines.append(f"  skipped: {self.skipped} ({detail}); see problems.csv")
+        else:
+            lines.append("  skipped: 0")
+        if self.folds:
+            lines.append("  folds: " + ", ".join(f"{k}: {v['train']} train / {v['val']} val"
+                                                  for k, v in self.folds.items()))
+        return "\n".join(lines)
+
+
+def _subset(table: pd.DataFrame, mask) -> pd.DataFrame:
+    out = table[mask].reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def _find_image_labels(csv: Path) -> Path | None:
+    """PhysioNet's image_labels_{split}.csv next to annotations_{split}.csv, if there."""
+    m = re.fullmatch(r"annotations_(\w+)\.csv", csv.name)
+    if m:
+        cand = csv.with_name(f"image_labels_{m.group(1)}.csv")
+        if cand.exists():
+            return cand
+    return None
+
+
+def _remove_stale(ann_dir: Path, written: set[str]) -> None:
+    for p in ann_dir.glob("*.json"):
+        if p.name not in written and re.fullmatch(r"(all|test|(train|val)_fold\d+)\.json", p.name):
+            logger.info("removing %s from an earlier run with other settings", p)
+            p.unlink()
+
+
+def prepare_dataset(
+    *,
+    dataset: str,
+    dicom_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    csv: str | os.PathLike | None = None,
+    size: int = 1024,
+    fusion: str = "wbf",
+    iou_thr: float = 0.4,
+    folds: int = 5,
+    seed: int = 0,
+    workers: int = 1,
+    strict: bool = False,
+    fmt: str = "auto",
+    image_labels_csv: str | os.PathLike | None = None,
+    kaggle_classes: bool = True,
+    box_masks: bool = False,
+    bit_depth: int = 8,
+    clip_tolerance: float = 0.05,
+    label_rule: str = "any",
+    report: bool = True,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Prepare a dataset (see the module docstring; options mirror ``datasets/prepare_*.py``).
+
+    Args:
+        dataset: "vindr-cxr" (Kaggle or PhysioNet annotations) or "spinexr".
+        dicom_dir: folder searched recursively for ``*.dicom`` / ``*.dcm``; the file stem is the image_id.
+        out: output folder.
+        csv: reader CSV; None prepares a test set (images only, ``annotations/test.json``).
+        size: longest side of the PNGs.
+        fusion: "wbf", "nms" or "none".
+        iou_thr: IoU above which readers' boxes fuse.
+        folds: number of folds (< 2: only ``all.json``).
+        seed: fold assignment seed.
+        workers: DICOM decoding processes.
+        strict: raise :class:`~detx.data.readers.DataError` at the first problem instead of skipping.
+        fmt: "auto" (sniff the CSV header), "kaggle", "physionet" or "spinexr".
+        image_labels_csv: PhysioNet ``image_labels_*.csv`` (found next to ``annotations_*.csv`` by default).
+        kaggle_classes: PhysioNet only: map the 22 local labels onto the Kaggle 14.
+        box_masks: add rectangle polygon segmentations (Mask R-CNN on box data).
+        bit_depth: 8 or 16 bit PNGs.
+        clip_tolerance: boxes out of the image by at most this fraction of its side are clipped, else dropped.
+        label_rule: per-image label rule, "any" or "majority" (:func:`detx.data.fusion.image_labels`).
+        report: write ``report/eda.png``.
+        progress: tqdm bars.
+    """
+    if dataset not in DATASET_FORMATS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_FORMATS)}")
+    if fusion not in FUSION_METHODS:
+        raise ValueError(f"unknown fusion method {fusion!r}; expected one of {FUSION_METHODS}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    out = Path(out)
+    dicom_dir = Path(dicom_dir)
+    log = ProblemLog(strict)
+    settings = {
+        "csv": str(csv) if csv else None, "dicom_dir": str(dicom_dir), "size": size, "fusion": fusion,
+        "iou_thr": iou_thr, "folds": folds, "seed": seed, "box_masks": box_masks, "bit_depth": bit_depth,
+        "clip_tolerance": clip_tolerance, "label_rule": label_rule,
+    }
+
+    # 1. annotations
+    global_labels: pd.DataFrame | None = None
+    if csv is not None:
+        csv = Path(csv)
+        fmt = sniff_format(csv) if fmt == "auto" else fmt
+        if fmt not in DATASET_FORMATS[dataset]:
+            raise ValueError(f"{csv}: a {fmt!r} annotation file cannot be prepared as {dataset!r} "
+                             f"(expected {' or '.join(DATASET_FORMATS[dataset])})")
+        if fmt == "physionet" and image_labels_csv is None:
+            image_labels_csv = _find_image_labels(csv)
+            if image_labels_csv is not None:
+                logger.info("using PhysioNet image labels %s", image_labels_csv)
+        table, problems = read_reader_csv(csv, fmt, kaggle_classes=kaggle_classes, strict=strict)
+        log.items.extend(problems)
+        if fmt == "physionet" and image_labels_csv is not None:
+            global_labels, label_problems = read_physionet_image_labels(image_labels_csv, strict=strict)
+            log.items.extend(label_problems)
+            settings["image_labels_csv"] = str(image_labels_csv)
+        key = table.attrs["dataset"]
+        settings["format"] = fmt
+    else:
+        key = "vindr-cxr-physionet" if dataset == "vindr-cxr" and not kaggle_classes else dataset
+        table = make_table([], dataset=key, classes=DATASET_CLASSES[key])
+    classes = DATASET_CLASSES[key]
+    bad_row_images = {p.image_id for p in log.items if p.image_id}
+
+    # 2. match images and DICOM files
+    dicoms, duplicates = find_dicoms(dicom_dir)
+    for image_id, kept, dup in duplicates:
+        log.add("duplicate_dicom", f"image {image_id}", f"two DICOM files {kept} and {dup}; using the first", image_id)
+    if csv is not None:
+        csv_images = set(table["image_id"])
+        for image_id in sorted(csv_images - set(dicoms)):
+            log.add("missing_dicom", f"image {image_id}",
+                    f"listed in {csv.name} but no DICOM file {image_id}.dicom under {dicom_dir}", image_id)
+        for image_id in sorted(set(dicoms) - csv_images):
+            if image_id in bad_row_images:
+                log.add("no_valid_rows", f"image {image_id}", f"every row of image {image_id} in {csv.name} "
+                        "was invalid; image skipped", image_id)
+            else:
+                log.add("no_csv_rows", f"image {image_id}", f"DICOM {dicoms[image_id]} has no rows in {csv.name}; "
+                        "image skipped", image_id)
+        wanted = sorted(csv_images & set(dicoms))
+    else:
+        wanted = sorted(dicoms)
+
+    # 3. DICOM -> PNG
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_error(r):
+        log.add("bad_dicom", f"image {r.image_id}", r.error, r.image_id)
+
+    results = convert_dicoms([(i, dicoms[i], img_dir / f"{i}.png") for i in wanted], size, bit_depth=bit_depth,
+                             workers=workers, journal=out / ".cache" / "convert.jsonl", on_error=on_error,
+                             progress=progress)
+    ok = {i: r for i, r in results.items() if not r.error}
+    sizes = {i: (r.orig_width, r.orig_height) for i, r in ok.items()}
+
+    # 4. boxes against the image sizes
+    table = _subset(table, table["image_id"].isin(ok))
+    table = check_box_bounds(table, sizes, log, clip_tolerance)
+    if csv is not None:
+        emptied = sorted(set(ok) - set(table["image_id"]))
+        for image_id in emptied:
+            log.add("no_valid_rows", f"image {image_id}", f"every box of image {image_id} was outside the image; "
+                    "image skipped", image_id)
+            (img_dir / f"{image_id}.png").unlink(missing_ok=True)
+            ok.pop(image_id)
+    final_ids = sorted(ok)
+
+    # 5. fusion, labels, folds
+    meta = pd.DataFrame({
+        "image_id": final_ids,
+        "orig_width": [ok[i].orig_width for i in final_ids], "orig_height": [ok[i].orig_height for i in final_ids],
+        "width": [ok[i].width for i in final_ids], "height": [ok[i].height for i in final_ids],
+        "dicom_path": [str(dicoms[i]) for i in final_ids],
+    })
+    summary = PrepareSummary(out=str(out), dataset=key, classes=list(classes), settings=settings,
+                             dicoms_found=len(dicoms) + len(duplicates),
+                             images_converted=sum(not r.skipped for r in ok.values()),
+                             images_already_done=sum(r.skipped for r in ok.values()))
+    ann_dir = out / "annotations"
+    written: set[str] = set()
+    info = {"dataset": key, "size": size, "fusion": fusion if csv is not None else None, "iou_thr": iou_thr,
+            "bit_depth": bit_depth, "box_masks": box_masks}
+    if csv is not None:
+        fused = fuse_readers(table, fusion, iou_thr, sizes)
+        labels = image_labels(table, classes, rule=label_rule).set_index("image_id").reindex(final_ids)
+        study = table.groupby("image_id")["study_id"].agg(lambda s: next((v for v in s if v), "")).reindex(final_ids)
+        finding_fused = fused[fused["class_name"] != NO_FINDING]
+        meta["study_id"] = study.to_numpy()
+        meta["n_readers"] = labels["n_readers"].to_numpy()
+        meta["n_boxes"] = finding_fused.groupby("image_id").size().reindex(final_ids, fill_value=0).to_numpy()
+        meta["abnormal"] = labels["abnormal"].to_numpy()
+        class_matrix = labels[list(classes)].to_numpy()
+        meta["classes"] = ["|".join(c for c, v in zip(classes, row) if v) for row in class_matrix]
+        extra_labels = None
+        if global_labels is not None:
+            g = global_labels.set_index("image_id").reindex(final_ids)
+            label_cols = [c for c in g.columns if c != "n_label_readers"]
+            for c in label_cols:
+                meta[f"label_{c}"] = g[c].fillna(-1).astype(np.int64).to_numpy()
+            extra_labels = {i: {c: int(v) for c, v in zip(label_cols, row) if v >= 0}
+                            for i, row in zip(final_ids, g[label_cols].fillna(-1).to_numpy())}
+        if folds >= 2:
+            groups = meta["study_id"].to_numpy() if (meta["study_id"] != "").any() else None
+            meta["fold"] = assign_folds(class_matrix, folds, seed=seed, groups=groups)
+        else:
+            meta["fold"] = -1
+        coco_info = {**info, "label_rule": label_rule, "folds": folds, "seed": seed}
+        write_coco(ann_dir / "all.json", build_coco(meta, fused, classes, {**coco_info, "split": "all"},
+                                                    box_masks=box_masks, image_labels=extra_labels))
+        written.add("all.json")
+        for k in range(folds if folds >= 2 else 0):
+            val_ids = meta.loc[meta["fold"] == k, "image_id"]
+            train_ids = meta.loc[meta["fold"] != k, "image_id"]
+            for split, ids in (("train", train_ids), ("val", val_ids)):
+                name = f"{split}_fold{k}.json"
+                write_coco(ann_dir / name, build_coco(meta, fused, classes, {**coco_info, "split": name[:-5]},
+                                                      image_ids=ids, box_masks=box_masks, image_labels=extra_labels))
+                written.add(name)
+            summary.folds[str(k)] = {"train": len(train_ids), "val": len(val_ids)}
+        atomic_write_text(ann_dir / "boxes_readers.csv", table.to_csv(index=False))
+        atomic_write_text(ann_dir / "boxes_fused.csv", fused.to_csv(index=False))
+        summary.boxes_before_fusion = int((table["class_name"] != NO_FINDING).sum())
+        summary.boxes_after_fusion = len(finding_fused)
+        before = table[table["class_name"] != NO_FINDING]["class_name"].value_counts()
+        after = finding_fused["class_name"].value_counts()
+        summary.per_class = {c: {"before": int(before.get(c, 0)), "after": int(after.get(c, 0)),
+                                 "images": int(labels[c].sum())} for c in classes}
+        per_reader = table[table["class_name"] != NO_FINDING]["rad_id"].replace("", "(unknown)").value_counts()
+        natural = sorted(per_reader.index, key=lambda r: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", r)])
+        summary.boxes_per_reader = {str(k): int(per_reader[k]) for k in natural}
+        summary.images_abnormal = int(meta["abnormal"].sum())
+        summary.images_normal = len(meta) - summary.images_abnormal
+    else:
+        meta["study_id"] = ""
+        empty = make_table([], dataset=key, classes=classes)
+        write_coco(ann_dir / "test.json", build_coco(meta, empty, classes, {**info, "split": "test"}))
+        written.add("test.json")
+    summary.images = len(meta)
+    _remove_stale(ann_dir, written)
+
+    # 6. meta, summary, problems, report
+    atomic_write_text(out / "meta.csv", meta.to_csv(index=False))
+    summary.problems = log.counts()
+    problems = pd.DataFrame([asdict(p) for p in log.items], columns=["kind", "where", "message", "image_id"])
+    atomic_write_text(out / "problems.csv", problems.to_csv(index=False))
+    summary.files = sorted(["meta.csv", "problems.csv", "summary.json"] + [f"annotations/{n}" for n in written])
+    if report and csv is not None:
+        from detx.viz.eda import plot_eda
+
+        plot_eda(summary.to_dict(), out / "report" / "eda.png")
+        summary.files.append("report/eda.png")
+    write_json(out / "summary.json", summary.to_dict(), indent=2)
+    return summary
+
+
+def add_prepare_arguments(parser, dataset: str) -> None:
+    """The command-line options of ``datasets/prepare_*.py`` (DESIGN section 2), shared by both scripts."""
+    parser.add_argument("--csv", help="reader annotation CSV; leave out for a test set (images only)")
+    parser.add_argument("--dicom-dir", required=True, help="folder with the DICOM files (searched recursively)")
+    parser.add_argument("--out", required=True, help="output folder of the prepared dataset")
+    if dataset == "vindr-cxr":
+        parser.add_argument("--format", default="auto", choices=["auto", "kaggle", "physionet"],
+                            help="annotation format (default: from the CSV header)")
+        parser.add_argument("--image-labels", help="PhysioNet image_labels_*.csv (default: the one next to --csv)")
+        parser.add_argument("--kaggle-classes", action=argparse.BooleanOptionalAction, default=True,
+                            help="PhysioNet: map the 22 local labels onto the Kaggle 14 (default) or keep all 22")
+    parser.add_argument("--size", type=int, default=1024, help="longest side of the PNGs (default 1024)")
+    parser.add_argument("--fusion", default="wbf", choices=FUSION_METHODS, help="reader fusion (default wbf)")
+    parser.add_argument("--iou-thr", type=float, default=0.4, help="IoU above which boxes fuse (default 0.4)")
+    parser.add_argument("--folds", type=int, default=5, help="number of folds; < 2 writes only all.json")
+    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                        help="DICOM decoding processes (default: CPU count, at most 8)")
+    parser.add_argument("--strict", action="store_true", help="stop with an error at the first bad row or image")
+    parser.add_argument("--box-masks", action="store_true",
+                        help="add each box as a rectangle polygon segmentation (Mask R-CNN on box data)")
+    parser.add_argument("--bit-depth", type=int, default=8, choices=[8, 16], help="PNG bit depth (default 8)")
+    parser.add_argument("--clip-tolerance", type=float, default=0.05,
+                        help="clip boxes out of the image by at most this fraction of its side, drop others")
+    parser.add_argument("--label-rule", default="any", choices=["any", "majority"],
+                        help="image-level label when readers disagree (default any: abnormal if any reader "
+                             "drew a box)")
+    parser.add_argument("--no-report", action="store_true", help="skip the report/ plots")
+
+
+def prepare_from_args(args, dataset: str) -> PrepareSummary:
+    """Run :func:`prepare_dataset` with parsed :func:`add_prepare_arguments` options."""
+    extra = {}
+    if dataset == "vindr-cxr":
+        extra = {"fmt": args.format, "image_labels_csv": args.image_labels, "kaggle_classes": args.kaggle_classes}
+    else:
+        extra = {"fmt": "spinexr"}
+    return prepare_dataset(
+        dataset=dataset, csv=args.csv, dicom_dir=args.dicom_dir, out=args.out, size=args.size,
+        fusion=args.fusion, iou_thr=args.iou_thr, folds=args.folds, seed=args.seed, workers=args.workers,
+        strict=args.strict, box_masks=args.box_masks, bit_depth=args.bit_depth,
+        clip_tolerance=args.clip_tolerance, label_rule=args.label_rule, report=not args.no_report, **extra,
+    )
