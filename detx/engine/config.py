@@ -147,6 +147,7 @@ def get_detx_cfg(config_file: str | None = None, opts: Sequence[str] | None = No
         opts = list(opts)
         if len(opts) % 2:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        opts = _floats_for_float_keys(cfg, opts)
         try:
             cfg.merge_from_list(opts)
         except (KeyError, AssertionError) as e:
@@ -158,6 +159,18 @@ def get_detx_cfg(config_file: str | None = None, opts: Sequence[str] | None = No
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _floats_for_float_keys(cfg: CfgNode, opts: list) -> list:
+    # yacs refuses "0" for a float key (int vs float); "DETX.AUG.HFLIP_PROB 0" should just work.
+    out = list(opts)
+    for i in range(0, len(out), 2):
+        node: object = cfg
+        for part in str(out[i]).split("."):
+            node = node.get(part) if isinstance(node, CfgNode) else None
+        if isinstance(node, float) and isinstance(out[i + 1], str) and re.fullmatch(r"[-+]?\d+", out[i + 1]):
+            out[i + 1] += ".0"
+    return out
 
 
 def fit_device(cfg: CfgNode) -> None:

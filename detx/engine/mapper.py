@@ -203,7 +203,8 @@ class DetxDatasetMapper:
                 continue
             if isinstance(segm, list):
                 for j, poly in enumerate(segm):
-                    pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                    # continuous COCO coordinates -> albumentations' keypoint (pixel-centre) convention
+                    pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2) - 0.5
                     keypoints.extend(pts.tolist())
                     kp_ann.extend([i] * len(pts))
                     kp_poly.extend([j] * len(pts))
@@ -219,7 +220,7 @@ class DetxDatasetMapper:
 
         polys: dict[int, dict[int, list[float]]] = {}
         for (x, y), i, j in zip(np.asarray(out["keypoints"]).reshape(-1, 2), out["kp_ann"], out["kp_poly"]):
-            polys.setdefault(int(i), {}).setdefault(int(j), []).extend([float(x), float(y)])
+            polys.setdefault(int(i), {}).setdefault(int(j), []).extend([float(x) + 0.5, float(y) + 0.5])
         new_masks = dict(zip(mask_ann, out.get("masks", [])))
         kept = []
         for box, i in zip(np.asarray(out["bboxes"]).reshape(-1, 4), out["ann_idx"]):
@@ -228,8 +229,8 @@ class DetxDatasetMapper:
             a["bbox_mode"] = BoxMode.XYXY_ABS
             if int(i) in polys:
                 a["segmentation"] = [polys[int(i)][j] for j in sorted(polys[int(i)])]
-            elif int(i) in new_masks:
-                a["segmentation"] = np.ascontiguousarray(new_masks[int(i)], dtype=np.uint8)
+            elif int(i) in new_masks:  # back to RLE, which detectron2's annotation transform takes
+                a["segmentation"] = mask_util.encode(np.asfortranarray(new_masks[int(i)], dtype=np.uint8))
             kept.append(a)
         return out["image"], kept
 
