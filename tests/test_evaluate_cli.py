@@ -128,3 +128,20 @@ def test_script_help_and_plots(files):
     assert r.returncode == 0, r.stderr
     for name in ("pr_curves.png", "froc.png", "roc.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spinexr_reader_csv_uses_its_seven_classes(tmp_path):
+    (tmp_path / "spine.csv").write_text(
+        "image_id,study_id,series_id,rad_id,lesion_type,xmin,ymin,xmax,ymax\n"
+        "s1,st1,se1,R1,Osteophytes,10,10,50,50\n"
+        "s2,st2,se2,R1,No finding,,,,\n"
+    )
+    (tmp_path / "sub.csv").write_text("image_id,PredictionString\ns1,0 0.9 10 10 50 50 7 0.2 0 0 1 1\n"
+                                      "s2,7 0.8 0 0 1 1\n")
+    out = tmp_path / "m.json"
+    assert _run("--gt", tmp_path / "spine.csv", "--pred", tmp_path / "sub.csv", "--out", out, "--strict") == 0
+    m = json.loads(out.read_text())
+    assert m["dataset"] == "spinexr" and list(m["AP_per_class"])[-1] == "No finding"
+    assert len(m["AP_per_class"]) == 8 and m["mAP40"] == 1.0
+    (tmp_path / "sub.csv").write_text("image_id,PredictionString\ns1,14 0.9 0 0 1 1\ns2,\n")
+    assert _run("--gt", tmp_path / "spine.csv", "--pred", tmp_path / "sub.csv", "--strict") == 2

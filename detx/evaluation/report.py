@@ -20,6 +20,9 @@ import numpy as np
 from tabulate import tabulate
 
 from detx.data.classes import NO_FINDING, no_finding_id
+from detx.data.coco import load_prepared_coco
+from detx.data.fusion import fuse_readers
+from detx.data.readers import read_reader_csv
 from detx.data.submission import Predictions, read_submission
 from detx.evaluation.classification import image_level_metrics, image_scores_from_predictions, per_class_auc
 from detx.evaluation.coco import SUMMARY_KEYS, coco_metrics
@@ -70,13 +73,10 @@ def load_ground_truth(
     if not path.exists():
         raise FileNotFoundError(f"ground truth {path} does not exist")
     if path.suffix.lower() == ".json":
-        from detx.data.coco import load_prepared_coco
-
         pc = load_prepared_coco(path)
+        if not any(len(c) for _, c in pc.gt.values()):
+            logger.warning("%s has no annotations: every image counts as normal", path)
         return GroundTruthSet(dict(pc.gt), tuple(pc.classes), str(pc.info.get("dataset", "")), str(path))
-
-    from detx.data.fusion import fuse_readers
-    from detx.data.readers import read_reader_csv
 
     table, problems = read_reader_csv(path, strict=strict)
     classes = tuple(table.attrs["classes"])
