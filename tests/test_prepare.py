@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 
 from detx.data.coco import load_prepared_coco
-from detx.data.readers import read_vinbigdata_csv
+from detx.data.prepare import prepare_dataset
+from detx.data.readers import DataError, read_vinbigdata_csv
+from detx.data.synthetic import write_dicom
 
 
 def test_prepared_cxr_layout(prepared_cxr_dir, synthetic_cxr_dir):
@@ -53,3 +58,220 @@ def test_prepared_spinexr_folds_keep_studies(prepared_spinexr_dir):
     coco = json.loads((prepared_spinexr_dir / "annotations" / "all.json").read_text())
     assert coco["info"]["dataset"] == "spinexr" and len(coco["categories"]) == 7
     assert all(im["study_id"] for im in coco["images"])
+
+
+# ------------------------------------------------------------------------------------- bad input
+# A hand-made Kaggle-format dataset with one of each bad input of issue 3.
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+GOOD = (
+    "ok1,Cardiomegaly,3,R1,20,30,60,70\n"
+    "ok1,Cardiomegaly,3,R2,22,30,62,70\n"
+    "ok1,No finding,14,R3,,,,\n"
+    "nrm,No finding,14,R1,,,,\n"
+    "nrm,No finding,14,R2,,,,\n"
+)
+BAD_ROWS = (
+    "ok1,ILD,5,R1,50,50,40,60\n"            # line 7: inverted
+    "ok1,ILD,5,R1,50,50,50,60\n"            # line 8: empty
+    "ok1,Nodule/Mass,8,R2,10,,20,30\n"      # line 9: finding box with a missing coordinate
+    "ok1,Broken heart,3,R2,10,10,20,30\n"   # line 10: unknown class
+    "ok2,ILD,5,R1,-3,10,40,50\n"            # line 11: 3 px out of a 100 px image: clipped
+    "ok2,ILD,5,R2,10,10,400,50\n"           # line 12: absurd: dropped
+    "ghost,ILD,5,R1,1,1,9,9\n"              # line 13: CSV image without a DICOM
+    "corrupt,ILD,5,R1,1,1,9,9\n"            # line 14: its DICOM cannot be decoded
+    "allbad,ILD,5,R1,9,9,1,1\n"             # line 15: the only row of an image is bad
+)
+
+
+def _bad_dataset(tmp_path):
+    d = tmp_path / "dicom"
+    rng = np.random.default_rng(0)
+    for name in ("ok1", "ok2", "nrm", "orphan", "allbad"):
+        write_dicom(d / f"{name}.dicom", rng.integers(0, 4096, (80, 100)).astype(np.uint16), bits_stored=12)
+    (d / "corrupt.dicom").write_bytes(b"\0" * 300)
+    csv = tmp_path / "train.csv"
+    csv.write_text(HEADER + GOOD + BAD_ROWS)
+    return csv, d
+
+
+def _cli(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "datasets" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_every_bad_input_is_skipped_named_and_counted(tmp_path, capsys):
+    csv, d = _bad_dataset(tmp_path)
+    out = tmp_path / "out"
+    rc = _cli("prepare_vindr_cxr")(["--csv", str(csv), "--dicom-dir", str(d), "--out", str(out), "--size", "64",
+                                    "--folds", "2", "--workers", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["problems"] == {
+        "bad_dicom": 1, "clipped": 1, "empty_box": 1, "inverted_box": 2, "missing_coords": 1, "missing_dicom": 1,
+        "no_csv_rows": 1, "no_valid_rows": 1, "out_of_image": 1, "unknown_class": 1,
+    }
+    assert summary["skipped"] == 10 and "skipped: 10" in printed  # allbad's row and allbad itself
+    problems = pd.read_csv(out / "problems.csv").fillna("")
+    where = problems.groupby("kind")["where"].first().to_dict()  # the first of each kind
+    assert where["inverted_box"] == "train.csv line 7" and where["empty_box"] == "train.csv line 8"
+    assert where["missing_coords"] == "train.csv line 9" and where["unknown_class"] == "train.csv line 10"
+    assert where["clipped"] == "train.csv line 11" and where["out_of_image"] == "train.csv line 12"
+    assert where["missing_dicom"] == "image ghost" and where["bad_dicom"] == "image corrupt"
+    assert where["no_csv_rows"] == "image orphan" and where["no_valid_rows"] == "image allbad"
+    msg = problems.groupby("kind")["message"].first().to_dict()
+    assert "corrupt.dicom" in msg["bad_dicom"] and "Broken heart" in msg["unknown_class"]
+
+    # nothing bad reaches the dataset
+    meta = pd.read_csv(out / "meta.csv")
+    assert sorted(meta["image_id"]) == ["nrm", "ok1", "ok2"]
+    assert sorted(p.stem for p in (out / "images").glob("*.png")) == ["nrm", "ok1", "ok2"]
+    coco = load_prepared_coco(out / "annotations" / "all.json")
+    boxes, classes = coco.gt["ok1"]
+    assert classes.tolist() == [3]  # the two Cardiomegaly readers fused; the bad ILD/Nodule rows gone
+    np.testing.assert_allclose(boxes, [[21, 30, 61, 70]], atol=1)
+    boxes, classes = coco.gt["ok2"]
+    np.testing.assert_allclose(boxes, [[0, 10, 40, 50]], atol=1)  # clipped, single reader left
+    assert len(coco.gt["nrm"][0]) == 0
+    assert not list(out.rglob(".*.png")) and not list(out.rglob(".*.json"))  # no temp files left
+
+
+def test_strict_stops_at_the_first_problem(tmp_path, capsys):
+    csv, d = _bad_dataset(tmp_path)
+    out = tmp_path / "out"
+    rc = _cli("prepare_vindr_cxr")(["--csv", str(csv), "--dicom-dir", str(d), "--out", str(out), "--strict",
+                                    "--workers", "1"])
+    assert rc == 1
+    assert "train.csv line 7" in capsys.readouterr().err
+    assert not (out / "annotations").exists()
+
+    clean = tmp_path / "clean.csv"  # only DICOM-level problems left: the first is the missing DICOM
+    clean.write_text(HEADER + GOOD + "ghost,ILD,5,R1,1,1,9,9\n")
+    with pytest.raises(DataError, match="image ghost"):
+        prepare_dataset(dataset="vindr-cxr", csv=clean, dicom_dir=d, out=out, size=64, folds=0, strict=True,
+                        progress=False)
+    bad = tmp_path / "bad_dicom_only"
+    bad.mkdir()
+    (bad / "ok1.dicom").write_bytes((d / "ok1.dicom").read_bytes())
+    (bad / "nrm.dicom").write_bytes(b"junk")
+    with pytest.raises(DataError, match="image nrm"):
+        prepare_dataset(dataset="vindr-cxr", csv=_write(tmp_path, GOOD),
+                        dicom_dir=bad, out=out, size=64, folds=0, strict=True, progress=False)
+
+
+def _write(tmp_path, rows):
+    p = tmp_path / "rows.csv"
+    p.write_text(HEADER + rows)
+    return p
+
+
+def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, monkeypatch):
+    csv, d = _bad_dataset(tmp_path)
+    out = tmp_path / "out"
+    import detx.data.dicom as dicom_mod
+    import detx.data.prepare as prepare_mod
+
+    real_load, calls = dicom_mod.load_dicom_image, []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # corrupt (fails), nrm, ok1, then ok2 is interrupted
+            raise KeyboardInterrupt
+        return real_load(*a, **kw)
+
+    monkeypatch.setattr(dicom_mod, "load_dicom_image", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(dataset="vindr-cxr", csv=csv, dicom_dir=d, out=out, size=64, folds=0, progress=False)
+    assert len(list((out / "images").glob("*.png"))) == 2 and not list(out.rglob(".*.png"))
+    monkeypatch.setattr(dicom_mod, "load_dicom_image", real_load)
+
+    real_write, writes = prepare_mod.write_coco, []
+
+    def interrupted_write(path, coco):
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        real_write(path, coco)
+
+    monkeypatch.setattr(prepare_mod, "write_coco", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(dataset="vindr-cxr", csv=csv, dicom_dir=d, out=out, size=64, folds=2, progress=False)
+    jsons = list((out / "annotations").glob("*.json")) + list(out.rglob(".*.json"))
+    assert [p.name for p in jsons] == ["all.json"]  # written whole; the next one never started a file
+    json.loads((out / "annotations" / "all.json").read_text())
+    monkeypatch.setattr(prepare_mod, "write_coco", real_write)
+
+    summary = prepare_dataset(dataset="vindr-cxr", csv=csv, dicom_dir=d, out=out, size=64, folds=2, progress=False)
+    assert summary.images_already_done == 3 and summary.images_converted == 0
+    again = prepare_dataset(dataset="vindr-cxr", csv=csv, dicom_dir=d, out=out, size=48, folds=2, progress=False)
+    assert again.images_converted == 3  # other settings: converted again
+    assert max(cv2.imread(str(out / "images" / "ok1.png")).shape[:2]) == 48
+
+
+def test_test_set_without_csv(tmp_path, synthetic_cxr_dir):
+    out = tmp_path / "test"
+    summary = prepare_dataset(dataset="vindr-cxr", dicom_dir=synthetic_cxr_dir / "test", out=out, size=64,
+                              bit_depth=16, progress=False)
+    coco = json.loads((out / "annotations" / "test.json").read_text())
+    assert [p.name for p in (out / "annotations").glob("*.json")] == ["test.json"]
+    assert coco["annotations"] == [] and len(coco["images"]) == summary.images == 4
+    png = cv2.imread(str(out / "images" / f"{coco['images'][0]['image_uid']}.png"), cv2.IMREAD_UNCHANGED)
+    assert png.dtype == np.uint16
+
+
+def test_fusion_none_and_box_masks(tmp_path, synthetic_cxr_dir):
+    out = tmp_path / "none"
+    summary = prepare_dataset(dataset="vindr-cxr", csv=synthetic_cxr_dir / "train.csv",
+                              dicom_dir=synthetic_cxr_dir / "train", out=out, size=64, fusion="none", folds=0,
+                              box_masks=True, report=True, progress=False)
+    table, _ = read_vinbigdata_csv(synthetic_cxr_dir / "train.csv")
+    n_raw = int((table["class_id"] < 14).sum())
+    assert summary.boxes_before_fusion == summary.boxes_after_fusion == n_raw
+    coco = json.loads((out / "annotations" / "all.json").read_text())
+    assert len(coco["annotations"]) == n_raw and all(len(a["segmentation"][0]) == 8 for a in coco["annotations"])
+    assert (out / "report" / "eda.png").stat().st_size > 0
+    assert sum(summary.boxes_per_reader.values()) == n_raw
+
+
+def test_physionet_format_with_image_labels(tmp_path, synthetic_cxr_dir):
+    table, _ = read_vinbigdata_csv(synthetic_cxr_dir / "train.csv")
+    ann_dir = tmp_path / "annotations"
+    ann_dir.mkdir()
+    phys = table[["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"]].copy()
+    phys.loc[phys["class_name"] == "Nodule/Mass", "class_name"] = "Lung cyst"  # a PhysioNet-only local label
+    phys.to_csv(ann_dir / "annotations_train.csv", index=False)
+    labels = pd.DataFrame({"image_id": table["image_id"], "rad_id": table["rad_id"],
+                           "COPD": (table["class_name"] == "Cardiomegaly").astype(int), "Other disease": 0,
+                           "No finding": (table["class_id"] == 14).astype(int)})
+    labels.to_csv(ann_dir / "image_labels_train.csv", index=False)
+    out = tmp_path / "out"
+    rc = _cli("prepare_vindr_cxr")(["--csv", str(ann_dir / "annotations_train.csv"), "--dicom-dir",
+                                    str(synthetic_cxr_dir / "train"), "--out", str(out), "--size", "64",
+                                    "--folds", "0", "--workers", "1", "--no-report"])
+    assert rc == 0
+    meta = pd.read_csv(out / "meta.csv").set_index("image_id")
+    copd = set(table.loc[table["class_name"] == "Cardiomegaly", "image_id"])
+    assert set(meta.index[meta["label_COPD"] == 1]) == copd and "label_Other diseases" in meta.columns
+    coco = json.loads((out / "annotations" / "all.json").read_text())
+    assert coco["info"]["dataset"] == "vindr-cxr"
+    lung_cyst = {a["category_id"] for a in coco["annotations"]} & {8, 9}
+    assert lung_cyst == {9}  # Lung cyst -> Other lesion under the Kaggle classes
+    assert all("image_labels" in im for im in coco["images"])
+
+    out22 = tmp_path / "out22"
+    assert _cli("prepare_vindr_cxr")(["--csv", str(ann_dir / "annotations_train.csv"), "--dicom-dir",
+                                      str(synthetic_cxr_dir / "train"), "--out", str(out22), "--size", "64",
+                                      "--folds", "0", "--no-kaggle-classes", "--workers", "1", "--no-report"]) == 0
+    coco22 = json.loads((out22 / "annotations" / "all.json").read_text())
+    assert coco22["info"]["dataset"] == "vindr-cxr-physionet" and len(coco22["categories"]) == 22
+
+
+def test_wrong_format_for_the_script(tmp_path, synthetic_spinexr_dir, capsys):
+    rc = _cli("prepare_vindr_cxr")(["--csv", str(synthetic_spinexr_dir / "annotations" / "train.csv"),
+                                    "--dicom-dir", str(synthetic_spinexr_dir / "train_images"),
+                                    "--out", str(tmp_path / "o"), "--workers", "1"])
+    assert rc == 1 and "spinexr" in capsys.readouterr().err

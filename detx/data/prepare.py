@@ -254,7 +254,7 @@ def prepare_dataset(
 
     # 4. boxes against the image sizes
     table = _subset(table, table["image_id"].isin(ok))
-    table = check_box_bounds(table, sizes, log, clip_tolerance)
+    table = check_box_bounds(table, sizes, log, clip_tolerance, source=csv.name if csv is not None else "")
     if csv is not None:
         emptied = sorted(set(ok) - set(table["image_id"]))
         for image_id in emptied:

@@ -355,6 +355,7 @@ def check_box_bounds(
     sizes: dict[str, tuple[int, int]],
     log: ProblemLog,
     tolerance: float = 0.05,
+    source: str = "",
 ) -> pd.DataFrame:
     """Clip boxes slightly outside their image and drop absurd ones.
 
@@ -367,6 +368,7 @@ def check_box_bounds(
         sizes: image_id -> (width, height) in original pixels.
         log: where problems go (strict mode raises on a dropped box).
         tolerance: fraction of the image side a coordinate may lie outside it and still be clipped.
+        source: the CSV's name, for the messages.
     """
     keep = np.ones(len(table), dtype=bool)
     out = table.copy()
@@ -376,7 +378,7 @@ def check_box_bounds(
             continue
         w, h = sizes[image_id]
         x0, y0, x1, y1 = boxes[i]
-        where = f"line {line}" if line >= 0 else f"image {image_id}"
+        where = f"{source} line {line}".strip() if line >= 0 else f"image {image_id}"
         desc = f"image {image_id} ({w}x{h}): {name} box ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
         if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
             continue
