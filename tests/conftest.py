@@ -7,6 +7,7 @@ are session-scoped so the whole suite generates, prepares and trains each at mos
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -82,4 +83,71 @@ def prepared_spinexr_dir(synthetic_spinexr_dir, tmp_path_factory):
     prepare_dataset(dataset="spinexr", csv=synthetic_spinexr_dir / "annotations" / "train.csv",
                     dicom_dir=synthetic_spinexr_dir / "train_images", out=out, size=128, folds=2, seed=0,
                     workers=1, report=False, progress=False)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- inference
+# A random-init tiny detector saved as a checkpoint (no training): predictor/CLI tests need weights that
+# load, not weights that detect. The class logits are scaled down so scores are distinct (not all 1.0).
+
+TINY_CONFIG = str(Path(__file__).resolve().parent.parent / "configs/quick_schedules/vindr_cxr_tiny.yaml")
+
+
+def save_random_checkpoint(out_dir, name: str = "model_random", opts=()):
+    """Build the tiny config's model with seed 0 and save it with DetectionCheckpointer; returns the .pth."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from detx.engine.config import get_detx_cfg
+
+    cfg = get_detx_cfg(TINY_CONFIG, ["MODEL.DEVICE", "cpu", *opts])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(0.02)
+    DetectionCheckpointer(model, save_dir=str(out_dir)).save(name)
+    return out_dir / f"{name}.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_random_checkpoint(tmp_path_factory):
+    """(config path, weights path) of a random-init tiny Faster R-CNN (14 classes)."""
+    return TINY_CONFIG, save_random_checkpoint(tmp_path_factory.mktemp("tiny_random"))
+
+
+# ------------------------------------------------------------------------------------------ trained
+# The tiny config trained for a few iterations on prepared_cxr_dir through tools/train_net.py (CPU):
+# shared by the training, inference and demo tests.
+
+# The overrides of that run (besides DETX.DATA_ROOT and OUTPUT_DIR); a --resume must repeat them.
+TRAINED_TINY_OPTS = (
+    "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "8", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "4",
+    "TEST.EVAL_PERIOD", "4", "DETX.VAL_PERIOD", "4", "DETX.FOLD", "0", "SOLVER.WARMUP_ITERS", "2",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128",
+)
+
+
+def run_train_net(*args, check: bool = True):
+    """Run tools/train_net.py in a subprocess (repo root as cwd); returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "tools/train_net.py", *map(str, args)], cwd=root, capture_output=True,
+                          text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_net.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_dir(prepared_cxr_dir, tmp_path_factory):
+    """OUTPUT_DIR of the tiny Faster R-CNN trained 8 iterations (batch 2, 128 px) on prepared_cxr_dir fold 0:
+    config.yaml, model_final.pth, model_best.pth (+ .json), model_0003.pth, last_checkpoint, metrics.json
+    (val_total_loss and vinbigdata/mAP40 at iterations 3 and 8), curves.png, inference/."""
+    out = tmp_path_factory.mktemp("trained_tiny")
+    run_train_net("--config-file", TINY_CONFIG, "DETX.DATA_ROOT", prepared_cxr_dir, "OUTPUT_DIR", out,
+                  *TRAINED_TINY_OPTS)
     return out
