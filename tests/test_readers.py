@@ -77,14 +77,16 @@ def test_physionet_reader_maps_to_kaggle_and_keeps_image_labels(tmp_path):
                     "p1,R9,1,0,0,1,0\n"
                     "p1,R10,0,1,1,0,0\n"
                     "p2,R9,0,0,0,0,1\n"
-                    "p2,R10,0,0,0,2,1\n")
+                    "p2,R10,0,0,0,2,1\n"
+                    "p2,R11,0,,0,0,1\n")
     table, problems = read_physionet_vindr_cxr(ann, labels, kaggle_classes=True)
     assert list(table["class_name"]) == ["Other lesion", "Lung Opacity", "No finding"]
     assert list(table["class_id"]) == [9, 7, 14]
     per_image = table.attrs["image_labels"].set_index("image_id")
     assert per_image.loc["p1", "COPD"] == 1 and per_image.loc["p1", "Other diseases"] == 1
     assert per_image.loc["p1", "n_label_readers"] == 2
-    assert per_image.loc["p2", "No finding"] == 1 and per_image.loc["p2", "n_label_readers"] == 1
+    assert per_image.loc["p2", "No finding"] == 1 and per_image.loc["p2", "n_label_readers"] == 2
+    assert per_image.loc["p2", "Lung Opacity"] == 0  # an empty cell is "not marked"
     assert [p.kind for p in problems] == ["bad_label"] and "line 5" in problems[0].where
 
     table22, _ = read_physionet_vindr_cxr(ann, kaggle_classes=False)

@@ -275,8 +275,9 @@ def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -
 
     A label is 1 for an image when any of its readers marked it (the same "any reader" rule as
     :func:`detx.data.fusion.image_labels`). Columns: image_id, n_label_readers, then one int column per
-    label in the file's order (names canonicalized: "Other disease" -> "Other diseases"). A row with a
-    value other than 0/1 is skipped as a ``bad_label`` problem.
+    label in the file's order (names canonicalized: "Other disease" -> "Other diseases"). An empty cell
+    counts as 0 (some releases leave them empty); a row with another value than 0/1 is skipped as a
+    ``bad_label`` problem.
     """
     log = ProblemLog(strict)
     df = _read_csv(path)
@@ -287,6 +288,7 @@ def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -
     rename = {c: known.get(_key(c), c) for c in label_cols}
     values = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) for c in label_cols], axis=1) \
         if label_cols else np.zeros((len(df), 0))
+    values = np.where(np.isnan(values) & df[label_cols].isna().to_numpy(), 0.0, values)  # empty cell = not marked
     ok = np.isin(values, (0.0, 1.0)).all(axis=1)
     image_ids = _str_col(df, "image_id")
     for i in np.flatnonzero(~ok | (image_ids == "").to_numpy()):
