@@ -105,3 +105,59 @@ def test_evaluator_reset_and_no_predictions(dataset_name):
     assert np.isnan(r["vinbigdata"]["AP40-Nodule/Mass"]) and np.isnan(r["vinbigdata"]["AP40-No finding"])
     ev.reset()
     assert ev.evaluate() == {}
+
+
+class OracleModel(torch.nn.Module):
+    """Ground-truth boxes of the dataset dicts (PNG pixels) slightly jittered, scored above 3 random boxes per
+    image: in the right frame every AP is 1, in a wrong one the boxes miss."""
+
+    def __init__(self, dicts):
+        super().__init__()
+        self.dicts = {d["image_id"]: d for d in dicts}
+
+    def forward(self, inputs):
+        outs = []
+        for inp in inputs:
+            d = self.dicts[inp["image_id"]]
+            rng = np.random.default_rng(int(inp["image_id"]))
+            gt = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]]
+            boxes = np.asarray(gt, float).reshape(-1, 4) + rng.normal(0, 0.5, (len(gt), 4))
+            classes = [a["category_id"] for a in d["annotations"]]
+            junk = rng.uniform(0, 60, (3, 2))
+            boxes = np.vstack([boxes, np.hstack([junk, junk + 30])]) * (inp["height"] / d["height"])
+            inst = Instances((inp["height"], inp["width"]))
+            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+            scores = np.r_[rng.uniform(0.6, 1, len(gt)), rng.uniform(0.05, 0.5, 3)]
+            inst.scores = torch.tensor(scores, dtype=torch.float32)
+            inst.pred_classes = torch.tensor([*classes, *rng.integers(0, 14, 3)], dtype=torch.int64)
+            outs.append({"instances": inst})
+        return outs
+
+
+@pytest.mark.slow
+def test_prepared_dataset_through_the_test_loader_agrees_with_the_cli(prepared_cxr_dir, tmp_path):
+    """The trainer's test loader over a prepared split (PNG sizes differ from the originals per image): the
+    evaluator's numbers equal tools/evaluate.py's on the submission it writes, against the same prepared
+    JSON read back in original pixels."""
+    from conftest import TINY_CONFIG
+
+    from detx.engine.config import get_detx_cfg
+    from detx.engine.datasets import register_prepared_dataset
+    from detx.engine.trainer import Trainer
+    from detx.evaluation.report import evaluate_files
+
+    names = register_prepared_dataset(prepared_cxr_dir)
+    name = next(n for n in names if n.endswith("val_fold0"))
+    cfg = get_detx_cfg(TINY_CONFIG, ["MODEL.DEVICE", "cpu"])
+    ev = VinBigDataEvaluator(name, output_dir=str(tmp_path), distributed=False)
+    results = inference_on_dataset(OracleModel(DatasetCatalog.get(name)), Trainer.build_test_loader(cfg, name), ev)
+    json_file = MetadataCatalog.get(name).json_file
+    cli = evaluate_files(json_file, tmp_path / "vinbigdata_predictions.csv", strict=True).metrics
+    assert cli["num_images"] == len(DatasetCatalog.get(name))
+    assert cli["mAP40"] == pytest.approx(1.0)  # boxes in the right place, in original pixels
+    assert results["vinbigdata"]["mAP40"] == pytest.approx(cli["mAP40"], abs=1e-6)
+    for cls, ap in cli["AP_per_class"].items():
+        ours = results["vinbigdata"][f"AP40-{cls}"]
+        assert (np.isnan(ours) and ap is None) or ours == pytest.approx(ap, abs=1e-6)
+    assert results["bbox"]["AP40"] == pytest.approx(100 * cli["coco_mAP40"], abs=1e-4)
+    assert results["bbox"]["AP"] == pytest.approx(100 * cli["coco"]["AP"], abs=1e-4)
