@@ -265,3 +265,53 @@ def test_fit_classifier_cli_and_predict_with_it(tiny_random_checkpoint, png_dir,
     p = clf.predict_proba([rows[i].select(rows[i].classes < 14) for i in rows])
     got = np.array([1 - rows[i].scores[rows[i].classes == 14][0] for i in rows])
     np.testing.assert_allclose(got, p, atol=1e-5)
+
+
+def test_prepared_json_and_dicom_folder_agree_with_overlays(tiny_random_checkpoint, prepared_cxr_dir,
+                                                           synthetic_cxr_dir, tmp_path):
+    """The same images as prepared PNGs (JSON input) and as DICOMs decoded at the prepared size give the
+    same submission; overlays (with ground truth) are written for the labelled JSON."""
+    import json
+    import shutil
+
+    cfg_file, weights = tiny_random_checkpoint
+    size = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"]
+    coco = json.loads((prepared_cxr_dir / "annotations" / "val_fold0.json").read_text())
+    ids = [im["image_uid"] for im in coco["images"]]
+    out_json = tmp_path / "from_json.csv"
+    vis = tmp_path / "vis"
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--input",
+                    prepared_cxr_dir / "annotations" / "val_fold0.json", "--out", out_json, "--vis-dir", vis,
+                    "--vis-num", 3, "--vis-score", 0.0, *size) == 0
+    assert len(list(vis.glob("*.png"))) == 3
+    dicoms = tmp_path / "dicoms"
+    dicoms.mkdir()
+    for image_id in ids:
+        shutil.copy(synthetic_cxr_dir / "train" / f"{image_id}.dicom", dicoms)
+    out_dcm = tmp_path / "from_dicom.csv"
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--input", dicoms, "--out", out_dcm,
+                    "--dicom-size", 128, *size) == 0
+    a, b = read_submission(out_json), read_submission(out_dcm)
+    assert sorted(a) == sorted(b) == sorted(ids)
+    for image_id in ids:
+        np.testing.assert_array_equal(a[image_id].classes, b[image_id].classes)
+        np.testing.assert_allclose(a[image_id].boxes, b[image_id].boxes, atol=1e-3)
+        np.testing.assert_allclose(a[image_id].scores, b[image_id].scores, atol=1e-6)
+    # original pixels: the JSON's orig sizes bound the boxes, and they exceed the 128 px PNGs
+    orig = {im["image_uid"]: (im["orig_width"], im["orig_height"]) for im in coco["images"]}
+    assert max(p.boxes[p.classes < 14].max() for p in a.values()) > 128
+    for image_id, p in a.items():
+        f = p.boxes[p.classes < 14]
+        assert f[:, [0, 2]].max() <= orig[image_id][0] + 1e-6 and f[:, [1, 3]].max() <= orig[image_id][1] + 1e-6
+
+
+def test_trained_model_predicts_and_evaluates(trained_tiny_dir, prepared_cxr_dir, tmp_path):
+    """predict.py with a trained run's own config.yaml and model_final.pth, then the challenge metric on it."""
+    from detx.evaluation.report import evaluate_files
+
+    out = tmp_path / "sub.csv"
+    gt = prepared_cxr_dir / "annotations" / "val_fold0.json"
+    assert _predict("--config-file", trained_tiny_dir / "config.yaml", "--weights", trained_tiny_dir / "model_final.pth",
+                    "--input", gt, "--out", out, "--tta", "hflip", "MODEL.DEVICE", "cpu") == 0
+    metrics = evaluate_files(gt, out).metrics
+    assert 0.0 <= metrics["mAP40"] <= 1.0 and metrics["problems"]["submission"] == 0
