@@ -193,3 +193,17 @@ def test_checkpoint_errors(tmp_path, tiny_random_checkpoint):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         BatchedPredictor(cfg, junk)
+
+
+@pytest.mark.gpu
+def test_amp_on_cuda_close_to_float32(tiny_random_checkpoint):
+    from detx.engine.config import get_detx_cfg
+
+    cfg_file, weights = tiny_random_checkpoint
+    cfg = get_detx_cfg(cfg_file, ["MODEL.DEVICE", "cuda"])
+    amp, fp32 = BatchedPredictor(cfg, weights, amp=True), BatchedPredictor(cfg, weights, amp=False)
+    assert amp.amp and not fp32.amp
+    images = _images(4)
+    for a, b in zip(amp(images, [(2560, 2560)] * 4), fp32(images, [(2560, 2560)] * 4)):
+        assert len(a) > 10
+        _match(b, a, 5, 5.0)  # the top boxes agree within a few original pixels and 0.05 confidence

@@ -351,6 +351,9 @@ def predict_all(
 ) -> PredictionRun:
     """Run every predictor and view on every image, decoding each batch once.
 
+    Images whose original size is known up front (a prepared JSON, a PNG folder with meta.csv) are
+    batched in order of aspect ratio, so a batch pads less; results are keyed by image id.
+
     Raises:
         UnreadableImageError: in ``strict`` mode, at the first image that cannot be decoded.
     """
@@ -370,7 +373,10 @@ def predict_all(
     sizes: dict[str, tuple[int, int]] = {}
     failures: dict[str, str] = {}
     bar = tqdm(total=len(records), desc="predict", unit="img", disable=not progress)
-    for batch in iter_batches(records, fmt, dicom_size, batch_size, num_workers):
+    ordered = list(records)
+    if all(r.orig_width and r.orig_height for r in ordered):  # similar aspect ratios batch with less padding
+        ordered.sort(key=lambda r: r.orig_height / r.orig_width)
+    for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
         good = []
         for item in batch:
             if item.error is not None:
