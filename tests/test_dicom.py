@@ -156,3 +156,16 @@ def test_strict_on_error_stops(tmp_path):
     with pytest.raises(RuntimeError, match="bad.dicom"):
         convert_dicoms(jobs, 32, on_error=stop, progress=False)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_float_path_matches_table_path(tmp_path, monkeypatch):
+    """The fallback for data a lookup table does not suit gives the table path's image."""
+    import detx.data.dicom as dicom_mod
+
+    yy, xx = np.mgrid[0:90, 0:70]
+    pixels = ((np.sin(xx / 7.0) + 1.5) * (yy + 10) * 10).astype(np.uint16)
+    write_dicom(tmp_path / "f.dicom", pixels, bits_stored=12, photometric="MONOCHROME1", window=(800, 900))
+    table_img, _, _ = load_dicom_image(tmp_path / "f.dicom", 40)
+    monkeypatch.setattr(dicom_mod, "MAX_TABLE", 0)
+    float_img, _, _ = load_dicom_image(tmp_path / "f.dicom", 40)
+    assert np.abs(table_img.astype(int) - float_img.astype(int)).max() <= 1

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 #: bump when the decoding changes, so a second run re-converts instead of skipping
 DECODER_VERSION = 1
 DICOM_SUFFIXES: tuple[str, ...] = (".dicom", ".dcm")
+#: largest stored-value range decoded through a lookup table (larger ranges take the float path)
+MAX_TABLE = 1 << 20
 
 
 class DicomError(ValueError):
@@ -124,6 +126,8 @@ def dicom_to_uint16(ds: pydicom.Dataset, path: str | os.PathLike = "<dataset>", 
     """
     raw = _stored_pixels(ds, path)
     lo, hi = int(raw.min()), int(raw.max())
+    if raw.dtype not in (np.uint8, np.uint16, np.int16) or hi - lo > MAX_TABLE:
+        return _float_pipeline(ds, raw, size)  # e.g. 32-bit data: a table would be too large
     chain = _chain(ds, lo, hi)
     if _is_affine(chain):
         table = full_range_lut(ds, lo, hi, out=chain)
@@ -137,6 +141,17 @@ def dicom_to_uint16(ds: pydicom.Dataset, path: str | os.PathLike = "<dataset>", 
         idx = raw.astype(np.int32) - lo
         table = full_range_lut(ds, lo, hi, idx, chain)
     return resize_longest(table[idx], size)
+
+
+def _float_pipeline(ds: pydicom.Dataset, raw: np.ndarray, size: int | None) -> np.ndarray:
+    """The same steps on the whole image in floating point (for data a lookup table does not suit)."""
+    out = np.asarray(apply_voi_lut(apply_modality_lut(raw, ds), ds), dtype=np.float64)
+    vmin, vmax = float(out.min()), float(out.max())
+    out = (out - vmin) * (65535.0 / (vmax - vmin)) if vmax > vmin else np.zeros_like(out)
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
+        out = 65535.0 - out
+    out = resize_longest(out.astype(np.float32), size)
+    return np.rint(np.clip(out, 0, 65535)).astype(np.uint16)
 
 
 def _needs_present(out: np.ndarray) -> bool:
