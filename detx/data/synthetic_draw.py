@@ -191,7 +191,11 @@ def _layout_lungs(c: _Chest) -> None:
 def _carve_lungs(c: _Chest) -> None:
     hx, hy, hax, hay, hang = c.heart
     heart = _ellipse_mask(c.nx, c.ny, hx, hy, hax, hay, hang)
+    # the heart sits on the diaphragm: below its widest row it continues down into the domes
+    half = 1.0 / np.sqrt(np.cos(hang) ** 2 / hax ** 2 + np.sin(hang) ** 2 / hay ** 2)
+    heart = heart | ((np.abs(c.nx - hx) < half * 0.98) & (c.ny > hy))
     ra = _ellipse_mask(c.nx, c.ny, 0.5 - 0.05, hy - 0.01, 0.055, 0.09, 0.0)  # right atrium border
+    ra = ra | ((np.abs(c.nx - 0.45) < 0.054) & (c.ny > hy - 0.01))
     kx, ky, kr = c.knob
     knob = (c.nx - kx) ** 2 + ((c.ny - ky) * c.th / c.tw) ** 2 < kr * kr
     mediastinum = np.abs(c.nx - 0.5) < 0.075
@@ -298,7 +302,7 @@ def _lesion_effusion(c: _Chest) -> Box | None:
     lung = c.lungs[side]
     x_med, x_lat = 0.5 + side * 0.075, p["cx"] + side * p["hw"]
     lat = np.clip((c.nx - x_med) / (x_lat - x_med), 0, 1)
-    height = rng.uniform(0.12, 0.24)
+    height = rng.uniform(0.15, 0.3)
     level = p["base"] - height * (0.35 + 0.65 * lat ** 2)  # meniscus: climbs the lateral wall
     region = lung & (c.ny > level)
     if region.sum() < 20:
@@ -511,7 +515,7 @@ def _lesion_other(c: _Chest) -> Box | None:
 def _heart_box(c: _Chest) -> Box | None:
     hx, hy, ax, ay, ang = c.heart
     lo = min(c.lung_params[1]["base"], c.lung_params[-1]["base"]) - 0.02
-    return _mask_box(c.heart_mask & (c.ny < lo) & (np.abs(c.nx - 0.5) > 0.0), c.h, c.w)
+    return _mask_box(_ellipse_mask(c.nx, c.ny, hx, hy, ax, ay, ang) & (c.ny < lo), c.h, c.w)
 
 
 def _knob_box(c: _Chest) -> Box | None:
@@ -548,8 +552,8 @@ def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
     """
     c = _new_chest(rng, h, w)
     _layout_lungs(c)
-    hx, hy, ax, ay, ang = (0.555 + rng.uniform(-0.01, 0.02), 0.68 + rng.uniform(-0.02, 0.02),
-                           rng.uniform(0.14, 0.155), rng.uniform(0.1, 0.115), -0.45 + rng.uniform(-0.1, 0.1))
+    hx, hy, ax, ay, ang = (0.555 + rng.uniform(-0.01, 0.02), 0.67 + rng.uniform(-0.02, 0.02),
+                           rng.uniform(0.15, 0.165), rng.uniform(0.1, 0.11), -0.35 + rng.uniform(-0.1, 0.1))
     if "Cardiomegaly" in findings:
         k = rng.uniform(1.4, 1.6)
         hx, ax, ay, hy = hx + 0.045, ax * k, ay * (1 + (k - 1) * 0.6), hy + 0.02
@@ -581,6 +585,10 @@ def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
     p = c.lung_params[1]
     bubble = _ellipse_mask(c.nx, c.ny, 0.5 + 0.17, p["base"] - p["dome_h"] + 0.06, 0.05, 0.025, 0.0)
     img = img - 0.12 * _blur(bubble.astype(np.float32), c.scale * 0.004) * body
+    # trachea and main bronchi: an air column in the upper mediastinum
+    airway = [np.array([c.px(0.5, -0.1), c.px(0.5, 0.33), c.px(0.44, 0.41)]), np.array([c.px(0.5, 0.33), c.px(0.575, 0.41)])]
+    trachea = _poly_mask(h, w, airway, closed=False, thickness=max(2, int(round(c.scale * 0.032))))
+    img = img - 0.07 * _blur(trachea, c.scale * 0.006) * body
     markings = _vessel_tree(c) * air * c.keep_markings
     bones = _ribs_and_clavicles(c, lung_soft)
     img = img + 0.085 * markings + bones * body + c.add * body
@@ -606,6 +614,21 @@ class _Vertebra:
         """Body corners (x, y): posterior-top, anterior-top, anterior-bottom, posterior-bottom."""
         hb, ha = self.bh / 2, self.bh * self.anterior / 2
         local = np.array([[-self.bw / 2, -hb], [self.bw / 2, -ha], [self.bw / 2, ha], [-self.bw / 2, hb]])
+        return self._place(local, facing)
+
+    def outline(self, facing: int) -> np.ndarray:
+        """The body's outline: concave endplates and a waisted anterior wall (a polygon through the corners)."""
+        hb, ha, bw = self.bh / 2, self.bh * self.anterior / 2, self.bw / 2
+        u = np.linspace(-1, 1, 9)
+        top = np.stack([u * bw, -(hb + ha) / 2 - u * (ha - hb) / 2 + 0.05 * self.bh * (1 - u ** 2)], 1)
+        bottom = np.stack([u[::-1] * bw, (hb + ha) / 2 + u[::-1] * (ha - hb) / 2 - 0.05 * self.bh * (1 - u[::-1] ** 2)], 1)
+        v = np.linspace(-1, 1, 7)[1:-1]
+        front = np.stack([bw - 0.06 * self.bw * (1 - v ** 2), v * ha], 1)
+        back = np.stack([-bw - 0.02 * self.bw * (1 - v ** 2), -v * hb], 1)
+        return self._place(np.concatenate([top, front, bottom, back]), facing)
+
+    def _place(self, local: np.ndarray, facing: int) -> np.ndarray:
+        local = local.copy()
         local[:, 0] *= facing
         c, s = np.cos(self.angle), np.sin(self.angle)
         rot = local @ np.array([[c, s], [-s, c]])
@@ -619,7 +642,7 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
     bw, bh, disc = unit * rng.uniform(1.2, 1.35), unit * rng.uniform(0.74, 0.8), unit * rng.uniform(0.2, 0.25)
     n = 6
     column_x = w / 2 + rng.uniform(-0.1, 0.1) * w - facing * 0.15 * bw
-    lordosis = unit * rng.uniform(0.25, 0.45)
+    lordosis = unit * rng.uniform(0.4, 0.8)
     total = n * bh + (n - 1) * disc
     top = (h - total) / 2 + rng.uniform(-0.4, 0.4) * unit
     verts: list[_Vertebra] = []
@@ -630,7 +653,7 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
     for i in range(n):
         t = (i + 0.5) / n
         cx = column_x + facing * lordosis * np.sin(np.pi * t)
-        angle = -facing * 0.35 * np.cos(np.pi * t) * lordosis / unit
+        angle = -facing * 0.4 * np.cos(np.pi * t) * lordosis / unit
         v = _Vertebra(cx, y + bh / 2, bw * (1 + 0.03 * i), bh * (1 + 0.02 * i), angle, disc_below=disc)
         verts.append(v)
         y += bh + disc
@@ -663,7 +686,7 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
         gx = trunk_c + facing * rng.uniform(0.2, 0.85) * trunk_hw
         gy = rng.uniform(0, h)
         r = unit * rng.uniform(0.2, 0.5)
-        gas = np.maximum(gas, _blob(xx, yy, gx, gy, r, rng, lobulation=0.2, edge=0.4))
+        gas = np.maximum(gas, _blob(xx, yy, gx, gy, r, rng, lobulation=0.08, edge=0.5))
     img = img - 0.12 * gas * body
 
     bodies = np.zeros((h, w), np.float32)
@@ -673,9 +696,10 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
     rim_t = max(1, int(round(unit * 0.06)))
     for v in verts:
         cor = v.corners(facing)
-        m = _poly_mask(h, w, [cor])
+        outline = v.outline(facing)
+        m = _poly_mask(h, w, [outline])
         bodies = np.maximum(bodies, m * (1 + v.density / 0.2))
-        cortex = np.maximum(cortex, _poly_mask(h, w, [cor], closed=True, thickness=rim_t))
+        cortex = np.maximum(cortex, _poly_mask(h, w, [outline], closed=True, thickness=rim_t))
         # posterior elements: pedicle, lamina and spinous process pointing backwards-down
         pt, pb = cor[0], cor[3]
         back = -facing
