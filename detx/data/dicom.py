@@ -253,6 +253,10 @@ def convert_dicom(image_id: str, src: str | os.PathLike, dst: str | os.PathLike,
         return ConvertResult(image_id, error=msg)
 
 
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # the processes are the parallelism; OpenCV threads on top would oversubscribe
+
+
 def _convert_job(args: tuple) -> ConvertResult:
     return convert_dicom(*args)
 
@@ -355,7 +359,7 @@ def convert_dicoms(
                 handle(_convert_job(job))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
                 futures = [pool.submit(_convert_job, job) for job in todo]
                 try:
                     for fut in as_completed(futures):
