@@ -145,7 +145,7 @@ def run_train_net(*args, check: bool = True):
 @pytest.fixture(scope="session")
 def trained_tiny_dir(prepared_cxr_dir, tmp_path_factory):
     """OUTPUT_DIR of the tiny Faster R-CNN trained 8 iterations (batch 2, 128 px) on prepared_cxr_dir fold 0:
-    config.yaml, model_final.pth, model_best.pth (+ .json), model_0003.pth, last_checkpoint, metrics.json
+    config.yaml, model_final.pth, model_best.pth (+ .json), model_0000003.pth, last_checkpoint, metrics.json
     (val_total_loss and vinbigdata/mAP40 at iterations 3 and 8), curves.png, inference/."""
     out = tmp_path_factory.mktemp("trained_tiny")
     run_train_net("--config-file", TINY_CONFIG, "DETX.DATA_ROOT", prepared_cxr_dir, "OUTPUT_DIR", out,

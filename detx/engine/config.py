@@ -32,8 +32,8 @@ def add_detx_config(cfg: CfgNode) -> None:
             ``DATASETS.TRAIN``/``DATASETS.TEST`` are empty, they become the fold's registered names.
         DETX.FOLD: the cross-validation fold trained on (``train_fold{k}``) and validated on
             (``val_fold{k}``); -1 trains on ``all`` with no validation.
-        DETX.VAL_PERIOD: iterations between validation-loss passes over the whole validation fold
-            (0: never); it also runs after the last iteration.
+        DETX.VAL_PERIOD: iterations between validation-loss passes over the whole validation fold;
+            it also runs after the last iteration (0: only then, negative: never).
         DETX.BEST_METRIC: the metric ``model_best.pth`` follows (higher is better).
         DETX.BOX_MASKS: give annotations without a ``segmentation`` a box-shaped polygon mask
             (Mask R-CNN on box-only data).
