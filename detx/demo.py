@@ -1,0 +1,271 @@
+"""The end-to-end demo on the built-in synthetic dataset (``make demo``, ``python -m detx.demo``).
+
+Generate synthetic DICOMs and reader CSVs -> prepare (WBF fusion, folds) -> train the tiny config on
+fold 0 on the CPU -> predict and evaluate the held-out fold -> fit the image-level classifier on those
+held-out predictions -> predict the synthetic test set to ``submission.csv`` and score it against the
+generator's test ground truth -> ``report.md`` with the figures.
+
+Each step is the command a user would type (printed before it runs), so the demo doubles as a
+walkthrough of the real workflow. A step whose outputs exist is skipped, so a second run reuses what
+the first made and a run killed mid-training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Per dataset: generator and prepare-script names, where the generator puts train/test files, the tiny config.
+DATASETS: dict[str, dict[str, str]] = {
+    "vindr-cxr": {
+        "prepare": "datasets/prepare_vindr_cxr.py",
+        "train_csv": "train.csv",
+        "train_dir": "train",
+        "test_dir": "test",
+        "test_gt": "test_ground_truth.csv",
+        "config": "configs/quick_schedules/vindr_cxr_tiny.yaml",
+    },
+    "spinexr": {
+        "prepare": "datasets/prepare_spinexr.py",
+        "train_csv": "annotations/train.csv",
+        "train_dir": "train_images",
+        "test_dir": "test_images",
+        "test_gt": "annotations/test.csv",
+        "config": "configs/quick_schedules/spinexr_tiny.yaml",
+    },
+}
+
+
+# detectron2's trainer logs its environment and the whole config; the console gets only the progress.
+TRAIN_CONSOLE = ("iter:", "vinbigdata", "copypaste: Task", "Starting training", "Overall training", "Traceback",
+                 "Error", "error:")
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message names the step and its command."""
+
+
+@dataclass
+class DemoSettings:
+    """What the demo generates and how long it trains (defaults: under 10 minutes on a 2-core CPU)."""
+
+    out: Path = Path("output/demo")
+    dataset: str = "vindr-cxr"
+    n_train: int = 160
+    n_test: int = 40
+    min_size: int = 384
+    max_size: int = 640
+    size: int = 256
+    folds: int = 4
+    seed: int = 0
+    max_iter: int = 1200
+    eval_period: int = 400
+    tta: tuple[str, ...] = ("hflip",)
+    workers: int = 2
+    extra_train_opts: tuple[str, ...] = ()
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown demo dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
+        if self.n_train < 2 * self.folds or self.n_test < 1:
+            raise ValueError(f"the demo needs n_train >= 2 * folds ({2 * self.folds}) and n_test >= 1")
+        if self.max_iter < 1 or self.eval_period < 1:
+            raise ValueError("max_iter and eval_period must be >= 1")
+
+
+@dataclass
+class Step:
+    name: str
+    cmd: list[str]
+    outputs: list[Path]
+    console_filter: tuple[str, ...] = ()  # when set, only log lines containing one of these reach the console
+
+    def done(self) -> bool:
+        return all(p.exists() for p in self.outputs)
+
+
+def paths(s: DemoSettings) -> dict[str, Path]:
+    o = s.out
+    return {
+        "raw": o / "raw",
+        "prepared": o / "prepared",
+        "train": o / "train",
+        "val_json": o / "prepared" / "annotations" / "val_fold0.json",
+        "val_submission": o / "val" / "submission.csv",
+        "val_metrics": o / "val" / "metrics.json",
+        "val_plots": o / "val" / "plots",
+        "overlays": o / "val" / "overlays",
+        "classifier": o / "classifier.json",
+        "submission": o / "submission.csv",
+        "test_metrics": o / "test_metrics.json",
+        "report": o / "report.md",
+    }
+
+
+def build_steps(s: DemoSettings) -> list[Step]:
+    """The demo's commands, in order, with the files that mark each as done."""
+    d = DATASETS[s.dataset]
+    p = paths(s)
+    py = s.python
+    raw, prepared, train = p["raw"], p["prepared"], p["train"]
+    weights = train / "model_best.pth"
+    train_cmd = [
+        py, "tools/train_net.py", "--config-file", d["config"],
+        "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0", "OUTPUT_DIR", str(train), "MODEL.DEVICE", "cpu",
+        "SOLVER.MAX_ITER", str(s.max_iter), "TEST.EVAL_PERIOD", str(s.eval_period),
+        "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed), *s.extra_train_opts,
+    ]
+    if (train / "last_checkpoint").exists() and not (train / "model_final.pth").exists():
+        train_cmd.insert(4, "--resume")  # a run killed mid-training continues from its last checkpoint
+    predict_common = [py, "tools/predict.py", "--config-file", str(train / "config.yaml"), "--weights", str(weights),
+                      "--tta", *s.tta]
+    return [
+        Step("generate synthetic DICOMs and reader CSVs",
+             [py, "-m", "detx.data.synthetic", "--out", str(raw), "--dataset", s.dataset, "--n-train", str(s.n_train),
+              "--n-test", str(s.n_test), "--seed", str(s.seed), "--min-size", str(s.min_size),
+              "--max-size", str(s.max_size)],
+             [raw / d["train_csv"], raw / d["test_gt"]]),
+        Step("prepare: DICOM -> PNG, WBF-fused COCO JSON, folds",
+             [py, d["prepare"], "--csv", str(raw / d["train_csv"]), "--dicom-dir", str(raw / d["train_dir"]),
+              "--out", str(prepared), "--size", str(s.size), "--folds", str(s.folds), "--seed", str(s.seed),
+              "--workers", str(s.workers)],
+             [prepared / "annotations" / "all.json", p["val_json"]]),
+        Step("train the tiny config on fold 0 (CPU)", train_cmd, [train / "model_final.pth", weights],
+             console_filter=TRAIN_CONSOLE),
+        Step("predict the held-out fold 0",
+             [*predict_common, "--input", str(p["val_json"]), "--out", str(p["val_submission"]),
+              "--vis-dir", str(p["overlays"]), "--vis-num", "6"],
+             [p["val_submission"]]),
+        Step("evaluate the held-out fold 0",
+             [py, "tools/evaluate.py", "--gt", str(p["val_json"]), "--pred", str(p["val_submission"]),
+              "--out", str(p["val_metrics"]), "--plots", str(p["val_plots"])],
+             [p["val_metrics"]]),
+        Step("fit the image-level classifier on the held-out predictions",
+             [py, "tools/fit_classifier.py", "--pred", str(p["val_submission"]), "--gt", str(p["val_json"]),
+              "--out", str(p["classifier"])],
+             [p["classifier"]]),
+        Step("predict the synthetic test set (DICOM folder) to submission.csv",
+             [*predict_common, "--input", str(raw / d["test_dir"]), "--dicom-size", str(s.size),
+              "--out", str(p["submission"]), "--classifier", str(p["classifier"])],
+             [p["submission"]]),
+        Step("score the test submission against the generator's test ground truth",
+             [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["submission"]),
+              "--out", str(p["test_metrics"])],
+             [p["test_metrics"]]),
+    ]
+
+
+def run_step(step: Step, log_path: Path, quiet: bool = False) -> float:
+    """Run one step from the repository root; its output goes to ``log_path`` (and the console unless quiet)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"\n==> {step.name}\n$ {shlex.join(step.cmd)}", flush=True)
+    t0 = time.monotonic()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {shlex.join(step.cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(step.cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if not quiet and (not step.console_filter or any(k in line for k in step.console_filter)):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        rc = proc.wait()
+    if rc != 0:
+        raise DemoError(f"step '{step.name}' failed (exit {rc}); see {log_path}\n$ {shlex.join(step.cmd)}")
+    missing = [str(p) for p in step.outputs if not p.exists()]
+    if missing:
+        raise DemoError(f"step '{step.name}' finished but did not write {', '.join(missing)}; see {log_path}")
+    return time.monotonic() - t0
+
+
+def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
+    """The numbers printed at the end and put at the top of the report."""
+    val = json.loads(p["val_metrics"].read_text())
+    test = json.loads(p["test_metrics"].read_text())
+    clf = json.loads(p["classifier"].read_text())
+    il = val.get("image_level", {})
+    coco = val.get("coco", {})
+    return {
+        "mAP40": val.get("mAP40"),
+        "coco_mAP40": val.get("coco_mAP40"),
+        "coco_AP": coco.get("AP"),
+        "coco_AP50": coco.get("AP50"),
+        "froc_mean": (val.get("froc") or {}).get("mean"),
+        "auc": il.get("auc"),
+        "f1": il.get("f1"),
+        "sensitivity": il.get("sensitivity"),
+        "specificity": il.get("specificity"),
+        "classifier_auc": (clf.get("metrics") or {}).get("auc"),
+        "test_mAP40": test.get("mAP40"),
+        "test_auc": (test.get("image_level") or {}).get("auc"),
+    }
+
+
+def run_demo(s: DemoSettings, quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) every step, write the report, and return the key numbers and the timings."""
+    from detx.viz.report import write_demo_report
+
+    s.out.mkdir(parents=True, exist_ok=True)
+    p = paths(s)
+    log_path = s.out / "demo.log"
+    timings: dict[str, float] = {}
+    t_start = time.monotonic()
+    for step in build_steps(s):
+        if step.done():
+            print(f"\n==> {step.name}: done already ({', '.join(str(o) for o in step.outputs)})", flush=True)
+            timings[step.name] = 0.0
+            continue
+        timings[step.name] = run_step(step, log_path, quiet=quiet)
+    numbers = key_numbers(p)
+    write_demo_report(s, p, numbers, timings)
+    numbers_total = time.monotonic() - t_start
+    print(f"\nreport: {p['report']}\nsubmission: {p['submission']}\ntotal time: {numbers_total:.0f} s\n")
+    for k, v in numbers.items():
+        print(f"{k} {'n/a' if v is None else f'{v:.3f}'}")
+    return {"numbers": numbers, "timings": timings, "paths": {k: str(v) for k, v in p.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m detx.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="vindr-cxr", choices=sorted(DATASETS))
+    parser.add_argument("--out", default="output/demo", help="output folder (default output/demo)")
+    parser.add_argument("--n-train", type=int, default=DemoSettings.n_train)
+    parser.add_argument("--n-test", type=int, default=DemoSettings.n_test)
+    parser.add_argument("--size", type=int, default=DemoSettings.size, help="PNG longest side")
+    parser.add_argument("--max-iter", type=int, default=DemoSettings.max_iter)
+    parser.add_argument("--eval-period", type=int, default=DemoSettings.eval_period)
+    parser.add_argument("--seed", type=int, default=DemoSettings.seed)
+    parser.add_argument("--quiet", action="store_true", help="only the step headers and the final numbers")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        s = DemoSettings(out=Path(args.out), dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
+                         size=args.size, max_iter=args.max_iter, eval_period=args.eval_period, seed=args.seed)
+        run_demo(s, quiet=args.quiet)
+    except (DemoError, ValueError) as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

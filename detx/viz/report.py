@@ -1,0 +1,106 @@
+"""The demo's Markdown report: key numbers, the per-class AP bar chart and the figures other steps wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from detx.utils.io import atomic_path, atomic_write_text  # noqa: E402
+
+NUMBER_LABELS = {
+    "mAP40": "challenge mAP@0.4 (VOC, held-out fold)",
+    "coco_mAP40": "COCO AP@0.4 (101-point)",
+    "coco_AP": "COCO AP@[.5:.95]",
+    "coco_AP50": "COCO AP50",
+    "froc_mean": "FROC mean sensitivity (1/8..8 FP/image)",
+    "auc": "image-level ROC AUC",
+    "f1": "image-level F1 (Youden threshold)",
+    "sensitivity": "image-level sensitivity",
+    "specificity": "image-level specificity",
+    "classifier_auc": "fitted classifier AUC (on its fitting images)",
+    "test_mAP40": "challenge mAP@0.4 on the synthetic test set",
+    "test_auc": "image-level AUC on the synthetic test set",
+}
+
+
+def plot_ap_per_class(ap_per_class: Mapping[str, float | None], path: str | os.PathLike,
+                      title: str = "AP@0.4 per class") -> Path:
+    """Horizontal bar chart of per-class AP; classes without ground truth are listed as excluded."""
+    names = [n for n, v in ap_per_class.items() if v is not None]
+    values = [float(ap_per_class[n]) for n in names]
+    excluded = [n for n, v in ap_per_class.items() if v is None]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(names), 3) + 1.2))
+    ax.barh(names[::-1], values[::-1], color="#3b7dd8")
+    for y, v in enumerate(values[::-1]):
+        ax.text(min(v + 0.01, 0.93), y, f"{v:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AP")
+    ax.set_title(title)
+    if excluded:
+        fig.text(0.01, 0.01, f"no ground truth (excluded): {', '.join(excluded)}", fontsize=6, wrap=True)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _rel(path: Path, base: Path) -> str:
+    return os.path.relpath(path, base).replace(os.sep, "/")
+
+
+def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str, float | None],
+                      timings: Mapping[str, float]) -> Path:
+    """Write ``report.md`` (and ``ap_per_class.png``) beside the demo outputs; return the report path."""
+    report: Path = p["report"]
+    base = report.parent
+    val = json.loads(Path(p["val_metrics"]).read_text())
+    ap_png = plot_ap_per_class(val.get("AP_per_class", {}), base / "ap_per_class.png",
+                               title="Held-out fold 0: AP@0.4 per class (challenge metric)")
+    lines = [
+        f"# detx demo report ({settings.dataset}, synthetic)",
+        "",
+        f"{settings.n_train} synthetic training images ({settings.folds} folds, trained on fold 0's "
+        f"{settings.folds - 1}/{settings.folds}, evaluated on the held-out fold), {settings.n_test} test images, "
+        f"PNG size {settings.size} px, {settings.max_iter} iterations of the tiny config on the CPU, TTA "
+        f"{', '.join(settings.tta) or 'none'}.",
+        "",
+        "| number | value |",
+        "|---|---|",
+    ]
+    for k, v in numbers.items():
+        lines.append(f"| {NUMBER_LABELS.get(k, k)} | {'n/a' if v is None else f'{v:.3f}'} |")
+    lines += ["", "## Training", ""]
+    curves = Path(p["train"]) / "curves.png"
+    if curves.exists():
+        lines += [f"![train and validation loss, mAP]({_rel(curves, base)})", ""]
+    lines += ["## Held-out fold: per-class AP", "", f"![AP per class]({_rel(ap_png, base)})", ""]
+    plots = Path(p["val_plots"])
+    for name, title in (("pr_curves.png", "Precision-recall curves"), ("froc.png", "FROC"),
+                        ("roc.png", "Image-level ROC")):
+        if (plots / name).exists():
+            lines += [f"## {title}", "", f"![{title}]({_rel(plots / name, base)})", ""]
+    overlays = sorted(Path(p["overlays"]).glob("*.png")) if Path(p["overlays"]).exists() else []
+    if overlays:
+        lines += ["## Predictions vs ground truth (held-out fold)", "",
+                  "Solid boxes: predictions (score >= the overlay threshold); dashed: ground truth.", ""]
+        lines += [f"![{o.stem}]({_rel(o, base)})" for o in overlays]
+        lines.append("")
+    lines += ["## Files", "",
+              f"- submission: `{_rel(Path(p['submission']), base)}` (Kaggle format, original DICOM pixels)",
+              f"- held-out metrics: `{_rel(Path(p['val_metrics']), base)}`; test metrics: "
+              f"`{_rel(Path(p['test_metrics']), base)}`",
+              f"- image-level classifier: `{_rel(Path(p['classifier']), base)}`",
+              f"- training: `{_rel(Path(p['train']), base)}/` (metrics.json, model_best.pth, model_final.pth)",
+              "", "## Step timings", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {secs:.0f}{' (reused)' if secs == 0 else ''} |" for name, secs in timings.items()]
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,66 @@
+"""The demo pipeline (``make demo``) on a very small synthetic set: every step, every report file, and reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import TRAINED_TINY_OPTS
+
+from detx.demo import DemoSettings, build_steps, paths, run_demo
+
+# Small and quick: the tiny config at 128 px for a handful of iterations (the real demo trains for minutes).
+TINY_OPTS = tuple(v for i, v in enumerate(TRAINED_TINY_OPTS)
+                  if not ({TRAINED_TINY_OPTS[i - (i % 2)]} & {"SOLVER.MAX_ITER", "TEST.EVAL_PERIOD", "DETX.FOLD",
+                                                               "SOLVER.CHECKPOINT_PERIOD"}))
+
+
+def tiny_settings(out, dataset="vindr-cxr") -> DemoSettings:
+    return DemoSettings(out=out, dataset=dataset, n_train=12, n_test=3, min_size=96, max_size=160, size=128,
+                        folds=2, max_iter=4, eval_period=4, workers=1, extra_train_opts=TINY_OPTS)
+
+
+@pytest.mark.slow
+def test_demo_writes_every_report_file_and_reuses_them(tmp_path, capsys):
+    s = tiny_settings(tmp_path / "demo")
+    result = run_demo(s, quiet=True)
+    p = paths(s)
+    report = p["report"].read_text()
+    for f in (p["report"], s.out / "ap_per_class.png", p["train"] / "curves.png", p["val_plots"] / "pr_curves.png",
+              p["val_plots"] / "froc.png", p["val_plots"] / "roc.png", p["classifier"], p["test_metrics"]):
+        assert f.exists(), f
+        if f.suffix == ".png":
+            assert f.name in report or f.parent.name in report, f"{f.name} not linked from report.md"
+    assert list(p["overlays"].glob("*.png")), "no prediction-vs-truth overlays"
+    sub = pd.read_csv(p["submission"])
+    assert len(sub) == s.n_test and sub.PredictionString.str.contains(" 0 0 1 1").all()
+    val = json.loads(p["val_metrics"].read_text())
+    assert result["numbers"]["mAP40"] == pytest.approx(val["mAP40"])
+    out = capsys.readouterr().out
+    assert f"mAP40 {val['mAP40']:.3f}" in out.splitlines()
+
+    # A second run reuses every output and prints the same numbers.
+    again = run_demo(s, quiet=True)
+    assert set(again["timings"].values()) == {0.0}
+    assert again["numbers"] == result["numbers"]
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    s = tiny_settings(tmp_path / "demo")
+    train = paths(s)["train"]
+    train.mkdir(parents=True)
+    (train / "last_checkpoint").write_text("model_0003.pth")
+    cmd = next(st for st in build_steps(s) if st.name.startswith("train")).cmd
+    assert "--resume" in cmd
+    (train / "model_final.pth").write_bytes(b"")
+    (train / "model_best.pth").write_bytes(b"")
+    step = next(st for st in build_steps(s) if st.name.startswith("train"))
+    assert "--resume" not in step.cmd and step.done()
+
+
+def test_demo_settings_refuse_impossible_values(tmp_path):
+    with pytest.raises(ValueError, match="unknown demo dataset"):
+        DemoSettings(out=tmp_path, dataset="mnist")
+    with pytest.raises(ValueError, match="n_train"):
+        DemoSettings(out=tmp_path, n_train=3, folds=4)
