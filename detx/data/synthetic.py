@@ -73,6 +73,15 @@ def _ds_number(value: float) -> str:
     return text if len(text) <= 16 else f"{float(value):.8e}"[:16]
 
 
+def _rle_compress(ds: FileDataset, arr: np.ndarray) -> None:
+    """RLE Lossless with pylibjpeg-rle (fast) when installed, else pydicom's own encoder: both write the
+    same bytes (gdcm, pydicom's other choice, segments differently, so it is never picked implicitly)."""
+    try:
+        ds.compress(RLELossless, arr, encoding_plugin="pylibjpeg")
+    except (RuntimeError, ValueError, ImportError):
+        ds.compress(RLELossless, arr, encoding_plugin="pydicom")
+
+
 def write_dicom(
     path: str | os.PathLike,
     pixels: np.ndarray,
@@ -162,7 +171,7 @@ def write_dicom(
         setattr(ds, keyword, value)
     ds.PixelData = arr.tobytes()
     if compress == "rle":
-        ds.compress(RLELossless, arr, encoding_plugin="pydicom")
+        _rle_compress(ds, arr)
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return path

@@ -81,13 +81,21 @@ def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
 
 def _blob(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float, rng: np.random.Generator,
           lobulation: float = 0.12, edge: float = 0.15) -> np.ndarray:
-    """A lobulated disc of radius ``r`` px: 1 inside, soft edge of relative width ``edge``."""
-    dx, dy = xx - cx, yy - cy
-    theta = np.arctan2(dy, dx)
+    """A lobulated disc of radius ``r`` px: 1 inside, soft edge of relative width ``edge`` (full-size array,
+    computed only in the disc's bounding square)."""
     p1, p2 = rng.uniform(0, 2 * np.pi, 2)
+    out = np.zeros((yy.shape[0], xx.shape[1]), np.float32)
+    reach = r * (1 + 1.6 * lobulation) + 2
+    x0, x1 = max(0, int(cx - reach)), min(xx.shape[1], int(cx + reach) + 2)
+    y0, y1 = max(0, int(cy - reach)), min(yy.shape[0], int(cy + reach) + 2)
+    if x0 >= x1 or y0 >= y1:
+        return out
+    dx, dy = xx[:, x0:x1] - cx, yy[y0:y1] - cy
+    theta = np.arctan2(dy, dx)
     rr = r * (1 + lobulation * np.sin(3 * theta + p1) + 0.6 * lobulation * np.sin(5 * theta + p2))
     d = np.sqrt(dx * dx + dy * dy) / rr
-    return _smoothstep((1.0 - d) / edge).astype(np.float32)
+    out[y0:y1, x0:x1] = _smoothstep((1.0 - d) / edge)
+    return out
 
 
 def finish_image(rng: np.random.Generator, img: np.ndarray, noise: float = 0.012) -> np.ndarray:
@@ -207,8 +215,8 @@ def _carve_lungs(c: _Chest) -> None:
 def _vessel_tree(c: _Chest) -> np.ndarray:
     """Lung markings: branching vessels radiating from each hilum, thinning towards the periphery."""
     rng = c.rng
-    canvas = np.zeros((c.h, c.w), np.float32)
     lw = max(1.0, c.scale * 0.006)
+    by_depth: dict[int, list[np.ndarray]] = {0: [], 1: [], 2: []}
     for side in (-1, 1):
         hx, hy = c.px(0.5 + side * 0.12, 0.45)
         stack = []
@@ -224,11 +232,15 @@ def _vessel_tree(c: _Chest) -> np.ndarray:
                 x += np.cos(a) * length / n
                 y -= np.sin(a) * length / n
                 pts.append((x, y))
-            seg = _poly_mask(c.h, c.w, [np.array(pts)], closed=False, thickness=max(1, int(round(width * lw))))
-            np.maximum(canvas, seg * (0.5 + 0.5 * width / 1.9), out=canvas)
+            by_depth[depth].append(np.array(pts))
             if depth < 2:
                 for da in (-0.45, 0.4):
                     stack.append((x, y, a + da + rng.normal(0, 0.1), length * 0.7, width * 0.65, depth + 1))
+    canvas = np.zeros((c.h, c.w), np.float32)
+    for depth, polys in by_depth.items():  # thinner and fainter with each branching
+        width = 1.9 * 0.65 ** depth
+        seg = _poly_mask(c.h, c.w, polys, closed=False, thickness=max(1, int(round(width * lw))))
+        np.maximum(canvas, seg * (0.5 + 0.5 * width / 1.9), out=canvas)
     return _blur(canvas, lw * 0.6)
 
 
