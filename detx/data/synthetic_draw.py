@@ -314,12 +314,14 @@ def _lesion_effusion(c: _Chest) -> Box | None:
     lung = c.lungs[side]
     x_med, x_lat = 0.5 + side * 0.075, p["cx"] + side * p["hw"]
     lat = np.clip((c.nx - x_med) / (x_lat - x_med), 0, 1)
-    height = rng.uniform(0.15, 0.3)
+    height = rng.uniform(0.18, 0.32)
     level = p["base"] - height * (0.35 + 0.65 * lat ** 2)  # meniscus: climbs the lateral wall
     region = lung & (c.ny > level)
     if region.sum() < 20:
         return None
+    # homogeneous fluid below the meniscus, a haze over the lung just above it
     grad = _smoothstep((c.ny - level) / 0.025) * (0.85 + 0.15 * _smoothstep((c.ny - level) / 0.1))
+    grad = np.maximum(grad, 0.35 * _smoothstep((c.ny - level + 0.1) / 0.1))
     np.maximum(c.fill, grad * c.side_masks[side], out=c.fill)
     c.keep_markings *= 1 - grad
     return _mask_box(region, c.h, c.w)
@@ -749,8 +751,8 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
             screws, heads = [], []
             for u in lv:
                 cu = u.corners(facing)
-                entry = (cu[0] + cu[3]) / 2 + np.array([-facing * 0.45 * u.bw, -0.1 * u.bh])
-                tip = (cu[1] + cu[2]) / 2 * 0.4 + (cu[0] + cu[3]) / 2 * 0.6
+                entry = (cu[0] + cu[3]) / 2 + np.array([-facing * 0.3 * u.bw, -0.1 * u.bh])
+                tip = (cu[1] + cu[2]) / 2 * 0.75 + (cu[0] + cu[3]) / 2 * 0.25
                 screws.append(np.array([entry, tip]))
                 heads.append(entry)
             m = _poly_mask(h, w, screws, closed=False, thickness=max(2, int(round(unit * 0.13))))
