@@ -315,3 +315,29 @@ def test_trained_model_predicts_and_evaluates(trained_tiny_dir, prepared_cxr_dir
                     "--input", gt, "--out", out, "--tta", "hflip", "MODEL.DEVICE", "cpu") == 0
     metrics = evaluate_files(gt, out).metrics
     assert 0.0 <= metrics["mAP40"] <= 1.0 and metrics["problems"]["submission"] == 0
+
+
+def test_cache_dir_resumes_without_predicting_again(tiny_random_checkpoint, png_dir, tmp_path, monkeypatch):
+    from detx.inference.predictor import BatchedPredictor
+
+    cfg_file, weights = tiny_random_checkpoint
+    cache = tmp_path / "cache"
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    common = ["--config-file", cfg_file, "--weights", weights, "--input", png_dir, "--tta", "hflip",
+              "--cache-dir", cache, "--batch-size", 2]
+    assert _predict(*common, "--out", first) == 0
+    assert len(list(cache.glob("*/key.txt"))) == 2 and len(list(cache.glob("*/*.npz"))) == 4  # 2 views x 2 batches
+    # one batch file lost (an interrupted run): only its images are predicted again
+    victim = sorted(cache.glob("*/*.npz"))[0]
+    victim.unlink()
+    seen = []
+    original = BatchedPredictor.__call__
+
+    def counting(self, images, orig_sizes, view=None):
+        seen.append(len(images))
+        return original(self, images, orig_sizes, view)
+
+    monkeypatch.setattr(BatchedPredictor, "__call__", counting)
+    assert _predict(*common, "--out", second) == 0
+    assert 0 < sum(seen) < 2 * 3  # fewer than all 3 images x 2 views
+    assert first.read_text() == second.read_text()

@@ -68,6 +68,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="longest side DICOMs are decoded to, as in preparation (default: INPUT.MAX_SIZE_TEST)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default DATALOADER.NUM_WORKERS)")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA (AMP is on by default there)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="save each batch's raw predictions here; a rerun skips images already predicted by every "
+                        "model and view (resume an interrupted run)")
     p.add_argument("--strict", action="store_true", help="stop (exit 1) at the first image that cannot be read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -101,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         nofinding_low=args.nofinding_low, nofinding_high=args.nofinding_high,
         classification_out=args.classification_out, vis_dir=args.vis_dir, vis_num=args.vis_num,
         vis_score=args.vis_score, dicom_size=args.dicom_size, num_workers=args.workers, amp=not args.no_amp,
-        strict=args.strict, progress=not args.quiet)
+        strict=args.strict, progress=not args.quiet, cache_dir=args.cache_dir)
     try:
         summary = run_predict(options)
     except UnreadableImageError as e:

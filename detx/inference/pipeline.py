@@ -65,6 +65,7 @@ class PredictOptions:
     amp: bool = True
     strict: bool = False
     progress: bool = True
+    cache_dir: str | None = None
 
 
 def class_names_for(num_classes: int, from_input: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -147,7 +148,7 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     dicom_size = options.dicom_size or max(cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     workers = cfg.DATALOADER.NUM_WORKERS if options.num_workers is None else options.num_workers
     run = predict_all(predictors, inputs.images, views, options.batch_size, options.model_weights, dicom_size,
-                      workers, options.strict, options.progress)
+                      workers, options.strict, options.progress, options.cache_dir)
     max_dets = options.max_dets or int(cfg.TEST.DETECTIONS_PER_IMAGE)
     if len(run.sets) == 1:
         fused = {i: p.select(np.argsort(-p.scores, kind="stable")[:max_dets]) for i, p in run.sets[0].items()}

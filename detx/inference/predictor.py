@@ -275,6 +275,12 @@ class BatchedPredictor:
         self.amp = amp and self.device.type == "cuda"
         self.input_format = self.cfg.INPUT.FORMAT
 
+    def cache_key(self, view: TTAView, dicom_size: int) -> str:
+        """What determines this predictor's output for a view: weights file (path, size, mtime), config, view."""
+        st = os.stat(self.weights)
+        return "|".join([os.path.abspath(self.weights), str(st.st_size), str(st.st_mtime_ns), self.cfg.dump(),
+                         view.name, str(dicom_size), str(self.amp)])
+
     def _resize(self, view: TTAView):
         from detectron2.data import transforms as T
 
@@ -317,6 +323,58 @@ class BatchedPredictor:
         return preds
 
 
+class PredictionCache:
+    """Raw predictions of each (model, view) saved batch by batch, to resume an interrupted run.
+
+    ``root/<sha1 of the set's key>/<first image>_<n>.npz`` holds a batch: image ids, original sizes and
+    the concatenated boxes/scores/classes; ``key.txt`` beside them records what the key hashed.
+    """
+
+    def __init__(self, root: str | os.PathLike, keys: Sequence[str]):
+        import hashlib
+
+        self.dirs = []
+        for key in keys:
+            d = Path(root) / hashlib.sha1(key.encode()).hexdigest()[:16]
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / "key.txt").exists():
+                from detx.utils.io import atomic_write_text
+
+                atomic_write_text(d / "key.txt", key)
+            self.dirs.append(d)
+
+    def save(self, k: int, image_ids: Sequence[str], preds: Sequence[Predictions],
+             orig_sizes: Sequence[tuple[int, int]]) -> None:
+        from detx.utils.io import atomic_path
+
+        counts = np.array([len(p) for p in preds], dtype=np.int64)
+        name = f"{image_ids[0].replace('/', '_')}_{len(image_ids)}.npz"
+        with atomic_path(self.dirs[k] / name) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=np.array(image_ids, dtype=str), counts=counts,
+                     sizes=np.array(orig_sizes, dtype=np.int64).reshape(-1, 2),
+                     boxes=np.concatenate([p.boxes for p in preds]).reshape(-1, 4),
+                     scores=np.concatenate([p.scores for p in preds]),
+                     classes=np.concatenate([p.classes for p in preds]))
+
+    def load(self) -> list[dict[str, tuple[Predictions, tuple[int, int]]]]:
+        """Per set: image_id -> (predictions, original size) of every saved batch (unreadable files skipped)."""
+        out = []
+        for d in self.dirs:
+            found: dict[str, tuple[Predictions, tuple[int, int]]] = {}
+            for f in sorted(d.glob("*.npz")):
+                try:
+                    z = np.load(f)
+                    bounds = np.r_[0, np.cumsum(z["counts"])]
+                    for j, image_id in enumerate(z["ids"].tolist()):
+                        sl = slice(bounds[j], bounds[j + 1])
+                        found[image_id] = (Predictions(z["boxes"][sl], z["scores"][sl], z["classes"][sl]),
+                                           tuple(int(v) for v in z["sizes"][j]))
+                except (OSError, ValueError, KeyError) as e:
+                    logger.warning("prediction cache file %s unreadable, its images are predicted again: %s", f, e)
+            out.append(found)
+        return out
+
+
 @dataclass
 class PredictionRun:
     """Raw predictions of every (model, view) pair, before ensembling.
@@ -348,11 +406,14 @@ def predict_all(
     num_workers: int = 0,
     strict: bool = False,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> PredictionRun:
     """Run every predictor and view on every image, decoding each batch once.
 
     Images whose original size is known up front (a prepared JSON, a PNG folder with meta.csv) are
-    batched in order of aspect ratio, so a batch pads less; results are keyed by image id.
+    batched in order of aspect ratio, so a batch pads less; results are keyed by image id. With
+    ``cache_dir`` each batch's raw predictions are saved (:class:`PredictionCache`) and a rerun skips the
+    images every (model, view) already predicted: an interrupted run resumes.
 
     Raises:
         UnreadableImageError: in ``strict`` mode, at the first image that cannot be decoded.
@@ -372,8 +433,19 @@ def predict_all(
     sets: list[dict[str, Predictions]] = [{} for _ in pairs]
     sizes: dict[str, tuple[int, int]] = {}
     failures: dict[str, str] = {}
-    bar = tqdm(total=len(records), desc="predict", unit="img", disable=not progress)
-    ordered = list(records)
+    cache = PredictionCache(cache_dir, [p.cache_key(v, dicom_size) for p in predictors for v in views]) \
+        if cache_dir is not None else None
+    todo = list(records)
+    if cache is not None:
+        for k, cached in enumerate(cache.load()):
+            sets[k].update({i: p for i, (p, _) in cached.items()})
+            sizes.update({i: wh for i, (_, wh) in cached.items()})
+        done = set.intersection(*(set(x) for x in sets)) if sets else set()
+        if done:
+            logger.info("%d of %d image(s) found in the prediction cache %s", len(done), len(todo), cache_dir)
+        todo = [r for r in todo if r.image_id not in done]
+    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
+    ordered = todo
     if all(r.orig_width and r.orig_height for r in ordered):  # similar aspect ratios batch with less padding
         ordered.sort(key=lambda r: r.orig_height / r.orig_width)
     for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
@@ -391,8 +463,11 @@ def predict_all(
         images = [g.image for g in good]
         orig = [g.orig_size for g in good]
         for k, (m, view) in enumerate(pairs):
-            for g, p in zip(good, predictors[m](images, orig, view)):
+            preds = predictors[m](images, orig, view)
+            for g, p in zip(good, preds):
                 sets[k][g.record.image_id] = p
+            if cache is not None and good:
+                cache.save(k, [g.record.image_id for g in good], preds, orig)
         bar.update(len(batch))
     bar.close()
     return PredictionRun(sets, [f"m{m}:{v.name}" for m, v in pairs], [weights[m] for m, _ in pairs], sizes,
