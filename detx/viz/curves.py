@@ -60,7 +60,7 @@ def plot_training_curves(metrics_json: str | os.PathLike, out_png: str | os.Path
     if not any(v[0] for v in curves.values()):
         raise ValueError(f"{metrics_json} holds none of {list(curves)}")
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label, style in ((loss_key, "train", "-"), (val_loss_key, "validation", "o-")):
+    for key, label, style in ((loss_key, "train", ".-"), (val_loss_key, "validation", "o-")):
         x, y = curves[key]
         if x:
             ax_loss.plot(x, y, style, label=f"{label} ({key})", markersize=4)
