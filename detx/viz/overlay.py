@@ -50,8 +50,10 @@ def draw_overlay(
     orig_size: tuple[float, float],
     gt: tuple[np.ndarray, np.ndarray] | None = None,
     score_thr: float = 0.3,
+    min_side: int = 512,
 ) -> np.ndarray:
-    """A BGR copy of ``image`` with boxes drawn.
+    """A BGR copy of ``image`` with boxes drawn (enlarged by an integer factor when its longest side is
+    under ``min_side``).
 
     Args:
         image: HxW gray or HxWx3 BGR uint8.
@@ -63,6 +65,10 @@ def draw_overlay(
     """
     img = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else np.ascontiguousarray(image[:, :, :3]).copy()
     h, w = img.shape[:2]
+    if max(h, w) < min_side:  # small images: enlarge so that labels stay readable
+        f = int(np.ceil(min_side / max(h, w)))
+        img = cv2.resize(img, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
+        h, w = img.shape[:2]
     sx, sy = w / float(orig_size[0]), h / float(orig_size[1])
     scale = np.array([sx, sy, sx, sy])
     thick = max(1, round(max(h, w) / 400))
