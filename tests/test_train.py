@@ -199,3 +199,22 @@ def test_cli_reports_bad_input_and_exits_nonzero(prepared_cxr_dir, tmp_path):
     assert not (tmp_path / "o").exists()  # nothing started
     proc = run_train_net("--config-file", TINY_CONFIG, "DETX.AUG.FLIP", "0.5", check=False)
     assert proc.returncode == 2 and "did you mean DETX.AUG." in proc.stderr
+
+
+def test_repeat_factor_sampler_with_normal_images(prepared_cxr_dir):
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    cfg = prepare_training(tiny(prepared_cxr_dir, "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
+                                "DATALOADER.REPEAT_THRESHOLD", 0.5, "SOLVER.IMS_PER_BATCH", 2))
+    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
+    factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dicts, 0.5).tolist()
+    for d, f in zip(dicts, factors):
+        if not d["annotations"]:
+            assert f == 1.0  # normal images are sampled once per epoch, not dropped
+        else:  # r(c) = max(1, sqrt(0.5 / f(c))) with f(c) the fraction of images holding class c
+            freq = {c: sum(any(a["category_id"] == c for a in e["annotations"]) for e in dicts) / len(dicts)
+                    for c in {a["category_id"] for a in d["annotations"]}}
+            assert f == pytest.approx(max(max(1.0, (0.5 / v) ** 0.5) for v in freq.values()), rel=1e-6)
+    batch = next(iter(Trainer.build_train_loader(cfg)))
+    assert len(batch) == 2 and all("instances" in b for b in batch)
