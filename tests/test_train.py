@@ -218,3 +218,18 @@ def test_repeat_factor_sampler_with_normal_images(prepared_cxr_dir):
             assert f == pytest.approx(max(max(1.0, (0.5 / v) ** 0.5) for v in freq.values()), rel=1e-6)
     batch = next(iter(Trainer.build_train_loader(cfg)))
     assert len(batch) == 2 and all("instances" in b for b in batch)
+
+
+@pytest.mark.gpu
+def test_amp_on_cuda(prepared_cxr_dir, tmp_path):
+    from detectron2.engine import AMPTrainer
+
+    cfg = prepare_training(tiny(prepared_cxr_dir, "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True",
+                                "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, "OUTPUT_DIR", tmp_path,
+                                "TEST.EVAL_PERIOD", 0, "DETX.VAL_PERIOD", 1))
+    assert cfg.SOLVER.AMP.ENABLED
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, AMPTrainer)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert len(trainer.storage.history("val_total_loss").values()) == 2  # iteration 0, then after training
