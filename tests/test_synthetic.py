@@ -361,3 +361,12 @@ def test_cli(tmp_path):
                        timeout=120)
     assert r.returncode == 2 and "unknown vindr-cxr class" in r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_warns_about_files_of_an_earlier_run(tmp_path, caplog):
+    generate_dataset(tmp_path, n_train=1, n_test=1, min_size=64, max_size=64, seed=1, progress=False)
+    with caplog.at_level("WARNING", logger="detx.data.synthetic"):
+        generate_dataset(tmp_path, n_train=1, n_test=1, min_size=64, max_size=64, seed=2, progress=False)
+    assert "1 .dicom files that this run did not write" in caplog.text
+    assert len(list((tmp_path / "train").glob("*.dicom"))) == 2
+    assert pd.read_csv(tmp_path / "train.csv")["image_id"].nunique() == 1

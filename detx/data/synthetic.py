@@ -390,6 +390,10 @@ def generate_dataset(
                 rows[split] += _cxr_rows(rng, image_ids[i], boxes, h, w, vocab)
             else:
                 rows[split] += _spine_rows(rng, image_ids[i], study_ids[i], series_ids[i], boxes, h, w)
+        stale = {f.stem for f in folder.glob("*.dicom")} - set(image_ids)
+        if stale:
+            logger.warning("%s holds %d .dicom files that this run did not write (an earlier run?); they are not in "
+                           "its CSV", folder, len(stale))
         summary["images"][split] = n
         summary["abnormal"][split] = int(abnormal.sum())
     summary["files"] = _write_tables(out, dataset, rows)
