@@ -31,7 +31,7 @@ def make_data(out: Path, n: int, size: int) -> Path:
     from detx.data.synthetic import generate_dataset
 
     raw = out / "raw"
-    generate_dataset(raw, dataset="vindr-cxr", n_train=n, n_test=0, seed=0, min_size=size, max_size=2 * size,
+    generate_dataset(raw, dataset="vindr-cxr", n_train=n, n_test=1, seed=0, min_size=size, max_size=2 * size,
                      progress=False)
     prepared = out / "prepared"
     prepare_dataset(dataset="vindr-cxr", csv=raw / "train.csv", dicom_dir=raw / "train", out=prepared, size=size,
@@ -78,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
     args = p.parse_args(argv)
     iters, warmup, rounds = (4, 2, 1) if args.quick else (12, 3, 2)
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("detectron2", "fvcore", "detx", "d2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("detectron2", "fvcore", "detx"):
+        # quiet, yet "enabled for INFO" so that DefaultTrainer does not install its console logger
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+        lg.addHandler(logging.NullHandler())
     import torch
 
     threads = torch.get_num_threads()
