@@ -75,13 +75,16 @@ def test_write_dicom_round_trip(tmp_path, photometric, bits, window, rescale, co
         np.testing.assert_allclose(apply_modality_lut(ds.pixel_array, ds), pixels * rescale[0] + rescale[1])
 
 
-def test_write_dicom_is_reproducible(tmp_path):
+@pytest.mark.parametrize("compress", [None, "rle"])
+def test_write_dicom_is_reproducible(tmp_path, compress):
     pixels = np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) % 4096
-    a = write_dicom(tmp_path / "a.dicom", pixels, image_id="same")
-    b = write_dicom(tmp_path / "b.dicom", pixels, image_id="same")
-    c = write_dicom(tmp_path / "c.dicom", pixels, image_id="other")
+    a = write_dicom(tmp_path / "a.dicom", pixels, image_id="same", compress=compress)
+    b = write_dicom(tmp_path / "b.dicom", pixels, image_id="same", compress=compress)
+    c = write_dicom(tmp_path / "c.dicom", pixels, image_id="other", compress=compress)
     assert a.read_bytes() == b.read_bytes()
-    assert pydicom.dcmread(a).SOPInstanceUID != pydicom.dcmread(c).SOPInstanceUID
+    da = pydicom.dcmread(a)
+    assert da.SOPInstanceUID == da.file_meta.MediaStorageSOPInstanceUID
+    assert da.SOPInstanceUID != pydicom.dcmread(c).SOPInstanceUID
 
 
 @pytest.mark.parametrize(

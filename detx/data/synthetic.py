@@ -77,9 +77,9 @@ def _rle_compress(ds: FileDataset, arr: np.ndarray) -> None:
     """RLE Lossless with pylibjpeg-rle (fast) when installed, else pydicom's own encoder: both write the
     same bytes (gdcm, pydicom's other choice, segments differently, so it is never picked implicitly)."""
     try:
-        ds.compress(RLELossless, arr, encoding_plugin="pylibjpeg")
+        ds.compress(RLELossless, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     except (RuntimeError, ValueError, ImportError):
-        ds.compress(RLELossless, arr, encoding_plugin="pydicom")
+        ds.compress(RLELossless, arr, encoding_plugin="pydicom", generate_instance_uid=False)
 
 
 def write_dicom(

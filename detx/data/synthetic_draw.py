@@ -99,12 +99,21 @@ def _blob(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float, rng: n
 
 
 def finish_image(rng: np.random.Generator, img: np.ndarray, noise: float = 0.012) -> np.ndarray:
-    """Smooth exposure variation (heel effect, uneven tissue), quantum noise and a little unsharpness."""
+    """Exposure and contrast of the film (gamma), smooth variation (heel effect, uneven tissue), a burned-in
+    side marker in a corner of some images, quantum noise and a little unsharpness."""
     h, w = img.shape
     field_ = 1.0 + 0.05 * _smooth_noise(rng, h, w, 3)
     yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
     heel = 1.0 + float(rng.uniform(-0.05, 0.05)) * yy
-    out = img * field_ * heel
+    out = np.clip(img, 0.0, None) ** float(rng.uniform(0.85, 1.2)) * field_ * heel
+    if rng.random() < 0.5:
+        scale = max(h, w) / 400.0
+        letter = str(rng.choice(["R", "L"]))
+        x = int(w * (0.03 if rng.random() < 0.5 else 0.9))
+        marker = np.zeros((h, w), np.uint8)
+        cv2.putText(marker, letter, (x, int(h * 0.03 + 24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, 255,
+                    max(1, int(round(2 * scale))), cv2.LINE_AA)
+        out = np.maximum(out, marker.astype(np.float32) / 255.0 * 1.05)
     grain = _blur(rng.standard_normal((h, w)).astype(np.float32), 0.6) * (noise * 1.6)
     out = out + grain * np.sqrt(np.clip(out, 0.02, None))
     return np.clip(out, 0.0, 1.2).astype(np.float32)
