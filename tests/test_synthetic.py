@@ -193,6 +193,11 @@ def test_cxr_dicom_variety_and_window_matters(synthetic_cxr_dir):
             c, w = float(ds.WindowCenter), float(ds.WindowWidth)
             outside = (values < c - w / 2) | (values > c + w / 2)
             assert outside.mean() > 0.01, f"{f.name}: the window clips nothing"
+            # ... but shows the chest: mediastinum and lung fields lie inside it (window in modality units)
+            h, w_ = values.shape
+            for x in (0.31, 0.5, 0.69):
+                med = float(np.median(values[int(0.38 * h): int(0.48 * h), int((x - 0.03) * w_): int((x + 0.03) * w_)]))
+                assert c - w / 2 < med < c + w / 2, f"{f.name}: the window hides the chest at x={x}"
     assert len(seen_bits) >= 2 and seen_bits <= {12, 14, 16}
     assert photometric == {"MONOCHROME1", "MONOCHROME2"}
     assert windowed >= 3 and rescaled >= 2
