@@ -632,6 +632,7 @@ class _Vertebra:
     shift: float = 0.0  # anterior slip in px (spondylolisthesis)
     density: float = 0.0  # extra density (sclerosis)
     disc_below: float = 0.0
+    symmetric: bool = False  # AP view: both side walls waisted
 
     def corners(self, facing: int) -> np.ndarray:
         """Body corners (x, y): posterior-top, anterior-top, anterior-bottom, posterior-bottom."""
@@ -647,7 +648,8 @@ class _Vertebra:
         bottom = np.stack([u[::-1] * bw, (hb + ha) / 2 + u[::-1] * (ha - hb) / 2 - 0.05 * self.bh * (1 - u[::-1] ** 2)], 1)
         v = np.linspace(-1, 1, 7)[1:-1]
         front = np.stack([bw - 0.06 * self.bw * (1 - v ** 2), v * ha], 1)
-        back = np.stack([-bw - 0.02 * self.bw * (1 - v ** 2), -v * hb], 1)
+        waist = 0.06 if self.symmetric else 0.02
+        back = np.stack([-bw + waist * self.bw * (1 - v ** 2), -v * hb], 1)
         return self._place(np.concatenate([top, front, bottom, back]), facing)
 
     def _place(self, local: np.ndarray, facing: int) -> np.ndarray:
@@ -659,13 +661,27 @@ class _Vertebra:
 
 
 def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) -> tuple[np.ndarray, list[Finding]]:
-    """Draw a lateral lumbar spine radiograph with the given VinDr-SpineXR findings (class names)."""
-    facing = int(rng.choice([-1, 1]))  # +1: anterior to the image's right
-    unit = min(h / rng.uniform(6.2, 7.0), w / rng.uniform(3.4, 4.4))
-    bw, bh, disc = unit * rng.uniform(1.2, 1.35), unit * rng.uniform(0.74, 0.8), unit * rng.uniform(0.2, 0.25)
+    """Draw a lumbar spine radiograph, lateral (about 2/3) or AP view, with VinDr-SpineXR findings (class names).
+
+    On the AP view foraminal stenosis (a lateral-view finding) is not drawn and spondylolisthesis is a
+    lateral slip; on the lateral view the slip is anterior.
+    """
+    ap = bool(rng.random() < 0.35)
+    facing = int(rng.choice([-1, 1]))  # lateral: +1 = anterior to the image's right; AP: side of wedges/slips
+    if ap:
+        unit = min(h / rng.uniform(6.2, 7.0), w / rng.uniform(3.4, 4.2))
+        bw = unit * rng.uniform(1.5, 1.65)
+    else:
+        unit = min(h / rng.uniform(6.2, 7.0), w / rng.uniform(3.4, 4.4))
+        bw = unit * rng.uniform(1.2, 1.35)
+    bh, disc = unit * rng.uniform(0.74, 0.8), unit * rng.uniform(0.2, 0.25)
     n = 6
-    column_x = w / 2 + rng.uniform(-0.1, 0.1) * w - facing * 0.15 * bw
-    lordosis = unit * rng.uniform(0.4, 0.8)
+    if ap:
+        column_x = w / 2 + rng.uniform(-0.06, 0.06) * w
+        curve = unit * rng.uniform(0.0, 0.3) * facing  # mild scoliosis
+    else:
+        column_x = w / 2 + rng.uniform(-0.1, 0.1) * w - facing * 0.15 * bw
+        curve = facing * unit * rng.uniform(0.4, 0.8)  # lordosis
     total = n * bh + (n - 1) * disc
     top = (h - total) / 2 + rng.uniform(-0.4, 0.4) * unit
     verts: list[_Vertebra] = []
@@ -675,12 +691,12 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
     y = top
     for i in range(n):
         t = (i + 0.5) / n
-        cx = column_x + facing * lordosis * np.sin(np.pi * t)
-        angle = -facing * 0.4 * np.cos(np.pi * t) * lordosis / unit
-        v = _Vertebra(cx, y + bh / 2, bw * (1 + 0.03 * i), bh * (1 + 0.02 * i), angle, disc_below=disc)
-        verts.append(v)
+        cx = column_x + curve * np.sin(np.pi * t)
+        angle = -0.4 * np.cos(np.pi * t) * curve / unit
+        verts.append(_Vertebra(cx, y + bh / 2, bw * (1 + 0.03 * i), bh * (1 + 0.02 * i), angle, disc_below=disc,
+                               symmetric=ap))
         y += bh + disc
-    if "Vertebral collapse" in chosen:
+    if "Vertebral collapse" in chosen:  # anterior wedge (lateral) or lateral wedge (AP)
         v = verts[slot["Vertebral collapse"]]
         v.anterior, v.bh, v.density = rng.uniform(0.4, 0.55), v.bh * 0.85, 0.06
     if "Disc space narrowing" in chosen:
@@ -698,15 +714,16 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
 
     xx = (np.arange(w, dtype=np.float32) + 0.5)[None, :]
     yy = (np.arange(h, dtype=np.float32) + 0.5)[:, None]
-    # soft tissue of the trunk seen from the side, with bowel gas
-    trunk_c = column_x + facing * bw * 0.9
-    trunk_hw = min(w * 0.48, bw * rng.uniform(2.6, 3.2))
+    # soft tissue of the trunk, with bowel gas
+    trunk_c = column_x if ap else column_x + facing * bw * 0.9
+    trunk_hw = min(w * 0.48, bw * (rng.uniform(2.3, 2.8) if ap else rng.uniform(2.6, 3.2)))
     rel = np.abs(xx - trunk_c) / trunk_hw
     body = _blur((rel < 1).astype(np.float32) * np.ones((h, 1), np.float32), unit * 0.08)
     img = 0.03 + body * (0.36 + 0.16 * np.sqrt(np.clip(1 - rel ** 2, 0, 1)))
     gas = np.zeros((h, w), np.float32)
     for _ in range(int(rng.integers(3, 8))):
-        gx = trunk_c + facing * rng.uniform(0.2, 0.85) * trunk_hw
+        side = float(rng.choice([-1.0, 1.0])) if ap else facing
+        gx = trunk_c + side * rng.uniform(0.35 if ap else 0.2, 0.85) * trunk_hw
         gy = rng.uniform(0, h)
         r = unit * rng.uniform(0.2, 0.5)
         gas = np.maximum(gas, _blob(xx, yy, gx, gy, r, rng, lobulation=0.08, edge=0.5))
@@ -714,27 +731,44 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
 
     bodies = np.zeros((h, w), np.float32)
     cortex = np.zeros((h, w), np.float32)
-    post = np.zeros((h, w), np.float32)
-    extra = np.zeros((h, w), np.float32)
     rim_t = max(1, int(round(unit * 0.06)))
+    post_polys, post_faint, rings = [], [], []
     for v in verts:
         cor = v.corners(facing)
         outline = v.outline(facing)
         m = _poly_mask(h, w, [outline])
         bodies = np.maximum(bodies, m * (1 + v.density / 0.2))
         cortex = np.maximum(cortex, _poly_mask(h, w, [outline], closed=True, thickness=rim_t))
-        # posterior elements: pedicle, lamina and spinous process pointing backwards-down
-        pt, pb = cor[0], cor[3]
-        back = -facing
-        ped = np.array([pt, pt + [back * 0.35 * v.bw, 0.05 * v.bh], pt + [back * 0.35 * v.bw, 0.45 * v.bh],
-                        pt + [0, 0.45 * v.bh]])
-        spin = np.array([pt + [back * 0.3 * v.bw, 0.1 * v.bh], pt + [back * 0.95 * v.bw, 0.35 * v.bh],
-                         pt + [back * 0.95 * v.bw, 0.8 * v.bh], pb + [back * 0.3 * v.bw, 0.2 * v.bh]])
-        post = np.maximum(post, np.maximum(_poly_mask(h, w, [ped]), 0.8 * _poly_mask(h, w, [spin])))
+        if ap:
+            # pedicles seen end-on (oval rings), transverse processes, spinous process in the midline
+            c0 = cor.mean(0)
+            ux = np.array([np.cos(v.angle), np.sin(v.angle)])  # along the endplate (as in _place)
+            uy = np.array([-np.sin(v.angle), np.cos(v.angle)])  # down the column
+            t = np.linspace(0, 2 * np.pi, 16)[:, None]
+            for sd in (-1, 1):
+                pc = c0 + sd * 0.3 * v.bw * ux - 0.18 * v.bh * uy
+                rings.append(pc + 0.07 * v.bw * np.cos(t) * ux + 0.2 * v.bh * np.sin(t) * uy)
+                post_faint.append(np.array([c0 + sd * 0.48 * v.bw * ux - 0.2 * v.bh * uy,
+                                            c0 + sd * 0.85 * v.bw * ux - 0.12 * v.bh * uy,
+                                            c0 + sd * 0.85 * v.bw * ux + 0.02 * v.bh * uy,
+                                            c0 + sd * 0.48 * v.bw * ux + 0.0 * v.bh * uy]))
+            post_polys.append(c0 + 0.055 * v.bw * np.cos(t) * ux + (0.25 + 0.22 * np.sin(t)) * v.bh * uy)
+        else:
+            # pedicle, lamina and spinous process pointing backwards-down
+            pt, pb = cor[0], cor[3]
+            back = -facing
+            post_polys.append(np.array([pt, pt + [back * 0.35 * v.bw, 0.05 * v.bh],
+                                        pt + [back * 0.35 * v.bw, 0.45 * v.bh], pt + [0, 0.45 * v.bh]]))
+            post_faint.append(np.array([pt + [back * 0.3 * v.bw, 0.1 * v.bh], pt + [back * 0.95 * v.bw, 0.35 * v.bh],
+                                        pt + [back * 0.95 * v.bw, 0.8 * v.bh], pb + [back * 0.3 * v.bw, 0.2 * v.bh]]))
+    post = np.maximum(_poly_mask(h, w, post_polys), 0.8 * _poly_mask(h, w, post_faint))
+    if rings:
+        post = np.maximum(post, 1.2 * _poly_mask(h, w, rings, closed=True, thickness=max(1, int(round(unit * 0.05)))))
     trab = 1 + 0.2 * _smooth_noise(rng, h, w, max(8, int(w / unit * 3)))
     img = img + body * (0.2 * _blur(bodies, unit * 0.02) * trab + 0.12 * _blur(cortex, unit * 0.015)
                         + 0.1 * _blur(post, unit * 0.03))
 
+    extra = np.zeros((h, w), np.float32)
     out: list[Finding] = []
 
     def add(name: str, box: Box | None) -> None:
@@ -747,31 +781,47 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
         cv_, cn = v.corners(facing), nxt.corners(facing)
         if name == "Osteophytes":
             size = v.bh * rng.uniform(0.3, 0.42)
-            ant = facing
-            a1, a2 = cv_[2], cn[1]  # anterior-bottom of upper, anterior-top of lower
-            spur1 = np.array([a1 + [0, -0.35 * size], a1 + [ant * 0.9 * size, 0.45 * size], a1 + [-ant * 0.3 * size, 0]])
-            spur2 = np.array([a2 + [0, 0.35 * size], a2 + [ant * 0.9 * size, -0.45 * size], a2 + [-ant * 0.3 * size, 0]])
+            # lateral: anterior corners; AP: the lateral corners of one side
+            side = facing if not ap else float(rng.choice([-1.0, 1.0]))
+            if ap and side != facing:
+                a1, a2 = cv_[3], cn[0]
+            else:
+                a1, a2 = cv_[2], cn[1]  # bottom corner of the upper body, top corner of the lower one
+            spur1 = np.array([a1 + [0, -0.35 * size], a1 + [side * 0.9 * size, 0.45 * size], a1 + [-side * 0.3 * size, 0]])
+            spur2 = np.array([a2 + [0, 0.35 * size], a2 + [side * 0.9 * size, -0.45 * size], a2 + [-side * 0.3 * size, 0]])
             m = _poly_mask(h, w, [spur1, spur2])
             extra += 0.32 * _blur(m, unit * 0.015)
             add(name, _mask_box(m > 0.3, h, w, pad=unit * 0.05))
         elif name == "Surgical implant":
             k = int(rng.integers(1, 3))
             lv = verts[i: i + k + 1]
-            screws, heads = [], []
-            for u in lv:
-                cu = u.corners(facing)
-                entry = (cu[0] + cu[3]) / 2 + np.array([-facing * 0.3 * u.bw, -0.1 * u.bh])
-                tip = (cu[1] + cu[2]) / 2 * 0.75 + (cu[0] + cu[3]) / 2 * 0.25
-                screws.append(np.array([entry, tip]))
-                heads.append(entry)
+            screws, rods = [], []
+            if ap:  # two rods over the pedicles, screws converging to the midline
+                for sd in (-1, 1):
+                    heads = []
+                    for u in lv:
+                        c0 = u.corners(facing).mean(0)
+                        head = c0 + np.array([sd * 0.42 * u.bw, -0.12 * u.bh])
+                        screws.append(np.array([head, c0 + np.array([sd * 0.08 * u.bw, -0.05 * u.bh])]))
+                        heads.append(head)
+                    rods.append(np.array(heads))
+            else:
+                heads = []
+                for u in lv:
+                    cu = u.corners(facing)
+                    entry = (cu[0] + cu[3]) / 2 + np.array([-facing * 0.3 * u.bw, -0.1 * u.bh])
+                    tip = (cu[1] + cu[2]) / 2 * 0.75 + (cu[0] + cu[3]) / 2 * 0.25
+                    screws.append(np.array([entry, tip]))
+                    heads.append(entry)
+                rods.append(np.array(heads))
             m = _poly_mask(h, w, screws, closed=False, thickness=max(2, int(round(unit * 0.13))))
-            m = np.maximum(m, _poly_mask(h, w, [np.array(heads)], closed=False, thickness=max(2, int(round(unit * 0.11)))))
+            m = np.maximum(m, _poly_mask(h, w, rods, closed=False, thickness=max(2, int(round(unit * 0.11)))))
             extra += 0.75 * m
             add(name, _mask_box(m > 0.3, h, w, pad=unit * 0.03))
         elif name == "Spondylolysthesis":
             m = _poly_mask(h, w, [cv_, cn])
             add(name, _mask_box(m > 0.3, h, w))
-        elif name == "Foraminal stenosis":
+        elif name == "Foraminal stenosis" and not ap:
             # the foramen behind the disc: bony overgrowth fills it
             center = (cv_[3] + cn[0]) / 2 + np.array([-facing * 0.18 * v.bw, -0.1 * v.bh])
             r = unit * 0.3
@@ -796,9 +846,15 @@ def draw_spine(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
             ring = _blob(xx, yy, center[0], center[1], r * 1.3, rng, lobulation=0.1, edge=0.3) - m
             extra += -0.16 * m + 0.1 * np.clip(ring, 0, 1)
             add(name, _mask_box(m > 0.3, h, w, pad=unit * 0.08))
-    # iliac crest / pelvis near the bottom
+    # iliac crests / pelvis near the bottom
     crest_y = verts[-1].cy + unit * rng.uniform(0.0, 0.6)
-    d = np.abs(yy - crest_y - 0.002 * (xx - column_x) ** 2 / unit) / (unit * 0.5)
-    img = img + 0.05 * body * _smoothstep(1 - d)
+    if ap:
+        for sd in (-1, 1):
+            wing = _blob(xx, yy, column_x + sd * 1.75 * bw, crest_y + 1.1 * unit, 1.25 * unit * 1.3, rng,
+                         lobulation=0.05, edge=0.25)
+            img = img + 0.09 * body * wing
+    else:
+        d = np.abs(yy - crest_y - 0.002 * (xx - column_x) ** 2 / unit) / (unit * 0.5)
+        img = img + 0.05 * body * _smoothstep(1 - d)
     img = img + extra * body
     return finish_image(rng, img), out
