@@ -301,6 +301,11 @@ def test_spinexr_layout(synthetic_spinexr_dir):
             assert (g["xmax"] > g["xmin"]).all() and (g["ymax"] > g["ymin"]).all()
     train = pd.read_csv(root / "annotations" / "train.csv")
     assert train.groupby("study_id")["image_id"].nunique().max() >= 2
+    # the DICOM StudyInstanceUID follows the CSV's study_id
+    uids = {i: pydicom.dcmread(root / "train_images" / f"{i}.dicom", stop_before_pixels=True).StudyInstanceUID
+            for i in train["image_id"].unique()}
+    per_study = train.drop_duplicates("image_id").groupby("study_id")["image_id"].agg(lambda s: {uids[i] for i in s})
+    assert (per_study.map(len) == 1).all() and len(set().union(*per_study)) == len(per_study)
     abnormal = train.groupby("image_id")["lesion_type"].agg(lambda s: (s != "No finding").any())
     assert abnormal.sum() == 8
 

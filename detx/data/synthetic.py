@@ -381,9 +381,14 @@ def generate_dataset(
             for name, _ in boxes:
                 counts[name] += 1
             h, w = pixels.shape
-            extra = {}
+            # demographics and detector pixel size as VinDr's anonymized files carry them (the field of view
+            # of a real film is about 35-43 cm)
+            spacing = round(float(rng.uniform(350.0, 430.0)) / max(h, w), 4)
+            extra = {"PatientSex": str(rng.choice(["M", "F"])), "PatientAge": f"{int(rng.integers(18, 90)):03d}Y",
+                     "ImagerPixelSpacing": [spacing, spacing], "BodyPartExamined": "CHEST"}
             if dataset == "spinexr":
-                extra = {"StudyInstanceUID": _uid("study", study_ids[i]), "SeriesInstanceUID": _uid("series", series_ids[i])}
+                extra.update(StudyInstanceUID=_uid("study", study_ids[i]), SeriesInstanceUID=_uid("series", series_ids[i]),
+                             BodyPartExamined="LSPINE")
             write_dicom(folder / f"{image_ids[i]}.dicom", pixels, image_id=image_ids[i],
                         compress="rle" if rng.random() < rle_fraction else None, **kwargs, **extra)
             if dataset == "vindr-cxr":

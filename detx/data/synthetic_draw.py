@@ -1,4 +1,4 @@
-"""Drawing of the synthetic X-rays: a PA chest and a lateral lumbar spine, with lesions.
+"""Drawing of the synthetic X-rays: a PA chest and a lumbar spine (lateral or AP view), with lesions.
 
 Images are float32 "brightness" maps (0 = air/black, about 0.6 = soft tissue, 1 = metal), drawn with
 vectorized numpy and OpenCV at the requested size. Each lesion has a class-specific shape, texture and
