@@ -72,8 +72,8 @@ class DemoSettings:
     size: int = 256
     folds: int = 4
     seed: int = 0
-    max_iter: int = 1200
-    eval_period: int = 400
+    max_iter: int = 300
+    eval_period: int = 100
     tta: tuple[str, ...] = ("hflip",)
     workers: int = 2
     extra_train_opts: tuple[str, ...] = ()

@@ -64,3 +64,13 @@ def test_demo_settings_refuse_impossible_values(tmp_path):
         DemoSettings(out=tmp_path, dataset="mnist")
     with pytest.raises(ValueError, match="n_train"):
         DemoSettings(out=tmp_path, n_train=3, folds=4)
+
+
+@pytest.mark.parametrize("dataset", ["vindr-cxr", "spinexr"])
+def test_demo_steps_point_at_real_scripts_and_configs(tmp_path, dataset):
+    from detx.demo import REPO
+
+    steps = build_steps(tiny_settings(tmp_path / "demo", dataset))
+    files = [a for st in steps for a in st.cmd if a.endswith((".py", ".yaml")) and not a.startswith(str(tmp_path))]
+    assert files and all((REPO / f).exists() for f in files if not f.startswith("/")), files
+    assert any(f.endswith(f"{dataset.replace('-', '_')}_tiny.yaml") for f in files)
