@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -253,6 +254,17 @@ def convert_dicom(image_id: str, src: str | os.PathLike, dst: str | os.PathLike,
         return ConvertResult(image_id, error=msg)
 
 
+def _pool_context() -> mp.context.BaseContext:
+    """Worker processes that do not inherit this process's threads (OpenCV's thread pool, tqdm's monitor):
+    a plain fork of a threaded process can deadlock in the child. The fork server starts from a clean
+    interpreter with this module and the main script imported, then forks each worker cheaply."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["__main__", __name__])  # workers start with both imported
+        return ctx
+    return mp.get_context("spawn")
+
+
 def _worker_init() -> None:
     cv2.setNumThreads(1)  # the processes are the parallelism; OpenCV threads on top would oversubscribe
 
@@ -359,7 +371,7 @@ def convert_dicoms(
                 handle(_convert_job(job))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init) as pool:
                 futures = [pool.submit(_convert_job, job) for job in todo]
                 try:
                     for fut in as_completed(futures):
