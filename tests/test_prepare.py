@@ -275,3 +275,14 @@ def test_wrong_format_for_the_script(tmp_path, synthetic_spinexr_dir, capsys):
                                     "--dicom-dir", str(synthetic_spinexr_dir / "train_images"),
                                     "--out", str(tmp_path / "o"), "--workers", "1"])
     assert rc == 1 and "spinexr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["prepare_vindr_cxr", "prepare_spinexr"])
+def test_scripts_print_help(script, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _cli(script)(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--csv", "--dicom-dir", "--out", "--size", "--fusion", "--iou-thr", "--folds", "--seed",
+                   "--workers", "--strict", "--box-masks"):
+        assert option in text

@@ -84,7 +84,8 @@ class PrepareSummary:
         """A short human-readable summary."""
         lines = [
             f"Prepared {self.dataset} in {self.out}",
-            f"  images: {self.images} ({self.images_abnormal} abnormal, {self.images_normal} normal); "
+            f"  images: {self.images} " + (f"({self.images_abnormal} abnormal, {self.images_normal} normal)"
+                                           if self.settings.get("csv") else "(no annotations: test set)") + "; "
             f"DICOMs found {self.dicoms_found}, converted {self.images_converted}, "
             f"already done {self.images_already_done}",
         ]
