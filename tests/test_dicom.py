@@ -72,6 +72,19 @@ def test_rle_compressed_decodes_like_uncompressed(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_jpeg2000_decodes_through_the_plugins(tmp_path):
+    """Compressed transfer syntaxes go through pylibjpeg / gdcm (installed with detx)."""
+    pytest.importorskip("openjpeg")
+    pixels = np.random.default_rng(2).integers(0, 4096, size=(128, 96)).astype(np.uint16)
+    write_dicom(tmp_path / "raw.dicom", pixels, bits_stored=12, photometric="MONOCHROME1")
+    ds = pydicom.dcmread(tmp_path / "raw.dicom")
+    ds.compress(pydicom.uid.JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    ds.save_as(tmp_path / "j2k.dicom")
+    a, _, _ = load_dicom_image(tmp_path / "raw.dicom", 64)
+    b, _, _ = load_dicom_image(tmp_path / "j2k.dicom", 64)
+    np.testing.assert_array_equal(a, b)
+
+
 def _reference(path, size):
     """The plain float pipeline: LUTs on the whole image, min-max, invert, float resize, round."""
     ds = pydicom.dcmread(path)
