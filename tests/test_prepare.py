@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from detx.data.coco import load_prepared_coco
@@ -29,6 +30,10 @@ def test_prepared_cxr_layout(prepared_cxr_dir, synthetic_cxr_dir):
         assert abs(r.width / r.height - r.orig_width / r.orig_height) < 0.02  # aspect kept
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == len(dicoms) and summary["skipped"] == 0
+    first = pydicom.dcmread(synthetic_cxr_dir / "train" / f"{meta['image_id'][0]}.dicom", stop_before_pixels=True)
+    row = meta.iloc[0]
+    assert row["photometric"] == first.PhotometricInterpretation and row["bits_stored"] == first.BitsStored
+    assert set(meta["photometric"]) <= {"MONOCHROME1", "MONOCHROME2"}
     names = {p.name for p in (out / "annotations").glob("*.json")}
     assert names == {"all.json", "train_fold0.json", "val_fold0.json", "train_fold1.json", "val_fold1.json"}
     full = load_prepared_coco(out / "annotations" / "all.json")
@@ -175,7 +180,7 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, monkeypat
     import detx.data.dicom as dicom_mod
     import detx.data.prepare as prepare_mod
 
-    real_load, calls = dicom_mod.load_dicom_image, []
+    real_load, calls = dicom_mod._load, []
 
     def flaky(*a, **kw):
         calls.append(1)
@@ -183,11 +188,11 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real_load(*a, **kw)
 
-    monkeypatch.setattr(dicom_mod, "load_dicom_image", flaky)
+    monkeypatch.setattr(dicom_mod, "_load", flaky)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(dataset="vindr-cxr", csv=csv, dicom_dir=d, out=out, size=64, folds=0, progress=False)
     assert len(list((out / "images").glob("*.png"))) == 2 and not list(out.rglob(".*.png"))
-    monkeypatch.setattr(dicom_mod, "load_dicom_image", real_load)
+    monkeypatch.setattr(dicom_mod, "_load", real_load)
 
     real_write, writes = prepare_mod.write_coco, []
 

@@ -27,7 +27,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -198,17 +198,37 @@ def load_dicom_image(
     Raises:
         DicomError: the file cannot be read or decoded.
     """
+    img, ds = _load(path, size, bit_depth)
+    return img, int(ds.Columns), int(ds.Rows)
+
+
+def _load(path: str | os.PathLike, size: int | None, bit_depth: int) -> tuple[np.ndarray, pydicom.Dataset]:
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     ds = read_dicom(path)
     try:
-        orig_w, orig_h = int(ds.Columns), int(ds.Rows)
         img = dicom_to_uint16(ds, path, size)
     except DicomError:
         raise
     except Exception as e:  # a malformed LUT or window attribute
         raise DicomError(f"{path}: cannot apply the modality/VOI LUT: {e}") from e
-    return (to_uint8(img) if bit_depth == 8 else img), orig_w, orig_h
+    return (to_uint8(img) if bit_depth == 8 else img), ds
+
+
+def dicom_attributes(ds: pydicom.Dataset) -> dict[str, str | float | int]:
+    """Header attributes worth keeping per image (meta.csv): photometric, bits, sex, age, pixel spacing (mm)."""
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    try:
+        spacing_mm = float(spacing[0]) if spacing else float("nan")
+    except (TypeError, ValueError, IndexError):
+        spacing_mm = float("nan")
+    return {
+        "photometric": str(ds.get("PhotometricInterpretation", "")).strip(),
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "patient_sex": str(ds.get("PatientSex", "") or "").strip(),
+        "patient_age": str(ds.get("PatientAge", "") or "").strip(),
+        "pixel_spacing_mm": spacing_mm,
+    }
 
 
 def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
@@ -231,6 +251,7 @@ class ConvertResult:
     key: str = ""
     error: str = ""
     skipped: bool = False
+    attributes: dict = field(default_factory=dict)  # dicom_attributes() of the file
 
 
 def conversion_key(src: str | os.PathLike, size: int | None, bit_depth: int) -> str:
@@ -246,9 +267,10 @@ def convert_dicom(image_id: str, src: str | os.PathLike, dst: str | os.PathLike,
     """Convert one DICOM to PNG; failures are returned in ``error`` (never raised), for worker pools."""
     try:
         key = conversion_key(src, size, bit_depth)
-        img, orig_w, orig_h = load_dicom_image(src, size, bit_depth)
+        img, ds = _load(src, size, bit_depth)
         write_png(dst, img)
-        return ConvertResult(image_id, orig_w, orig_h, img.shape[1], img.shape[0], key)
+        return ConvertResult(image_id, int(ds.Columns), int(ds.Rows), img.shape[1], img.shape[0], key,
+                             attributes=dicom_attributes(ds))
     except Exception as e:
         msg = str(e) if isinstance(e, DicomError) else f"{src}: {type(e).__name__}: {e}"
         return ConvertResult(image_id, error=msg)
@@ -293,7 +315,7 @@ class ConversionJournal:
         if e is None or e.get("key") != key or not dst.exists():
             return None
         return ConvertResult(image_id, e["orig_width"], e["orig_height"], e["width"], e["height"], key,
-                             skipped=True)
+                             skipped=True, attributes=e.get("attributes", {}))
 
     def record(self, r: ConvertResult) -> None:
         entry = {k: v for k, v in asdict(r).items() if k not in ("error", "skipped")}

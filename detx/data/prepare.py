@@ -272,6 +272,8 @@ def prepare_dataset(
         "width": [ok[i].width for i in final_ids], "height": [ok[i].height for i in final_ids],
         "dicom_path": [str(dicoms[i]) for i in final_ids],
     })
+    attrs = pd.DataFrame([ok[i].attributes for i in final_ids], index=meta.index)
+    meta = pd.concat([meta, attrs], axis=1)
     summary = PrepareSummary(out=str(out), dataset=key, classes=list(classes), settings=settings,
                              dicoms_found=len(dicoms) + len(duplicates),
                              images_converted=sum(not r.skipped for r in ok.values()),
