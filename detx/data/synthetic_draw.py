@@ -348,10 +348,11 @@ def _lesion_pneumothorax(c: _Chest) -> Box | None:
     if ptx.sum() < 20:
         return None
     soft = _blur(ptx.astype(np.float32), c.scale * 0.002)
-    c.add -= 0.07 * soft
+    c.add -= 0.09 * soft  # free air: darker than lung, no markings
     c.keep_markings *= 1 - soft
-    edge = shrunk & ~_erode(shrunk, max(1.0, c.scale * 0.005)) & lung
-    c.add += 0.16 * _blur(edge.astype(np.float32), 0.6)
+    c.add += 0.05 * _blur((shrunk & lung).astype(np.float32), c.scale * 0.004)  # the collapsed lung is denser
+    edge = shrunk & ~_erode(shrunk, max(1.0, c.scale * 0.007)) & lung  # visceral pleural line
+    c.add += 0.2 * _blur(edge.astype(np.float32), 0.6)
     return _mask_box(ptx, c.h, c.w)
 
 
