@@ -35,6 +35,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from detx.data.classes import NO_FINDING, SPINEXR_CLASSES, VINDR_CXR_CLASSES, no_finding_id
+from detx.data.synthetic_draw import draw_chest, draw_spine
 from detx.utils.io import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -305,8 +306,6 @@ def _pick_findings(rng: np.random.Generator, classes: tuple[str, ...], counts: d
 
 def _make_image(dataset: str, rng: np.random.Generator, min_size: int, max_size: int,
                 findings: list[str]) -> tuple[np.ndarray, dict[str, Any], list[tuple[str, tuple]]]:
-    from detx.data.synthetic_draw import draw_chest, draw_spine
-
     draw, p_landscape = (draw_chest, 0.25) if dataset == "vindr-cxr" else (draw_spine, 0.15)
     for _ in range(10):  # a finding whose place is missing in this geometry is skipped: redraw if none is left
         h, w = _image_size(rng, min_size, max_size, p_landscape=p_landscape)
