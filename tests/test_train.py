@@ -121,7 +121,8 @@ def test_mask_rcnn_tiny_trains(prepared_cxr_dir, tmp_path):
     trainer.resume_or_load(resume=False)
     trainer.train()
     hist = trainer.storage.history("loss_mask").values()
-    assert len(hist) == 3 and all(0 < v < 10 for v, _ in hist)
+    # A batch whose images are all normal has no foreground ROI, and detectron2's mask loss is then exactly 0.
+    assert len(hist) == 3 and all(0 <= v < 10 for v, _ in hist) and any(v > 0 for v, _ in hist)
     assert (tmp_path / "model_final.pth").is_file()
     results = trainer._last_eval_results
     assert 0.0 <= results["vinbigdata"]["mAP40"] <= 1.0
