@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from detx.data.classes import VINDR_CXR_CLASSES
-from detx.data.fusion import box_iou, fuse_readers, image_labels
+from detx.data.fusion import fuse_readers, image_labels
 from detx.data.readers import make_table
+from detx.utils.boxes import box_iou
 
 A, B = 0, 3  # Aortic enlargement, Cardiomegaly
 

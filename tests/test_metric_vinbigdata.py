@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from detx.data.submission import Predictions
-from detx.evaluation.matching import box_iou, match_detections
+from detx.evaluation.matching import match_detections
 from detx.evaluation.vinbigdata import vinbigdata_map, voc_ap
+from detx.utils.boxes import box_iou
 
 
 def P(*entries):

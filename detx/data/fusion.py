@@ -32,23 +32,11 @@ from ensemble_boxes import nms, weighted_boxes_fusion
 
 from detx.data.classes import NO_FINDING
 from detx.data.readers import BOX_COLUMNS, make_table
+from detx.utils.boxes import box_iou
 
 logger = logging.getLogger(__name__)
 
 FUSION_METHODS: tuple[str, ...] = ("wbf", "nms", "none")
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xyxy boxes ``a`` (N,4) and ``b`` (M,4), continuous coordinates (no +1)."""
-    a = np.asarray(a, dtype=float).reshape(-1, 4)
-    b = np.asarray(b, dtype=float).reshape(-1, 4)
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _fuse_class(boxes: np.ndarray, method: str, iou_thr: float, scale: np.ndarray) -> np.ndarray:
