@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATASET ?= vindr-cxr
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install demo test lint bench clean
 
@@ -24,7 +25,7 @@ demo: install
 	$(PY) -m detx.demo --dataset $(DATASET) --out output/demo$(if $(filter spinexr,$(DATASET)),-spinexr,)
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf output build *.egg-info .pytest_cache
