@@ -51,8 +51,7 @@ DATASETS: dict[str, dict[str, str]] = {
 
 
 # detectron2's trainer logs its environment and the whole config; the console gets only the progress.
-TRAIN_CONSOLE = ("iter:", "vinbigdata", "copypaste: Task", "Starting training", "Overall training", "Traceback",
-                 "Error", "error:")
+TRAIN_CONSOLE = ("iter:", "copypaste:", "Starting training", "Overall training", "Traceback", "Error", "error:")
 
 
 class DemoError(RuntimeError):
