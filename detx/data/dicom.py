@@ -36,7 +36,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from tqdm import tqdm
 
-from detx.utils.io import atomic_write_bytes, atomic_write_text
+from detx.utils.io import atomic_write_text, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -229,14 +229,6 @@ def dicom_attributes(ds: pydicom.Dataset) -> dict[str, str | float | int]:
         "patient_age": str(ds.get("PatientAge", "") or "").strip(),
         "pixel_spacing_mm": spacing_mm,
     }
-
-
-def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write a grayscale PNG atomically."""
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    atomic_write_bytes(path, buf.tobytes())
 
 
 @dataclass

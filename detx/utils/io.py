@@ -50,3 +50,26 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Write ``obj`` as JSON atomically (NaN is not valid JSON: pass None for missing numbers)."""
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False))
+
+
+def write_png(path: str | os.PathLike, img: Any) -> None:
+    """Write an image array (grayscale or BGR, 8 or 16 bit) as PNG atomically."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100, **savefig_kwargs: Any) -> Path:
+    """Save a matplotlib figure atomically and close it (also when saving fails)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return path

@@ -53,7 +53,7 @@ def plot_training_curves(metrics_json: str | os.PathLike, out_png: str | os.Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from detx.utils.io import atomic_path
+    from detx.utils.io import save_figure
 
     rows = read_metrics(metrics_json)
     curves = {k: series(rows, k) for k in (loss_key, val_loss_key, *metric_keys)}
@@ -79,7 +79,4 @@ def plot_training_curves(metrics_json: str | os.PathLike, out_png: str | os.Path
         ax_map.legend()
     ax_map.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return Path(out_png)
+    return save_figure(fig, out_png)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from detx.utils.io import atomic_path  # noqa: E402
+from detx.utils.io import save_figure  # noqa: E402
 
 
 def plot_eda(summary: dict, path: str | os.PathLike) -> Path:
@@ -46,8 +46,4 @@ def plot_eda(summary: dict, path: str | os.PathLike) -> Path:
     ax1.set_xlabel("boxes")
     ax1.set_title("boxes per reader")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

@@ -13,17 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from detx.utils.io import atomic_path  # noqa: E402
+from detx.utils.io import save_figure  # noqa: E402
 
 __all__ = ["plot_pr_curves", "plot_froc", "plot_roc", "plot_evaluation"]
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def plot_pr_curves(
@@ -52,7 +44,7 @@ def plot_pr_curves(
         ax.set_ylabel("precision", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_froc(
@@ -74,7 +66,7 @@ def plot_froc(
     ax.set_ylabel("sensitivity")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, threshold: float | None = None) -> Path:
@@ -96,7 +88,7 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, th
         ax.set_title("ROC undefined: one class only")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    return _save(fig, path)
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_evaluation(curves: Mapping, out_dir: str | os.PathLike, iou_thr: float = 0.4) -> list[Path]:

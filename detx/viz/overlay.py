@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from detx.data.submission import Predictions
-from detx.utils.io import atomic_path
+from detx.utils.io import write_png
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,6 @@ def draw_overlay(
             cv2.putText(img, f"{classes[int(c)]} {s:.2f}", (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, font,
                         color, 1, cv2.LINE_AA)
     return img
-
-
-def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write an image as PNG atomically."""
-    with atomic_path(path, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), img):
-            raise OSError(f"cannot write {path}")
 
 
 def write_overlays(

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from detx.utils.io import atomic_path, atomic_write_text  # noqa: E402
+from detx.utils.io import atomic_write_text, save_figure  # noqa: E402
 
 NUMBER_LABELS = {
     "mAP40": "challenge mAP@0.4 (VOC, held-out fold)",
@@ -47,10 +47,7 @@ def plot_ap_per_class(ap_per_class: Mapping[str, float | None], path: str | os.P
     if excluded:
         fig.text(0.01, 0.01, f"no ground truth (excluded): {', '.join(excluded)}", fontsize=6, wrap=True)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=110)
 
 
 def _rel(path: Path, base: Path) -> str:
