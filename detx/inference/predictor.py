@@ -130,7 +130,7 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
                   for uid, im in coco.images.items()]
         if not images:
             raise PredictionInputError(f"input {path} lists no images")
-        has_gt = any(len(b) for b, _ in coco.gt.values()) or "annotations" in _json_keys(path)
+        has_gt = any(len(b) for b, _ in coco.gt.values())  # every JSON annotation is a box in coco.gt
         return InputSet(images, path, coco.classes, coco.info.get("dataset"), coco.gt if has_gt else None,
                         {uid: (int(im["width"]), int(im["height"])) for uid, im in coco.images.items()})
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -151,14 +151,6 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
             logger.warning("%d PNG(s) not in meta.csv, their own size is taken as original: %s", len(missing),
                            missing[:5])
     return InputSet(images, path)
-
-
-def _json_keys(path: Path) -> set[str]:
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    return {k for k, v in data.items() if v} if isinstance(data, dict) else set()
 
 
 def _image_id(path: Path) -> str:
