@@ -16,13 +16,15 @@ $(VENV)/.installed: setup.py constraints.txt tools/install.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m detx.demo --dataset $(DATASET) --out output/demo$(if $(filter spinexr,$(DATASET)),-spinexr,)
+	$(PY) -m detx.workflows.demo --dataset $(DATASET) --out output/demo$(if $(filter spinexr,$(DATASET)),-spinexr,)
 
 bench: install
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -26,6 +26,7 @@ install_requires = [
     "pylibjpeg-rle>=2.0",
     "python-gdcm>=3.0.22",
     "ensemble-boxes>=1.0.9",
+    "numba>=0.58",  # detx's batched WBF (detx/inference/ensemble.py)
     "pycocotools>=2.0.7",
     "matplotlib>=3.7",
     "tqdm>=4.60",
@@ -47,6 +48,8 @@ extras_require = {
     "dev": [
         "pytest>=7.4",
         "pytest-timeout>=2.2",
+        "import-linter>=2.1",  # the one-way layers contract (pyproject.toml), run by `make test`
+        "grimp>=3.0",  # import graph of tests/test_architecture.py (import-linter's own engine)
         "ruff>=0.5",
         "nbclient>=0.9",
         "iterative-stratification>=0.1.7",  # reference for the fold stratifier tests

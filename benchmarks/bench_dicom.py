@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DICOM -> PNG throughput of data preparation (detx.data.dicom.convert_dicoms) against a naive baseline.
 
-Inputs: synthetic 2500x2048 16-bit DICOMs (detx.data.synthetic.write_dicom, uncompressed), half of
+Inputs: synthetic 2500x2048 16-bit DICOMs (detx.synthetic.generator.write_dicom, uncompressed), half of
 them with a VOI window that clips inside the image's values (the LUT must then be applied at full
 resolution), output longest side 1024. detx runs with 1 and 2 worker processes (pool start-up
 included). The baseline is the usual notebook recipe in one process: ``pydicom`` ``pixel_array`` ->
@@ -31,7 +31,7 @@ def make_dicoms(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """n synthetic 16-bit chest-like DICOMs of 2500x2048; odd ones carry a clipping VOI window."""
     import numpy as np
 
-    from detx.data.synthetic import write_dicom
+    from detx.synthetic.generator import write_dicom
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
@@ -156,7 +156,7 @@ def main() -> None:
                  "images have a clipping VOI window (full-resolution LUT path).",
     }
     if args.json:
-        from detx.utils.io import write_json
+        from detx.core.io import write_json
 
         write_json(args.json, result, indent=2)
 

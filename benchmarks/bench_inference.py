@@ -140,7 +140,7 @@ def main() -> None:
         rows += bench_predictor(16 if args.quick else 64, 8, R50_CONFIG, "cuda", 1024)
     rows += bench_wbf(300 if args.quick else 3000)
     if args.json:
-        from detx.utils.io import write_json
+        from detx.core.io import write_json
 
         write_json(args.json, {"name": "inference", "title": "Batched prediction and WBF ensembling",
                                "rows": rows,

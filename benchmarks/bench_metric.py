@@ -21,7 +21,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detx.data.submission import Predictions
+from detx.core.predictions import Predictions
 from detx.evaluation.vinbigdata import vinbigdata_map
 
 NUM_CLASSES = 14
@@ -116,7 +116,7 @@ def main() -> None:
                   "best free box)."),
     }
     if args.json:
-        from detx.utils.io import write_json
+        from detx.core.io import write_json
 
         write_json(args.json, result, indent=2)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed of the synthetic dataset generator (detx.data.synthetic) against the cost of only writing files.
+"""Speed of the synthetic dataset generator (detx.synthetic.generator) against the cost of only writing files.
 
 1. ``generate_dataset`` (drawing, DICOM encoding, readers, CSVs) for vindr-cxr and spinexr images of
    448-576 px, in images/s. Baseline: the I/O floor, the same number of DICOMs of the same sizes written
@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import RLELossless
 
-from detx.data.synthetic import generate_dataset, write_dicom
+from detx.synthetic.generator import generate_dataset, write_dicom
 
 
 def timed(fn, repeats: int) -> float:
@@ -103,7 +103,7 @@ def main() -> None:
                  "the reader CSVs atomically; the baseline only writes files.",
     }
     if args.json:
-        from detx.utils.io import write_json
+        from detx.core.io import write_json
 
         write_json(args.json, result, indent=2)
 

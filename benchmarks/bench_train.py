@@ -27,8 +27,8 @@ TINY = str(ROOT / "configs/quick_schedules/vindr_cxr_tiny.yaml")
 
 
 def make_data(out: Path, n: int, size: int) -> Path:
-    from detx.data.prepare import prepare_dataset
-    from detx.data.synthetic import generate_dataset
+    from detx.synthetic.generator import generate_dataset
+    from detx.workflows.prepare import prepare_dataset
 
     raw = out / "raw"
     generate_dataset(raw, dataset="vindr-cxr", n_train=n, n_test=1, seed=0, min_size=size, max_size=2 * size,

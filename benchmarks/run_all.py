@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             res["script"] = script.name
             results.append(res)
     text = render(results, machine_description(), dt.date.today().isoformat())
-    from detx.utils.io import atomic_write_text
+    from detx.core.io import atomic_write_text
 
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")

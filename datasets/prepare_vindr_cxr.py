@@ -10,27 +10,16 @@ Test set (no CSV):   python datasets/prepare_vindr_cxr.py --dicom-dir vinbigdata
 See datasets/README.md for the expected layouts.
 """
 
-import argparse
-import logging
 import sys
 
-from detx.data.prepare import add_prepare_arguments, prepare_from_args
+from detx.cli import prepare_main
 
 DATASET = "vindr-cxr"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_prepare_arguments(parser, DATASET)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = prepare_from_args(args, DATASET)
-    except (ValueError, OSError) as e:  # DataError (strict mode), bad options, missing files
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary.format())
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 the first problem under --strict, 2 bad arguments or input."""
+    return prepare_main(DATASET, __doc__, argv)
 
 
 if __name__ == "__main__":

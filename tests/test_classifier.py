@@ -8,15 +8,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from detx.data.submission import Predictions
+from detx.core.image_scores import p_abnormal_rule
+from detx.core.predictions import Predictions
+from detx.evaluation.image_level import choose_threshold
 from detx.inference.classifier import (
     ImageClassifier,
     apply_nofinding_filter,
-    choose_threshold,
     feature_names,
     fit_classifier,
     image_features,
-    p_abnormal_rule,
     read_probability_csv,
 )
 

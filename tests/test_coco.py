@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detx.data.classes import VINDR_CXR_CLASSES
-from detx.data.coco import build_coco, load_prepared_coco, write_coco
+from detx.core.classes import VINDR_CXR_CLASSES
+from detx.core.prepared import load_prepared_coco
+from detx.data.coco_json import build_coco, write_coco
 from detx.data.readers import make_table
 
 META = pd.DataFrame({

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import TRAINED_TINY_OPTS
 
-from detx.demo import DemoSettings, build_steps, paths, run_demo
+from detx.workflows.demo import DemoSettings, build_steps, paths, run_demo
 
 # Small and quick: the tiny config at 128 px for a handful of iterations (the real demo trains for minutes).
 TINY_OPTS = tuple(v for i, v in enumerate(TRAINED_TINY_OPTS)
@@ -68,7 +68,7 @@ def test_demo_settings_refuse_impossible_values(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["vindr-cxr", "spinexr"])
 def test_demo_steps_point_at_real_scripts_and_configs(tmp_path, dataset):
-    from detx.demo import REPO
+    from detx.workflows.demo import REPO
 
     steps = build_steps(tiny_settings(tmp_path / "demo", dataset))
     files = [a for st in steps for a in st.cmd if a.endswith((".py", ".yaml")) and not a.startswith(str(tmp_path))]

@@ -15,7 +15,7 @@ from detx.data.dicom import (
     load_dicom_image,
     resized_shape,
 )
-from detx.data.synthetic import write_dicom
+from detx.synthetic.generator import write_dicom
 
 RAMP = np.array([[0, 100, 200, 300], [400, 500, 600, 700]], dtype=np.uint16)
 WINDOW_PIXELS = np.array([[800, 900, 950], [1000, 1100, 1200]], dtype=np.uint16)
@@ -182,3 +182,44 @@ def test_float_path_matches_table_path(tmp_path, monkeypatch):
     monkeypatch.setattr(dicom_mod, "MAX_TABLE", 0)
     float_img, _, _ = load_dicom_image(tmp_path / "f.dicom", 40)
     assert np.abs(table_img.astype(int) - float_img.astype(int)).max() <= 1
+
+
+# ----------------------------------------------------------------------------------------- discovery
+# PACS exports name files by SOP Instance UID without an extension, in nested folders.
+
+UID_A = "1.2.840.113619.2.55.3.604688.12"
+UID_B = "1.3.6.1.4.1.9590.100.1.2.1"
+
+
+def _pacs_tree(root):
+    """Two UID-named extension-less DICOMs in nested folders, a .dcm, an upper-case .DICOM, a duplicate id, and
+    files that are not images (a text file without extension, a DICOMDIR index, a hidden file, a PNG)."""
+    rng = np.random.default_rng(1)
+
+    def px():
+        return rng.integers(0, 4096, (40, 50)).astype(np.uint16)
+
+    write_dicom(root / "PAT1" / "STUDY1" / UID_A, px())
+    write_dicom(root / "PAT2" / "ST" / "SER" / UID_B, px())
+    write_dicom(root / "flat.dcm", px())
+    write_dicom(root / "UPPER.DICOM", px())
+    write_dicom(root / "zz_copy" / "flat.dcm", px())  # the same id again: reported, the first kept
+    (root / "notes").write_text("not an image")
+    write_dicom(root / "DICOMDIR", px())
+    write_dicom(root / ".hidden.dcm", px())
+    (root / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)
+    return root
+
+
+def test_find_dicoms_uid_names_nested_and_duplicates(tmp_path):
+    from detx.data.dicom import dicom_image_id, find_dicoms
+
+    root = _pacs_tree(tmp_path / "export")
+    found, dups = find_dicoms(root)
+    assert sorted(found) == sorted([UID_A, UID_B, "flat", "UPPER"])  # full UIDs, dots kept
+    assert found[UID_A] == root / "PAT1" / "STUDY1" / UID_A
+    assert dups == [("flat", root / "flat.dcm", root / "zz_copy" / "flat.dcm")]
+    assert dicom_image_id("a/b/x.y.dicom") == "x.y" and dicom_image_id("1.2.3.dcm") == "1.2.3"
+    assert dicom_image_id("1.2.840.12") == "1.2.840.12" and dicom_image_id(".dcm") == ".dcm"
+    with pytest.raises(FileNotFoundError, match="DICOM folder not found"):
+        find_dicoms(tmp_path / "nope")

@@ -11,9 +11,10 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from detx.data.classes import SPINEXR_CLASSES
+from detx.core.classes import SPINEXR_CLASSES
+from detx.core.prepared import PreparedDatasetError
 from detx.engine.config import get_detx_cfg
-from detx.engine.datasets import PreparedDatasetError, register_prepared_dataset, setup_datasets
+from detx.engine.datasets import register_prepared_dataset, setup_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/quick_schedules/vindr_cxr_tiny.yaml")

@@ -102,7 +102,8 @@ def test_prepared_coco_json_gives_the_same(files):
 def test_bad_submission_strict_and_lenient(files, capsys):
     bad = files / "bad.csv"
     bad.write_text(SUBMISSION.replace("a1,3 0.8", "a1,3 1.8"))
-    assert _run("--gt", files / "train.csv", "--pred", bad, "--strict") == 2
+    # a problem lenient mode would skip stops a --strict run with exit status 1 (README "Exit status")
+    assert _run("--gt", files / "train.csv", "--pred", bad, "--strict") == 1
     err = capsys.readouterr().err
     assert "image a1" in err and "confidence 1.8 outside [0, 1]" in err
     out = files / "m.json"
@@ -113,7 +114,7 @@ def test_bad_submission_strict_and_lenient(files, capsys):
     # an image missing from the submission
     missing = files / "missing.csv"
     missing.write_text("\n".join(SUBMISSION.splitlines()[:3]) + "\n")
-    assert _run("--gt", files / "train.csv", "--pred", missing, "--strict") == 2
+    assert _run("--gt", files / "train.csv", "--pred", missing, "--strict") == 1
     assert "image a2 missing" in capsys.readouterr().err
     assert _run("--gt", files / "train.csv", "--pred", missing, "--out", out) == 0
     assert json.loads(out.read_text())["AP_per_class"]["Nodule/Mass"] == 0.0
@@ -144,4 +145,4 @@ def test_spinexr_reader_csv_uses_its_seven_classes(tmp_path):
     assert m["dataset"] == "spinexr" and list(m["AP_per_class"])[-1] == "No finding"
     assert len(m["AP_per_class"]) == 8 and m["mAP40"] == 1.0
     (tmp_path / "sub.csv").write_text("image_id,PredictionString\ns1,14 0.9 0 0 1 1\ns2,\n")
-    assert _run("--gt", tmp_path / "spine.csv", "--pred", tmp_path / "sub.csv", "--strict") == 2
+    assert _run("--gt", tmp_path / "spine.csv", "--pred", tmp_path / "sub.csv", "--strict") == 1

@@ -10,8 +10,9 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from detx.data.submission import Predictions, read_submission
-from detx.evaluation.coco import coco_metrics
+from detx.core.predictions import Predictions
+from detx.core.submission import read_submission
+from detx.evaluation.coco_map import coco_metrics
 from detx.evaluation.evaluator import VinBigDataEvaluator
 
 # PNG frame 200 x 100, original 400 x 200: everything scales by 2 to original pixels.
@@ -144,7 +145,7 @@ def test_prepared_dataset_through_the_test_loader_agrees_with_the_cli(prepared_c
     from detx.engine.config import get_detx_cfg
     from detx.engine.datasets import register_prepared_dataset
     from detx.engine.trainer import Trainer
-    from detx.evaluation.report import evaluate_files
+    from detx.workflows.evaluate import evaluate_files
 
     names = register_prepared_dataset(prepared_cxr_dir)
     name = next(n for n in names if n.endswith("val_fold0"))

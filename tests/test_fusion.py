@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detx.data.classes import VINDR_CXR_CLASSES
+from detx.core.boxes import box_iou
+from detx.core.classes import VINDR_CXR_CLASSES
 from detx.data.fusion import fuse_readers, image_labels
 from detx.data.readers import make_table
-from detx.utils.boxes import box_iou
 
 A, B = 0, 3  # Aortic enlargement, Cardiomegaly
 

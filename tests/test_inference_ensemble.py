@@ -100,7 +100,7 @@ def test_empty_inputs():
 
 
 def test_identical_models_equal_single_model():
-    from detx.data.submission import Predictions
+    from detx.core.predictions import Predictions
 
     rng = np.random.default_rng(0)
     sizes = {"a": (2000.0, 1500.0), "b": (1800.0, 2400.0), "empty": (1000.0, 1000.0)}

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from detx.data.submission import Predictions
+from detx.core.predictions import Predictions
+from detx.engine.checkpoint import CheckpointError
 from detx.inference.ensemble import ensemble_predictions
 from detx.inference.predictor import (
     BatchedPredictor,
-    CheckpointError,
     InputImage,
     PredictionInputError,
     collect_inputs,
@@ -138,7 +138,7 @@ def test_collect_inputs_png_folder_with_meta(tmp_path):
 
 
 def test_collect_inputs_dicom_folder_and_bad_inputs(tmp_path):
-    from detx.data.synthetic import write_dicom
+    from detx.synthetic.generator import write_dicom
 
     d = tmp_path / "dicoms"
     d.mkdir()

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from detx.utils.io import atomic_path, atomic_write_text, write_json
+from detx.core.io import atomic_path, atomic_write_text, write_json
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -33,7 +33,7 @@ def test_write_png_round_trips_8_and_16_bit(tmp_path):
     import cv2
     import numpy as np
 
-    from detx.utils.io import write_png
+    from detx.core.io import write_png
 
     img8 = np.arange(12, dtype=np.uint8).reshape(3, 4)
     img16 = (np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)
@@ -51,7 +51,7 @@ def test_save_figure_closes_the_figure_even_when_saving_fails(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from detx.utils.io import save_figure
+    from detx.core.io import save_figure
 
     fig = plt.figure()
     out = save_figure(fig, tmp_path / "ok.png", dpi=50)

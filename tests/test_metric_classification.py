@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from detx.data.submission import Predictions
-from detx.evaluation.classification import image_level_metrics, image_scores_from_predictions, per_class_auc
+from detx.core.image_scores import image_scores_from_predictions
+from detx.core.predictions import Predictions
+from detx.evaluation.image_level import image_level_metrics, per_class_auc
 
 Y = np.array([1, 1, 1, 0, 0, 0, 0])
 S = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1, 0.05])

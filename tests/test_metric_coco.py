@@ -11,8 +11,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detx.data.submission import Predictions
-from detx.evaluation.coco import coco_metrics, summary_in_percent
+from detx.core.predictions import Predictions
+from detx.evaluation.coco_map import coco_metrics, summary_in_percent
 
 
 def _case(seed=0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detx.data.submission import Predictions
+from detx.core.predictions import Predictions
 from detx.evaluation.froc import froc
 
 A, B, C = [0, 0, 10, 10], [50, 50, 70, 70], [20, 20, 40, 40]

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from detx.data.submission import Predictions
+from detx.core.boxes import box_iou
+from detx.core.predictions import Predictions
 from detx.evaluation.matching import match_detections
 from detx.evaluation.vinbigdata import vinbigdata_map, voc_ap
-from detx.utils.boxes import box_iou
 
 
 def P(*entries):

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from detx.data.submission import Predictions, read_submission, write_submission
+from detx.core.predictions import Predictions
+from detx.core.submission import read_submission, write_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -108,7 +109,7 @@ def test_identical_weights_fuse_to_the_single_model(tiny_random_checkpoint, png_
 
 
 def test_dicom_folder_every_row_and_unreadable_file(tiny_random_checkpoint, tmp_path, capsys):
-    from detx.data.synthetic import write_dicom
+    from detx.synthetic.generator import write_dicom
 
     cfg_file, weights = tiny_random_checkpoint
     d = tmp_path / "dicoms"
@@ -208,7 +209,7 @@ def test_bad_inputs_exit_2(tiny_random_checkpoint, png_dir, tmp_path, capsys):
 
 
 def test_interrupted_write_leaves_no_partial_csv(tmp_path, monkeypatch):
-    import detx.data.submission as submission
+    import detx.core.submission as submission
 
     out = tmp_path / "sub.csv"
     out.write_text("previous\n")
@@ -307,7 +308,7 @@ def test_prepared_json_and_dicom_folder_agree_with_overlays(tiny_random_checkpoi
 
 def test_trained_model_predicts_and_evaluates(trained_tiny_dir, prepared_cxr_dir, tmp_path):
     """predict.py with a trained run's own config.yaml and model_final.pth, then the challenge metric on it."""
-    from detx.evaluation.report import evaluate_files
+    from detx.workflows.evaluate import evaluate_files
 
     out = tmp_path / "sub.csv"
     gt = prepared_cxr_dir / "annotations" / "val_fold0.json"
@@ -341,3 +342,46 @@ def test_cache_dir_resumes_without_predicting_again(tiny_random_checkpoint, png_
     assert _predict(*common, "--out", second) == 0
     assert 0 < sum(seen) < 2 * 3  # fewer than all 3 images x 2 views
     assert first.read_text() == second.read_text()
+
+
+def test_uid_named_dicoms_in_nested_folders_predict_with_full_ids(tiny_random_checkpoint, tmp_path):
+    from detx.synthetic import write_dicom
+
+    cfg_file, weights = tiny_random_checkpoint
+    uids = ["1.2.840.113619.2.55.3.604688.12", "1.3.6.1.4.1.9590.100.1.2.7"]
+    rng = np.random.default_rng(0)
+    for k, uid in enumerate(uids):
+        write_dicom(tmp_path / "export" / f"PAT{k}" / "SER" / uid, rng.integers(0, 4096, (90, 70)).astype(np.uint16))
+    (tmp_path / "export" / "README").write_text("not an image")
+    out = tmp_path / "sub.csv"
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--input", tmp_path / "export", "--out", out,
+                    "--dicom-size", 64) == 0
+    sub = read_submission(out)
+    assert sorted(sub) == sorted(uids)  # '.12' is part of the id, not a suffix
+
+
+def test_dicoms_decode_at_the_trained_size_and_a_mismatch_warns(trained_tiny_dir, prepared_cxr_dir, tmp_path,
+                                                                 caplog):
+    """The trained config records the prepared size (DETX.IMAGE_SIZE 128), predict decodes DICOMs at it, and a
+    prepared input of another size or an explicit --dicom-size that differs is warned about."""
+    from detx.engine.config import get_detx_cfg
+    from detx.inference.predictor import collect_inputs
+    from detx.workflows.predict import decode_size
+
+    cfg = get_detx_cfg(str(trained_tiny_dir / "config.yaml"))
+    assert cfg.DETX.IMAGE_SIZE == 128
+    dicoms = collect_inputs(prepared_cxr_dir / "annotations" / "val_fold0.json")
+    assert dicoms.size == 128
+    with caplog.at_level("WARNING", logger="detx.workflows.predict"):
+        assert decode_size([cfg], None, dicoms) == 128
+    assert not caplog.records
+    dicoms.size = 256  # as if the input had been prepared at another size
+    with caplog.at_level("WARNING", logger="detx.workflows.predict"):
+        assert decode_size([cfg], 96, dicoms) == 96
+    text = caplog.text
+    assert "--dicom-size 96 but the model was trained on 128" in text and "prepared at --size 256" in text
+    old = get_detx_cfg(str(trained_tiny_dir / "config.yaml"), ["DETX.IMAGE_SIZE", "0", "INPUT.MAX_SIZE_TEST", "160"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="detx.workflows.predict"):
+        assert decode_size([old], None, dicoms) == 160
+    assert "records no DETX.IMAGE_SIZE" in caplog.text

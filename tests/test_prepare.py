@@ -12,10 +12,10 @@ import pandas as pd
 import pydicom
 import pytest
 
-from detx.data.coco import load_prepared_coco
-from detx.data.prepare import prepare_dataset
+from detx.core.prepared import load_prepared_coco
 from detx.data.readers import DataError, read_vinbigdata_csv
-from detx.data.synthetic import write_dicom
+from detx.synthetic.generator import write_dicom
+from detx.workflows.prepare import prepare_dataset
 
 
 def test_prepared_cxr_layout(prepared_cxr_dir, synthetic_cxr_dir):
@@ -178,7 +178,7 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, monkeypat
     csv, d = _bad_dataset(tmp_path)
     out = tmp_path / "out"
     import detx.data.dicom as dicom_mod
-    import detx.data.prepare as prepare_mod
+    import detx.workflows.prepare as prepare_mod
 
     real_load, calls = dicom_mod._load, []
 
@@ -279,7 +279,7 @@ def test_wrong_format_for_the_script(tmp_path, synthetic_spinexr_dir, capsys):
     rc = _cli("prepare_vindr_cxr")(["--csv", str(synthetic_spinexr_dir / "annotations" / "train.csv"),
                                     "--dicom-dir", str(synthetic_spinexr_dir / "train_images"),
                                     "--out", str(tmp_path / "o"), "--workers", "1"])
-    assert rc == 1 and "spinexr" in capsys.readouterr().err
+    assert rc == 2 and "spinexr" in capsys.readouterr().err  # bad input: exit status 2 in every tool
 
 
 @pytest.mark.parametrize("script", ["prepare_vindr_cxr", "prepare_spinexr"])
@@ -291,3 +291,31 @@ def test_scripts_print_help(script, capsys):
     for option in ("--csv", "--dicom-dir", "--out", "--size", "--fusion", "--iou-thr", "--folds", "--seed",
                    "--workers", "--strict", "--box-masks"):
         assert option in text
+
+
+def test_uid_named_extensionless_dicoms_in_nested_folders(tmp_path):
+    """A PACS-style export (files named by UID, no extension, nested) prepares with the full UIDs as ids."""
+    uids = ["1.2.840.113619.2.55.3.604688.12", "1.2.840.113619.2.55.3.604688.13", "1.3.6.1.4.1.9590.100.1.2.7"]
+    d = tmp_path / "export"
+    rng = np.random.default_rng(0)
+    for k, uid in enumerate(uids):
+        write_dicom(d / f"PAT{k}" / "STUDY" / uid, rng.integers(0, 4096, (80, 100)).astype(np.uint16), bits_stored=12)
+    csv = tmp_path / "train.csv"
+    csv.write_text(HEADER + f"{uids[0]},Cardiomegaly,3,R1,20,30,60,70\n{uids[1]},No finding,14,R1,,,,\n"
+                   f"{uids[2]},Nodule/Mass,8,R2,10,10,30,30\n")
+    out = tmp_path / "out"
+    rc = _cli("prepare_vindr_cxr")(["--csv", str(csv), "--dicom-dir", str(d), "--out", str(out), "--size", "64",
+                                    "--folds", "0", "--workers", "1", "--no-report", "--strict"])
+    assert rc == 0
+    meta = pd.read_csv(out / "meta.csv", dtype={"image_id": str})
+    assert sorted(meta["image_id"]) == sorted(uids)
+    assert all((out / "images" / f"{u}.png").is_file() for u in uids)
+    coco = load_prepared_coco(out / "annotations" / "all.json")
+    assert sorted(coco.images) == sorted(uids) and coco.size == 64
+    assert coco.gt[uids[0]][1].tolist() == [3] and len(coco.gt[uids[1]][0]) == 0
+    # the test-set form (no CSV) finds the same images
+    rc = _cli("prepare_vindr_cxr")(["--dicom-dir", str(d), "--out", str(tmp_path / "test"), "--size", "64",
+                                    "--workers", "1"])
+    assert rc == 0
+    test = load_prepared_coco(tmp_path / "test" / "annotations" / "test.json")
+    assert sorted(test.images) == sorted(uids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detx.data.classes import VINDR_CXR_CLASSES
+from detx.core.classes import VINDR_CXR_CLASSES
 from detx.data.readers import (
     DataError,
     ProblemLog,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detx.data.submission import (
-    Predictions,
+from detx.core.predictions import Predictions
+from detx.core.submission import (
     SubmissionError,
     format_prediction_string,
     parse_prediction_string,

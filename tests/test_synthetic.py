@@ -13,9 +13,9 @@ import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from detx.data.classes import SPINEXR_CLASSES, VINDR_CXR_CLASSES
-from detx.data.synthetic import DEFAULT_CXR_CLASSES, generate_dataset, write_dicom
-from detx.data.synthetic_draw import CHEST_LESIONS, draw_chest, draw_spine
+from detx.core.classes import SPINEXR_CLASSES, VINDR_CXR_CLASSES
+from detx.synthetic.draw import CHEST_LESIONS, draw_chest, draw_spine
+from detx.synthetic.generator import DEFAULT_CXR_CLASSES, generate_dataset, write_dicom
 
 CXR_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 SPINE_COLUMNS = ["image_id", "study_id", "series_id", "rad_id", "lesion_type", "xmin", "ymin", "xmax", "ymax"]
@@ -357,7 +357,7 @@ def test_generate_refuses_impossible_arguments(tmp_path, kwargs, match):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "detx.data.synthetic", "--out", str(out), "--dataset", "spinexr", "--n-train", "2",
+    cmd = [sys.executable, "-m", "detx.synthetic", "--out", str(out), "--dataset", "spinexr", "--n-train", "2",
            "--n-test", "1", "--seed", "3", "--min-size", "64", "--max-size", "80", "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -365,7 +365,7 @@ def test_cli(tmp_path):
     assert len(list((out / "train_images").glob("*.dicom"))) == 2
     assert (out / "annotations" / "test.csv").is_file()
 
-    bad = [sys.executable, "-m", "detx.data.synthetic", "--out", str(tmp_path / "bad"), "--n-train", "0",
+    bad = [sys.executable, "-m", "detx.synthetic", "--out", str(tmp_path / "bad"), "--n-train", "0",
            "--n-test", "1"]
     r = subprocess.run(bad, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
@@ -378,7 +378,7 @@ def test_cli(tmp_path):
 
 def test_warns_about_files_of_an_earlier_run(tmp_path, caplog):
     generate_dataset(tmp_path, n_train=1, n_test=1, min_size=64, max_size=64, seed=1, progress=False)
-    with caplog.at_level("WARNING", logger="detx.data.synthetic"):
+    with caplog.at_level("WARNING", logger="detx.synthetic.generator"):
         generate_dataset(tmp_path, n_train=1, n_test=1, min_size=64, max_size=64, seed=2, progress=False)
     assert "1 .dicom files that this run did not write" in caplog.text
     assert len(list((tmp_path / "train").glob("*.dicom"))) == 2

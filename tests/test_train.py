@@ -11,8 +11,8 @@ import torch
 from conftest import TINY_CONFIG, TRAINED_TINY_OPTS, run_train_net
 from detectron2.utils.events import EventStorage
 
+from detx.core.prepared import PreparedDatasetError
 from detx.engine.config import get_detx_cfg
-from detx.engine.datasets import PreparedDatasetError
 from detx.engine.trainer import Trainer, TrainingSetupError, prepare_training
 from detx.viz.curves import read_metrics
 

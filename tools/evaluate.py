@@ -9,13 +9,12 @@ COCO numbers, FROC and image-level normal/abnormal metrics. Prints a per-class t
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from detx.data.readers import DataError
-from detx.data.submission import SubmissionError
-from detx.evaluation.report import evaluate_files, format_table
-from detx.utils.io import write_json
+from detx.cli import add_version, exits, setup_logging
+from detx.core.io import write_json
+from detx.viz.metrics_plots import plot_evaluation
+from detx.workflows.evaluate import evaluate_files, format_table
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -35,28 +34,24 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, metavar="DIR", help="write pr_curves.png, froc.png, roc.png here")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first bad entry or missing/extra image (default: skip it with a warning)")
+    add_version(p)
     return p
 
 
+@exits
 def main(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate_files(args.gt, args.pred, gt_fusion=args.gt_fusion, iou_thr=args.iou_thr,
-                                strict=args.strict, fusion_iou_thr=args.gt_fusion_iou, threshold=args.threshold)
-    except (SubmissionError, DataError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = evaluate_files(args.gt, args.pred, gt_fusion=args.gt_fusion, iou_thr=args.iou_thr,
+                            strict=args.strict, fusion_iou_thr=args.gt_fusion_iou, threshold=args.threshold)
     print(format_table(result.metrics))
     if args.out:
         write_json(args.out, result.metrics, indent=2)
         print(f"metrics written to {args.out}")
     if args.plots:
-        from detx.viz.metrics_plots import plot_evaluation
-
         for path in plot_evaluation(result.curves, args.plots, args.iou_thr):
             print(f"plot written to {path}")
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     sys.exit(main(get_parser().parse_args()))

@@ -15,10 +15,11 @@ specificity of the fitted model and of the `max` rule on the fitting data. Exit 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from detx.inference.classifier import RULES
+from detx.cli import add_version, exits, setup_logging
+from detx.core.image_scores import RULES
+from detx.workflows.fit_classifier import fit_from_files
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-fusion", default="wbf", choices=["wbf", "nms", "none"],
                    help="how a reader CSV's readers are fused (labels: abnormal when any box remains)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad submission entry or missing image")
+    add_version(p)
     return p
 
 
@@ -42,17 +44,10 @@ def _fmt(v) -> str:
     return "  n/a" if v is None else f"{v:.4f}"
 
 
+@exits
 def main(args: argparse.Namespace) -> int:
-    from detx.data.readers import DataError
-    from detx.data.submission import SubmissionError
-    from detx.inference.classifier import fit_from_files
-
-    try:
-        clf, report = fit_from_files(args.pred, args.gt, args.kind, args.threshold_method, args.target_sensitivity,
-                                     args.gt_fusion, args.strict, args.c)
-    except (SubmissionError, DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    clf, report = fit_from_files(args.pred, args.gt, args.kind, args.threshold_method, args.target_sensitivity,
+                                 args.gt_fusion, args.strict, args.c)
     n_abn = report["fitted"]["num_abnormal"]
     print(f"{report['num_images']} images ({n_abn} abnormal), {len(report['classes'])} classes")
     print(f"{'':12s} {'AUC':>7s} {'thresh':>7s} {'F1':>7s} {'sens':>7s} {'spec':>7s}")
@@ -65,5 +60,5 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     sys.exit(main(get_parser().parse_args()))

@@ -19,12 +19,13 @@ exit 1). Exit status: 0 done, 1 an unreadable image with --strict, 2 bad argumen
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 
-from detx.inference.classifier import RULES
+from detx.cli import add_version, exits, setup_logging
+from detx.core.image_scores import RULES
 from detx.inference.ensemble import CONF_TYPES
+from detx.workflows.predict import PredictOptions, run_predict
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,8 +34,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="detectron2/detx yaml: one for all --weights, or one per weights file")
     p.add_argument("--weights", nargs="+", required=True, metavar="W", help="checkpoint(s) (.pth); several are WBF-fused")
     p.add_argument("--input", required=True,
-                   help="a prepared COCO JSON (original sizes from its images), a DICOM folder (*.dicom, *.dcm, "
-                        "extension-less) or a PNG folder (original sizes from a meta.csv beside it, else the PNG size)")
+                   help="a prepared COCO JSON (original sizes from its images), a DICOM folder (searched recursively: "
+                        "*.dicom, *.dcm, or any file with the DICM marker, e.g. UID-named PACS exports) or a PNG "
+                        "folder (original sizes from a meta.csv beside it, else the PNG size)")
     p.add_argument("--out", required=True, help="submission CSV to write (atomically)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--tta", nargs="*", default=[], metavar="T",
@@ -65,7 +67,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--vis-num", type=int, default=16, help="overlays to draw, spread over the input (default 16)")
     p.add_argument("--vis-score", type=float, default=0.3, help="draw boxes from this confidence (default 0.3)")
     p.add_argument("--dicom-size", type=int, default=None,
-                   help="longest side DICOMs are decoded to, as in preparation (default: INPUT.MAX_SIZE_TEST)")
+                   help="longest side DICOMs are decoded to, as in preparation (default: the size the model was "
+                        "trained on, DETX.IMAGE_SIZE in its config.yaml; a difference is warned about)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default DATALOADER.NUM_WORKERS)")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA (AMP is on by default there)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -73,6 +76,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "model and view (resume an interrupted run)")
     p.add_argument("--strict", action="store_true", help="stop (exit 1) at the first image that cannot be read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_version(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. MODEL.DEVICE cpu TEST.DETECTIONS_PER_IMAGE 200")
     return p
@@ -91,11 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@exits
 def main(args: argparse.Namespace) -> int:
-    from detx.engine.config import ConfigKeyError
-    from detx.inference.pipeline import PredictOptions, run_predict
-    from detx.inference.predictor import UnreadableImageError
-
     options = PredictOptions(
         config_files=args.config_file, weights=args.weights, input=args.input, out=args.out, opts=args.opts,
         batch_size=args.batch_size, tta=args.tta, model_weights=args.model_weights, ensemble_iou=args.ensemble_iou,
@@ -105,14 +106,7 @@ def main(args: argparse.Namespace) -> int:
         classification_out=args.classification_out, vis_dir=args.vis_dir, vis_num=args.vis_num,
         vis_score=args.vis_score, dicom_size=args.dicom_size, num_workers=args.workers, amp=not args.no_amp,
         strict=args.strict, progress=not args.quiet, cache_dir=args.cache_dir)
-    try:
-        summary = run_predict(options)
-    except UnreadableImageError as e:
-        print(f"error (--strict): {e}", file=sys.stderr)
-        return 1
-    except (ConfigKeyError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = run_predict(options)
     failed = summary["failed"]
     print(f"wrote {summary['out']} ({summary['num_images']} images, {len(summary['sets'])} prediction set(s) "
           f"fused: {', '.join(summary['sets'])}) and {summary['classification']}")
@@ -125,5 +119,5 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     sys.exit(main(parse_args()))

@@ -18,10 +18,11 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 
-from detx.engine.config import ConfigKeyError, get_detx_cfg
+from detx.cli import add_version, run
+from detx.core.io import atomic_write_text, write_json
+from detx.engine.config import get_detx_cfg
 from detx.engine.hooks import finite_or_none
-from detx.engine.trainer import Trainer, TrainingSetupError, prepare_training
-from detx.utils.io import atomic_write_text, write_json
+from detx.engine.trainer import Trainer, prepare_training
 
 
 def build_config(args) -> CfgNode:
@@ -55,19 +56,16 @@ def main(args):
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = default_argument_parser(epilog=__doc__).parse_args(argv)
-    try:
+    """Exit status: 0 done, 2 a bad config, data root or weights file (named before any process starts)."""
+    args = add_version(default_argument_parser(epilog=__doc__)).parse_args(argv)
+
+    def train() -> int:
         build_config(args)  # fail here, once, before any process is launched
-    except (ConfigKeyError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except TrainingSetupError as e:  # e.g. MODEL.WEIGHTS that torch cannot load
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run(train)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from tqdm import tqdm
 
-from detx.utils.io import atomic_write_text, write_png
+from detx.core.errors import InputError, MissingFileError
+from detx.core.io import atomic_write_text, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DICOM_SUFFIXES: tuple[str, ...] = (".dicom", ".dcm")
 MAX_TABLE = 1 << 20
 
 
-class DicomError(ValueError):
+class DicomError(InputError):
     """A DICOM file that cannot be decoded (the message names the file)."""
 
 
@@ -402,21 +403,63 @@ def convert_dicoms(
     return results
 
 
+def dicom_image_id(path: str | os.PathLike) -> str:
+    """The image id of a DICOM file: its name minus a ``.dicom`` / ``.dcm`` suffix, and nothing else.
+
+    PACS exports name files by SOP Instance UID without an extension (``1.2.840.113619.2.55.3.604688.12``):
+    the dots belong to the id, so ``Path.stem`` would be wrong.
+    """
+    name = Path(path).name
+    for suffix in DICOM_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def has_dicom_marker(path: str | os.PathLike) -> bool:
+    """Whether the file carries the DICOM Part 10 marker ``DICM`` at byte 128."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """A ``.dicom`` / ``.dcm`` file, or any other file (with or without dots in its name) that carries the
+    ``DICM`` marker; hidden files and ``DICOMDIR`` index files are not images."""
+    path = Path(path)
+    if path.name.startswith(".") or path.name.upper() == "DICOMDIR" or not path.is_file():
+        return False
+    return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_marker(path)
+
+
 def find_dicoms(root: str | os.PathLike) -> tuple[dict[str, Path], list[tuple[str, Path, Path]]]:
-    """DICOM files under ``root`` (recursively; ``.dicom`` / ``.dcm``), keyed by file stem.
+    """The DICOM files under ``root``, recursively (:func:`is_dicom_file`), keyed by :func:`dicom_image_id`.
+
+    This is the one discovery of DICOM files: preparation and prediction both call it.
 
     Returns:
-        (image_id -> path, [(image_id, kept path, duplicate path), ...] for stems seen twice).
+        (image_id -> path, [(image_id, kept path, duplicate path), ...] for ids seen twice; the first in
+        sorted path order is kept).
+
+    Raises:
+        MissingFileError: ``root`` is not a folder.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"DICOM folder not found: {root}")
+        raise MissingFileError(f"DICOM folder not found: {root}")
     found: dict[str, Path] = {}
     duplicates = []
     for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in DICOM_SUFFIXES and p.is_file():
-            if p.stem in found:
-                duplicates.append((p.stem, found[p.stem], p))
-            else:
-                found[p.stem] = p
+        if any(part.startswith(".") for part in p.relative_to(root).parts[:-1]):
+            continue  # inside a hidden folder (e.g. .cache)
+        if not is_dicom_file(p):
+            continue
+        image_id = dicom_image_id(p)
+        if image_id in found:
+            duplicates.append((image_id, found[image_id], p))
+        else:
+            found[image_id] = p
     return found, duplicates

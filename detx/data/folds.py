@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from detx.core.errors import InputError
+
 
 def assign_folds(
     labels: np.ndarray | pd.DataFrame,
@@ -34,12 +36,12 @@ def assign_folds(
     """
     y = np.asarray(labels, dtype=np.int64)
     if y.ndim != 2:
-        raise ValueError(f"labels must be an (N, L) matrix, got shape {y.shape}")
+        raise InputError(f"labels must be an (N, L) matrix, got shape {y.shape}")
     n = len(y)
     if k < 2:
-        raise ValueError(f"need at least 2 folds, got {k}")
+        raise InputError(f"need at least 2 folds, got {k}")
     if n < k:
-        raise ValueError(f"cannot split {n} images into {k} folds")
+        raise InputError(f"cannot split {n} images into {k} folds")
     y = np.concatenate([y > 0, (y.sum(axis=1) == 0)[:, None]], axis=1).astype(np.int64)
     if groups is None:
         group_index = np.arange(n)

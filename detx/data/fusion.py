@@ -30,9 +30,10 @@ import numpy as np
 import pandas as pd
 from ensemble_boxes import nms, weighted_boxes_fusion
 
-from detx.data.classes import NO_FINDING
+from detx.core.boxes import box_iou
+from detx.core.classes import NO_FINDING
+from detx.core.errors import InputError
 from detx.data.readers import BOX_COLUMNS, make_table
-from detx.utils.boxes import box_iou
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def fuse_readers(
         A table with the columns of ``table`` plus ``n_readers``, in original pixels.
     """
     if method not in FUSION_METHODS:
-        raise ValueError(f"unknown fusion method {method!r}; expected one of {FUSION_METHODS}")
+        raise InputError(f"unknown fusion method {method!r}; expected one of {FUSION_METHODS}")
     classes = table.attrs.get("classes")
     nf_id = len(classes) if classes is not None else None
     # plain numpy arrays, sorted by image then class: pandas indexing per group is far too slow at 15k images
@@ -147,12 +148,12 @@ def image_labels(
             image's readers did; the same per class). See the module docstring.
     """
     if rule not in ("any", "majority"):
-        raise ValueError(f"unknown image label rule {rule!r}; expected 'any' or 'majority'")
+        raise InputError(f"unknown image label rule {rule!r}; expected 'any' or 'majority'")
     classes = tuple(classes if classes is not None else table.attrs.get("classes", ()))
     if not classes:
-        raise ValueError("image_labels needs the class names (pass classes= or a table with attrs['classes'])")
+        raise InputError("image_labels needs the class names (pass classes= or a table with attrs['classes'])")
     if rule == "majority" and (table["rad_id"] == "fused").any():
-        raise ValueError("rule='majority' needs the readers' own boxes: pass the table before fusion")
+        raise InputError("rule='majority' needs the readers' own boxes: pass the table before fusion")
     image_ids = sorted(set(table["image_id"]))
     pos = {i: k for k, i in enumerate(image_ids)}
     votes = np.zeros((len(image_ids), len(classes)), dtype=np.int64)

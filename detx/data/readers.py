@@ -14,7 +14,7 @@ study_id    str, "" when unknown (only VinDr-SpineXR has studies)
 row         the line of the source CSV the row came from (header = line 1); -1 for derived rows
 ==========  =====================================================================================
 
-``table.attrs`` carries ``dataset`` (a key of :data:`detx.data.classes.DATASET_CLASSES`) and ``classes``.
+``table.attrs`` carries ``dataset`` (a key of :data:`detx.core.classes.DATASET_CLASSES`) and ``classes``.
 
 Bad rows (unknown class name, a finding box with missing or non-numeric coordinates, an inverted or
 empty box) are never returned: each becomes a :class:`Problem` naming the CSV line. In strict mode the
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detx.data.classes import (
+from detx.core.classes import (
     GLOBAL_LABEL_ALIASES,
     NO_FINDING,
     PHYSIONET_TO_KAGGLE,
@@ -44,6 +44,7 @@ from detx.data.classes import (
     VINDR_CXR_GLOBAL_LABELS,
     VINDR_CXR_LOCAL_LABELS,
 )
+from detx.core.errors import InputError, MissingFileError, StrictModeError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ BOX_COLUMNS: tuple[str, ...] = ("x_min", "y_min", "x_max", "y_max")
 FORMATS: tuple[str, ...] = ("kaggle", "physionet", "spinexr")
 
 
-class DataError(ValueError):
+class DataError(StrictModeError, ValueError):
     """A problem with the input data, raised in strict mode (the message names the file, row or image)."""
 
     def __init__(self, problem: Problem):
@@ -133,7 +134,7 @@ def _str_col(df: pd.DataFrame, name: str) -> pd.Series:
 def _read_csv(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation CSV not found: {path}")
+        raise MissingFileError(f"annotation CSV not found: {path}")
     df = pd.read_csv(path, dtype=str, keep_default_na=True)
     df.columns = [c.strip() for c in df.columns]
     return df
@@ -282,7 +283,7 @@ def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -
     log = ProblemLog(strict)
     df = _read_csv(path)
     if "image_id" not in df.columns:
-        raise ValueError(f"{path}: no image_id column; columns are {list(df.columns)}")
+        raise InputError(f"{path}: no image_id column; columns are {list(df.columns)}")
     known = _class_lookup(VINDR_CXR_LOCAL_LABELS + VINDR_CXR_GLOBAL_LABELS, GLOBAL_LABEL_ALIASES)
     label_cols = [c for c in df.columns if c not in ("image_id", "rad_id")]
     rename = {c: known.get(_key(c), c) for c in label_cols}
@@ -329,7 +330,7 @@ def sniff_format(path: str | os.PathLike) -> str:
         return "kaggle"
     if "class_name" in cols:
         return "physionet"
-    raise ValueError(f"{path}: cannot tell the annotation format from its columns {sorted(cols)}; expected "
+    raise InputError(f"{path}: cannot tell the annotation format from its columns {sorted(cols)}; expected "
                      "Kaggle train.csv, PhysioNet annotations_*.csv or VinDr-SpineXR annotations")
 
 
@@ -349,7 +350,7 @@ def read_reader_csv(
         return read_physionet_vindr_cxr(path, image_labels_csv, kaggle_classes=kaggle_classes, strict=strict)
     if fmt == "spinexr":
         return read_spinexr_csv(path, strict=strict)
-    raise ValueError(f"unknown annotation format {fmt!r}; expected auto or one of {FORMATS}")
+    raise InputError(f"unknown annotation format {fmt!r}; expected auto or one of {FORMATS}")
 
 
 def check_box_bounds(

@@ -14,10 +14,12 @@ from collections.abc import Iterator, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 
+from detx.core.errors import DetxError, InputError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(DetxError, KeyError):
     """A config key that neither detectron2 nor detx defines; the message names the closest valid key."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -30,6 +32,9 @@ def add_detx_config(cfg: CfgNode) -> None:
     Keys:
         DETX.DATA_ROOT: a prepared dataset (``datasets/prepare_*.py --out``); when set and
             ``DATASETS.TRAIN``/``DATASETS.TEST`` are empty, they become the fold's registered names.
+        DETX.IMAGE_SIZE: the longest side of the prepared PNGs the model is trained on; filled from
+            ``DETX.DATA_ROOT`` by training (0: unknown), written to ``OUTPUT_DIR/config.yaml`` with the rest,
+            and the size ``tools/predict.py`` decodes DICOMs to.
         DETX.FOLD: the cross-validation fold trained on (``train_fold{k}``) and validated on
             (``val_fold{k}``); -1 trains on ``all`` with no validation.
         DETX.VAL_PERIOD: iterations between validation-loss passes over the whole validation fold;
@@ -45,6 +50,7 @@ def add_detx_config(cfg: CfgNode) -> None:
     cfg.DETX = CfgNode()
     cfg.DETX.DATA_ROOT = ""
     cfg.DETX.FOLD = 0
+    cfg.DETX.IMAGE_SIZE = 0
     cfg.DETX.VAL_PERIOD = 0
     cfg.DETX.BEST_METRIC = "vinbigdata/mAP40"
     cfg.DETX.BOX_MASKS = False
@@ -127,7 +133,7 @@ def get_detx_cfg(config_file: str | None = None, opts: Sequence[str] | None = No
 
     Raises:
         ConfigKeyError: a key in the yaml or in ``opts`` does not exist (the closest valid key is named).
-        FileNotFoundError: the yaml does not exist.
+        MissingFileError: the yaml does not exist.
     """
     cfg = get_cfg()
     add_detx_config(cfg)
@@ -135,7 +141,7 @@ def get_detx_cfg(config_file: str | None = None, opts: Sequence[str] | None = No
         from pathlib import Path
 
         if not Path(config_file).is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
+            raise MissingFileError(f"config file {config_file} does not exist")
         try:
             cfg.merge_from_file(config_file)
         except (KeyError, AssertionError) as e:
@@ -146,7 +152,7 @@ def get_detx_cfg(config_file: str | None = None, opts: Sequence[str] | None = No
     if opts:
         opts = list(opts)
         if len(opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {opts}")
+            raise InputError(f"config overrides must be KEY VALUE pairs, got an odd number: {opts}")
         opts = _floats_for_float_keys(cfg, opts)
         try:
             cfg.merge_from_list(opts)

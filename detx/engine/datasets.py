@@ -1,6 +1,6 @@
 """Register a prepared dataset (``datasets/prepare_*.py --out ROOT``) in detectron2's catalogs.
 
-Every ``ROOT/annotations/<split>.json`` becomes ``<prefix>_<split>`` where the prefix is the JSON's
+The prepared layout is read through :mod:`detx.core.prepared`. Every ``ROOT/annotations/<split>.json`` becomes ``<prefix>_<split>`` where the prefix is the JSON's
 ``info.dataset`` with dashes as underscores: ``vindr_cxr_train_fold0``, ``vindr_cxr_val_fold0``,
 ``vindr_cxr_all``, ``vindr_cxr_test``, ``spinexr_*``. The dataset dicts are loaded lazily with
 detectron2's ``load_coco_json`` and keep the image keys ``image_uid``, ``orig_width``, ``orig_height``
@@ -9,7 +9,6 @@ detectron2's ``load_coco_json`` and keep the image keys ``image_uid``, ``orig_wi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,10 +18,16 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-logger = logging.getLogger(__name__)
+from detx.core.prepared import (
+    IMAGES_DIR,
+    PreparedDatasetError,
+    annotation_files,
+    dataset_image_size,
+    image_extras,
+    read_coco_json,
+)
 
-# Image keys of the prepared COCO json copied into every dataset dict.
-IMAGE_KEYS = ("image_uid", "orig_width", "orig_height", "study_id")
+logger = logging.getLogger(__name__)
 
 # registered name -> (json path, mtime) of what this process registered, for idempotent re-registration.
 _REGISTERED: dict[str, tuple[str, float]] = {}
@@ -30,24 +35,9 @@ _REGISTERED: dict[str, tuple[str, float]] = {}
 _NAME_OF: dict[str, str] = {}
 
 
-class PreparedDatasetError(ValueError):
-    """A data root that is not a usable prepared dataset (the message names the path and the problem)."""
-
-
 def dataset_prefix(dataset: str) -> str:
     """Registered-name prefix of a dataset key: "vindr-cxr" -> "vindr_cxr"."""
     return dataset.replace("-", "_")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise PreparedDatasetError(f"cannot read COCO json {path}: {e}") from e
-    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
-        raise PreparedDatasetError(f"{path} is not a COCO json of a prepared dataset (no images/categories)")
-    return data
 
 
 class _CocoNoiseFilter(logging.Filter):
@@ -68,7 +58,7 @@ def load_prepared_dicts(json_file: str | os.PathLike, image_root: str | os.PathL
         extras: image id -> image keys to add; read from ``json_file`` when None.
     """
     if extras is None:
-        extras = _image_extras(_read_json(Path(json_file)))
+        extras = image_extras(read_coco_json(Path(json_file)))
     coco_logger = logging.getLogger("detectron2.data.datasets.coco")
     noise = _CocoNoiseFilter()
     coco_logger.addFilter(noise)
@@ -80,29 +70,6 @@ def load_prepared_dicts(json_file: str | os.PathLike, image_root: str | os.PathL
     for d in dicts:
         d.update(extras.get(d["image_id"], {}))
     return dicts
-
-
-def _image_extras(data: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    return {img["id"]: {k: img[k] for k in IMAGE_KEYS if k in img} for img in data["images"]}
-
-
-def annotation_files(root: str | os.PathLike) -> list[Path]:
-    """The ``annotations/*.json`` of a prepared dataset root.
-
-    Raises:
-        PreparedDatasetError: ``root`` does not exist or holds no annotations/images.
-    """
-    root = Path(root)
-    if not str(root) or not root.is_dir():
-        raise PreparedDatasetError(
-            f"DETX.DATA_ROOT {str(root)!r} does not exist; prepare a dataset first "
-            "(datasets/prepare_vindr_cxr.py --out DIR) and pass DETX.DATA_ROOT DIR")
-    files = sorted((root / "annotations").glob("*.json"))
-    if not files or not (root / "images").is_dir():
-        raise PreparedDatasetError(
-            f"{root} is not a prepared dataset: expected images/ and annotations/*.json "
-            "(written by datasets/prepare_vindr_cxr.py or datasets/prepare_spinexr.py --out)")
-    return files
 
 
 def register_prepared_dataset(root: str | os.PathLike) -> list[str]:
@@ -117,7 +84,7 @@ def register_prepared_dataset(root: str | os.PathLike) -> list[str]:
         PreparedDatasetError: ``root`` is missing, not prepared, or a json lacks ``info.dataset``.
     """
     root = Path(root).resolve()
-    image_root = root / "images"
+    image_root = root / IMAGES_DIR
     names = []
     for path in annotation_files(root):
         split = path.stem
@@ -126,7 +93,7 @@ def register_prepared_dataset(root: str | os.PathLike) -> list[str]:
         if name is not None and _REGISTERED.get(name) == key and name in DatasetCatalog.list():
             names.append(name)  # already registered from this very file
             continue
-        data = _read_json(path)
+        data = read_coco_json(path)
         dataset = (data.get("info") or {}).get("dataset")
         if not dataset:
             raise PreparedDatasetError(f"{path} has no info.dataset (e.g. \"vindr-cxr\"); re-run the preparation")
@@ -135,7 +102,7 @@ def register_prepared_dataset(root: str | os.PathLike) -> list[str]:
             logger.info("re-registering %s from %s", name, path)
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        extras = _image_extras(data)
+        extras = image_extras(data)
         classes = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
         DatasetCatalog.register(
             name, lambda p=str(path), r=str(image_root), n=name, e=extras: load_prepared_dicts(p, r, n, e))
@@ -189,12 +156,25 @@ def split_names(cfg: CfgNode) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def setup_datasets(cfg: CfgNode) -> CfgNode:
-    """Register ``DETX.DATA_ROOT`` and fill empty ``DATASETS.TRAIN/TEST`` from ``DETX.FOLD`` (in place)."""
+    """Register ``DETX.DATA_ROOT``, fill empty ``DATASETS.TRAIN/TEST`` from ``DETX.FOLD`` and record the
+    prepared image size in ``DETX.IMAGE_SIZE`` (in place), so that ``OUTPUT_DIR/config.yaml`` carries it.
+
+    Raises:
+        PreparedDatasetError: as :func:`split_names`, or ``DETX.IMAGE_SIZE`` set to another size than the
+            data root was prepared at.
+    """
     train, test = split_names(cfg)
+    size = dataset_image_size(cfg.DETX.DATA_ROOT) if cfg.DETX.DATA_ROOT else None
+    if size and cfg.DETX.IMAGE_SIZE and int(cfg.DETX.IMAGE_SIZE) != size:
+        raise PreparedDatasetError(
+            f"DETX.IMAGE_SIZE {cfg.DETX.IMAGE_SIZE} but {cfg.DETX.DATA_ROOT} was prepared at --size {size}; "
+            "leave DETX.IMAGE_SIZE at 0 (it is read from the dataset) or prepare the dataset at that size")
     was_frozen = cfg.is_frozen()
     cfg.defrost()
     cfg.DATASETS.TRAIN = train
     cfg.DATASETS.TEST = test
+    if size:
+        cfg.DETX.IMAGE_SIZE = size
     if was_frozen:
         cfg.freeze()
     return cfg

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from detectron2.engine.hooks import BestCheckpointer, HookBase
+from detectron2.engine.hooks import BestCheckpointer, EvalHook, HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
-from detx.utils.io import write_json
+from detx.core.io import write_json
+from detx.viz.curves import plot_training_curves
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-class ValidationLoss(HookBase):
-    """Every ``period`` iterations and after the last one: the model's training losses on the whole
-    validation set, computed in train mode under ``no_grad``, averaged over images and over processes,
-    and stored as ``val_total_loss`` and ``val_<loss>`` (so they reach ``metrics.json``).
+class ValidationLoss(EvalHook):
+    """Every ``period`` iterations and after the last one (detectron2's ``EvalHook`` schedule and scalar
+    logging): the model's training losses on the whole validation set, computed in train mode under
+    ``no_grad``, averaged over images and over processes, and stored as ``val_total_loss`` and ``val_<loss>``
+    (so they reach ``metrics.json``).
 
     Batch-norm running statistics are restored afterwards, so validation images never leak into the
     model; the forward pass's own event-storage scalars (sampling statistics) are discarded.
@@ -44,7 +46,7 @@ class ValidationLoss(HookBase):
             data_loader_fn: builds the validation loader (annotated, not augmented; sharded per process).
             amp: run under CUDA autocast, as the AMP trainer does.
         """
-        self._period = period
+        super().__init__(period, self.compute)
         self._loader_fn = data_loader_fn
         self._loader: Iterable | None = None
         self._amp = amp
@@ -89,21 +91,6 @@ class ValidationLoss(HookBase):
                     self.trainer.iter, out["val_total_loss"], time.perf_counter() - start)
         return out
 
-    def _do(self) -> None:
-        out = self.compute()
-        if out:
-            self.trainer.storage.put_scalars(**out, smoothing_hint=False)
-        comm.synchronize()
-
-    def after_step(self) -> None:
-        next_iter = self.trainer.iter + 1
-        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
-            self._do()
-
-    def after_train(self) -> None:
-        if self.trainer.iter + 1 >= self.trainer.max_iter:  # training finished (not crashed)
-            self._do()
-
 
 class PersistentBestCheckpointer(BestCheckpointer):
     """detectron2's ``BestCheckpointer`` (``model_best.pth`` on the best value of a metric) that also
@@ -145,8 +132,6 @@ class TrainingCurves(HookBase):
     def after_train(self) -> None:
         if not comm.is_main_process():
             return
-        from detx.viz.curves import plot_training_curves
-
         metrics = self._dir / "metrics.json"
         if not metrics.is_file():
             return

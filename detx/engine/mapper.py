@@ -20,9 +20,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from detectron2.config import CfgNode, configurable
+from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BoxMode
+from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,10 @@ def box_polygon(bbox_xyxy: list[float] | np.ndarray) -> list[list[float]]:
     return [[x0, y0, x1, y0, x1, y1, x0, y1]]
 
 
-class DetxDatasetMapper:
-    """Map a detx dataset dict to detectron2's model input (``image`` tensor CHW, ``instances``).
-
-    Unlike detectron2's ``DatasetMapper`` it applies :func:`build_albumentations` before the resize,
-    and it can keep annotations without augmenting (``augment=False``), which the validation-loss
-    hook uses.
+class DetxDatasetMapper(DatasetMapper):
+    """detectron2's ``DatasetMapper`` with :func:`build_albumentations` applied before its augmentations (the
+    resize), normal X-rays kept as negatives (with empty masks for Mask R-CNN), and an ``augment=False`` mode
+    that keeps the annotations with only the deterministic test-size resize (the validation loss).
     """
 
     @configurable
@@ -97,12 +96,9 @@ class DetxDatasetMapper:
             box_masks: annotations without a segmentation get their box as polygon mask.
             keep_annotations: defaults to ``is_train``.
         """
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
+                         use_instance_mask=use_instance_mask, instance_mask_format=instance_mask_format)
         self.album = album
-        self.image_format = image_format
-        self.use_instance_mask = use_instance_mask
-        self.instance_mask_format = instance_mask_format
         self.box_masks = box_masks
         self.keep_annotations = is_train if keep_annotations is None else keep_annotations
         self._seeded_pid: int | None = None
@@ -162,7 +158,16 @@ class DetxDatasetMapper:
         if not self.keep_annotations:
             return dataset_dict
 
-        annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in annos]
+        dataset_dict["annotations"] = annos
+        self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
+
+    def _transform_annotations(self, dataset_dict: dict[str, Any], transforms: T.TransformList,
+                               image_shape: tuple[int, int]) -> None:
+        """detectron2's step, except that RLE or transformed bitmask segmentations switch to ``BitMasks`` and an
+        image without annotations gets empty instances (with empty masks when masks are used)."""
+        annos = [utils.transform_instance_annotations(a, transforms, image_shape)
+                 for a in dataset_dict.pop("annotations")]
         mask_format = self.instance_mask_format
         if any(isinstance(a.get("segmentation"), (dict, np.ndarray)) for a in annos):
             mask_format = "bitmask"  # RLE or transformed bitmasks: BitMasks holds every kind
@@ -170,11 +175,8 @@ class DetxDatasetMapper:
         if not annos:  # a normal image: keep it as a negative, with (empty) masks when masks are used
             instances = self._empty_instances(image_shape)
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
-        return dataset_dict
 
     def _empty_instances(self, image_shape: tuple[int, int]):
-        from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
-
         inst = Instances(image_shape)
         inst.gt_boxes = Boxes(torch.zeros((0, 4), dtype=torch.float32))
         inst.gt_classes = torch.zeros((0,), dtype=torch.int64)

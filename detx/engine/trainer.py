@@ -22,14 +22,17 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from detx.engine.datasets import PreparedDatasetError, setup_datasets
+from detx.core.errors import InputError
+from detx.core.prepared import PreparedDatasetError
+from detx.engine.checkpoint import CheckpointError, check_weights_file
+from detx.engine.datasets import setup_datasets
 from detx.engine.hooks import PersistentBestCheckpointer, TrainingCurves, ValidationLoss
 from detx.engine.mapper import DetxDatasetMapper
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(InputError):
     """A configuration that cannot train (the message names the key or file and the fix)."""
 
 
@@ -122,25 +125,21 @@ class Trainer(DefaultTrainer):
 
 def check_weights(cfg: CfgNode, resume: bool = False) -> None:
     """``MODEL.WEIGHTS`` must be empty (random init), a URL (detectron2 downloads and caches it) or a
-    readable local file, unless ``resume`` finds a ``last_checkpoint`` in ``OUTPUT_DIR``."""
+    readable checkpoint file (:func:`detx.engine.checkpoint.check_weights_file`), unless ``resume`` finds a
+    ``last_checkpoint`` in ``OUTPUT_DIR``."""
     if resume and (Path(cfg.OUTPUT_DIR) / "last_checkpoint").is_file():
         return
     weights = str(cfg.MODEL.WEIGHTS)
     if not weights or "://" in weights:
         return
-    path = Path(weights)
-    if not path.is_file():
+    if not Path(weights).is_file():
         raise TrainingSetupError(
             f"MODEL.WEIGHTS {weights} does not exist (a local .pth/.pkl file, a detectron2:// or https:// URL, "
             "or \"\" for random initialization)")
     try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError as e:
-        raise TrainingSetupError(f"MODEL.WEIGHTS {weights} cannot be read: {e}") from e
-    # torch checkpoints are zip archives ("PK") or legacy pickles (0x80); detectron2 .pkl files are pickles
-    if head not in (b"PK",) and head[:1] != b"\x80":
-        raise TrainingSetupError(f"MODEL.WEIGHTS {weights} is not a PyTorch/pickle checkpoint")
+        check_weights_file(weights, "MODEL.WEIGHTS")
+    except CheckpointError as e:
+        raise TrainingSetupError(str(e)) from e
 
 
 def check_datasets(cfg: CfgNode, train: bool = True) -> None:

@@ -22,25 +22,26 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from detx.data.classes import NO_FINDING, no_finding_id
-from detx.data.submission import Predictions, write_submission
-from detx.evaluation.coco import coco_metrics, summary_in_percent
-from detx.evaluation.matching import WHOLE_IMAGE_BOX
+from detx.core.classes import NO_FINDING, no_finding_id
+from detx.core.image_scores import p_abnormal_rule
+from detx.core.predictions import Predictions, no_finding_entry
+from detx.core.prepared import original_size, rescale_boxes
+from detx.core.submission import write_submission
+from detx.evaluation.coco_map import coco_metrics, summary_in_percent
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
-from detx.inference.classifier import p_abnormal_rule
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VinBigDataEvaluator", "ground_truth_from_dataset_dicts"]
 
 
-def _scale(d: dict[str, Any]) -> tuple[float, float]:
-    """(sx, sy) from the dict's pixel frame to original pixels; 1 without orig_width/orig_height."""
-    w, h = d.get("width"), d.get("height")
-    ow, oh = d.get("orig_width"), d.get("orig_height")
-    if not (w and h and ow and oh):
-        return 1.0, 1.0
-    return float(ow) / float(w), float(oh) / float(h)
+def _to_original_frame(boxes: np.ndarray, frame: tuple[Any, Any], d: dict[str, Any]) -> np.ndarray:
+    """Boxes in a dataset dict's pixel frame ``(width, height)`` moved to original pixels; unchanged when the
+    dict records no original size or the frame is unknown."""
+    orig = original_size(d)
+    if orig is None or not (frame[0] and frame[1]):
+        return np.asarray(boxes, np.float64).reshape(-1, 4)
+    return rescale_boxes(boxes, frame, orig)
 
 
 def ground_truth_from_dataset_dicts(
@@ -63,9 +64,7 @@ def ground_truth_from_dataset_dicts(
             [BoxMode.convert(list(a["bbox"]), a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS) for a in anns],
             np.float64,
         ).reshape(-1, 4)
-        sx, sy = _scale(d)
-        boxes *= np.array([sx, sy, sx, sy])
-        gt[key] = (boxes, np.asarray([a["category_id"] for a in anns], np.int64))
+        gt[key] = (_to_original_frame(boxes, (d.get("width"), d.get("height")), d), np.asarray([a["category_id"] for a in anns], np.int64))
     return gt, records
 
 
@@ -127,16 +126,10 @@ class VinBigDataEvaluator(DatasetEvaluator):
         w, h = rec["frame"]
         if w is None or h is None:
             w, h = d.get("width"), d.get("height")
-        ow, oh = d.get("orig_width"), d.get("orig_height")
-        boxes = rec["boxes"].copy()
-        if w and h and ow and oh:
-            boxes *= np.array([ow / w, oh / h, ow / w, oh / h], np.float64)
-        pred = Predictions(boxes, rec["scores"], rec["classes"])
+        pred = Predictions(_to_original_frame(rec["boxes"], (w, h), d), rec["scores"], rec["classes"])
         if self._include_no_finding:
             p_none = 1.0 - p_abnormal_rule(rec["scores"], self._abnormal_rule)
-            pred = Predictions.concatenate(
-                [pred, Predictions([WHOLE_IMAGE_BOX], [p_none], [self._no_finding])]
-            )
+            pred = Predictions.concatenate([pred, no_finding_entry(p_none, self._no_finding)])
         return pred
 
     def evaluate(self) -> dict[str, dict[str, float]]:

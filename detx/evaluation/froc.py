@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from detx.data.submission import Predictions
-from detx.evaluation.matching import GroundTruth, flatten_ground_truth, flatten_predictions, match_detections
+from detx.core.predictions import GroundTruth, Predictions
+from detx.evaluation.matching import flatten_ground_truth, flatten_predictions, match_detections
 
 __all__ = ["FROC_FP_RATES", "froc", "froc_curve"]
 

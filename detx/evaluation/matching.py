@@ -16,13 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detx.data.submission import Predictions
-from detx.utils.boxes import paired_iou
-
-# image_id -> (boxes (M, 4) xyxy original pixels, classes (M,)), finding boxes only.
-GroundTruth = Mapping[str, tuple[np.ndarray, np.ndarray]]
-
-WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
+from detx.core.boxes import paired_iou
+from detx.core.predictions import WHOLE_IMAGE_BOX, GroundTruth, Predictions
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from detx.data.submission import Predictions
-from detx.evaluation.matching import GroundTruth, flatten_ground_truth, flatten_predictions, match_detections
+from detx.core.predictions import GroundTruth, Predictions
+from detx.evaluation.matching import flatten_ground_truth, flatten_predictions, match_detections
 
 __all__ = ["voc_ap", "vinbigdata_map", "map_key"]
 

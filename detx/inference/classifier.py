@@ -15,39 +15,18 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from detx.data.submission import Predictions
+from detx.core.errors import InputError
+from detx.core.image_scores import RULES, class_max_scores, p_abnormal_rule
+from detx.core.predictions import Predictions
+from detx.evaluation.image_level import choose_threshold
 
 logger = logging.getLogger(__name__)
 
-RULES = ("max", "noisy-or")
 COUNT_THRESHOLDS = (0.1, 0.3, 0.5)
 CLASSIFIER_FORMAT_VERSION = 1
-
-
-def p_abnormal_rule(scores: np.ndarray, rule: str = "max") -> float:
-    """P(abnormal) of one image from the confidences of its finding detections.
-
-    Args:
-        scores: confidences in [0, 1] of the image's finding boxes (any length, empty for none).
-        rule: ``"max"`` (the highest confidence) or ``"noisy-or"`` (1 - prod(1 - s), each box an
-            independent chance that the image is abnormal).
-
-    Returns:
-        A probability in [0, 1]; 0 for an image with no detections.
-    """
-    s = np.clip(np.asarray(scores, dtype=np.float64).ravel(), 0.0, 1.0)
-    if s.size == 0:
-        return 0.0
-    if rule == "max":
-        return float(s.max())
-    if rule == "noisy-or":
-        return float(1.0 - np.exp(np.sum(np.log1p(-np.minimum(s, 1.0 - 1e-12)))))
-    raise ValueError(f"unknown image-level rule {rule!r}; expected one of {RULES}")
 
 
 # ----------------------------------------------------------------------------------------- features
@@ -59,14 +38,6 @@ def feature_names(num_classes: int) -> list[str]:
     names += [f"log1p_count_ge_{t:g}" for t in COUNT_THRESHOLDS]
     names += ["classes_ge_0.3"]
     return names
-
-
-def class_max_scores(pred: Predictions, num_classes: int) -> np.ndarray:
-    """(num_classes,) highest confidence per finding class (0 where the class has no box)."""
-    out = np.zeros(num_classes, dtype=np.float64)
-    keep = (pred.classes >= 0) & (pred.classes < num_classes)
-    np.maximum.at(out, pred.classes[keep], np.clip(pred.scores[keep], 0.0, 1.0))
-    return out
 
 
 def image_features(preds: Sequence[Predictions], num_classes: int) -> np.ndarray:
@@ -84,35 +55,6 @@ def image_features(preds: Sequence[Predictions], num_classes: int) -> np.ndarray
             [np.count_nonzero(per_class >= 0.3)],
         ]))
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(feature_names(num_classes)))
-
-
-# ----------------------------------------------------------------------------------------- threshold
-
-def choose_threshold(labels: np.ndarray, p: np.ndarray, method: str = "youden",
-                     target_sensitivity: float = 0.9) -> float:
-    """Operating threshold on P(abnormal); an image is abnormal when ``p >= threshold``.
-
-    Args:
-        labels: (N,) 0/1 ground truth (1 = abnormal); both classes must occur.
-        p: (N,) P(abnormal).
-        method: ``"youden"`` (maximize sensitivity + specificity - 1) or ``"sensitivity"`` (the highest
-            threshold whose sensitivity reaches ``target_sensitivity``: the most specific such point).
-    """
-    from sklearn.metrics import roc_curve
-
-    labels = np.asarray(labels).astype(int)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("choosing a threshold needs both normal and abnormal images")
-    fpr, tpr, thr = roc_curve(labels, p)
-    thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf (nothing positive)
-    if method == "youden":
-        return float(thr[int(np.argmax(tpr - fpr))])
-    if method == "sensitivity":
-        if not 0.0 < target_sensitivity <= 1.0:
-            raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
-        ok = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
-        return float(thr[ok[0]])
-    raise ValueError(f"unknown threshold method {method!r}; expected 'youden' or 'sensitivity'")
 
 
 # ----------------------------------------------------------------------------------------- classifier
@@ -143,14 +85,14 @@ class ImageClassifier:
 
     def __post_init__(self) -> None:
         if self.kind not in (*RULES, "logistic"):
-            raise ValueError(f"unknown classifier kind {self.kind!r}; expected one of {(*RULES, 'logistic')}")
+            raise InputError(f"unknown classifier kind {self.kind!r}; expected one of {(*RULES, 'logistic')}")
         if self.kind == "logistic":
             n = len(feature_names(self.num_classes))
             if not len(self.mean) == len(self.scale) == len(self.coef) == n:
-                raise ValueError(f"a logistic classifier for {self.num_classes} classes needs {n} mean/scale/coef "
+                raise InputError(f"a logistic classifier for {self.num_classes} classes needs {n} mean/scale/coef "
                                  f"values, got {len(self.mean)}/{len(self.scale)}/{len(self.coef)}")
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"classifier threshold {self.threshold} outside [0, 1]")
+            raise InputError(f"classifier threshold {self.threshold} outside [0, 1]")
 
     def predict_from_features(self, x: np.ndarray) -> np.ndarray:
         """P(abnormal) of feature rows (logistic) ."""
@@ -176,18 +118,18 @@ class ImageClassifier:
         d = dict(d)
         version = d.pop("version", CLASSIFIER_FORMAT_VERSION)
         if version != CLASSIFIER_FORMAT_VERSION:
-            raise ValueError(f"classifier format version {version} is not {CLASSIFIER_FORMAT_VERSION}")
+            raise InputError(f"classifier format version {version} is not {CLASSIFIER_FORMAT_VERSION}")
         names = d.pop("feature_names", [])
         if d.get("kind") == "logistic" and names != feature_names(int(d.get("num_classes", 14))):
-            raise ValueError("classifier features differ from this version's image_features")
+            raise InputError("classifier features differ from this version's image_features")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown classifier fields {unknown}")
+            raise InputError(f"unknown classifier fields {unknown}")
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
-        from detx.utils.io import write_json
+        from detx.core.io import write_json
 
         write_json(path, self.to_dict(), indent=2)
 
@@ -197,11 +139,11 @@ class ImageClassifier:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read classifier {path}: {e}") from e
+            raise InputError(f"cannot read classifier {path}: {e}") from e
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from e
+            raise InputError(f"{path}: {e}") from e
 
 
 def fit_classifier(
@@ -229,9 +171,9 @@ def fit_classifier(
 
     labels = np.asarray(labels).astype(int).ravel()
     if len(labels) != len(preds):
-        raise ValueError(f"{len(preds)} images but {len(labels)} labels")
+        raise InputError(f"{len(preds)} images but {len(labels)} labels")
     if len(np.unique(labels)) < 2:
-        raise ValueError("fitting the image-level classifier needs both normal and abnormal images")
+        raise InputError("fitting the image-level classifier needs both normal and abnormal images")
     clf = ImageClassifier(kind=kind, num_classes=num_classes) if kind in RULES else None
     if kind == "logistic":
         x = image_features(preds, num_classes)
@@ -242,7 +184,7 @@ def fit_classifier(
         clf = ImageClassifier(kind="logistic", num_classes=num_classes, mean=scaler.mean_.tolist(),
                               scale=scale.tolist(), coef=lr.coef_.ravel().tolist(), intercept=float(lr.intercept_[0]))
     elif clf is None:
-        raise ValueError(f"unknown classifier kind {kind!r}")
+        raise InputError(f"unknown classifier kind {kind!r}")
     p = clf.predict_proba(preds)
     clf.threshold = choose_threshold(labels, p, threshold_method, target_sensitivity)
     clf.threshold_method = threshold_method
@@ -261,23 +203,23 @@ def read_probability_csv(path: str | os.PathLike, image_ids: Sequence[str] | Non
     try:
         df = pd.read_csv(path, dtype={"image_id": str})
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read classifier CSV {path}: {e}") from e
+        raise InputError(f"cannot read classifier CSV {path}: {e}") from e
     for col in ("image_id", "p_abnormal"):
         if col not in df.columns:
-            raise ValueError(f"{path}: no {col!r} column (columns: {list(df.columns)})")
+            raise InputError(f"{path}: no {col!r} column (columns: {list(df.columns)})")
     p = pd.to_numeric(df["p_abnormal"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(p) | (p < 0) | (p > 1)
     if bad.any():
         rows = [f"{df['image_id'].iloc[i]}={df['p_abnormal'].iloc[i]}" for i in np.flatnonzero(bad)[:5]]
-        raise ValueError(f"{path}: {bad.sum()} p_abnormal value(s) not a number in [0, 1]: {', '.join(rows)}")
+        raise InputError(f"{path}: {bad.sum()} p_abnormal value(s) not a number in [0, 1]: {', '.join(rows)}")
     dup = df["image_id"][df["image_id"].duplicated()].tolist()
     if dup:
-        raise ValueError(f"{path}: duplicate image_id(s) {dup[:5]}")
+        raise InputError(f"{path}: duplicate image_id(s) {dup[:5]}")
     out = dict(zip(df["image_id"].astype(str), p.tolist()))
     if image_ids is not None:
         missing = [i for i in image_ids if i not in out]
         if missing:
-            raise ValueError(f"{path}: no probability for {len(missing)} image(s), e.g. {missing[:5]}")
+            raise InputError(f"{path}: no probability for {len(missing)} image(s), e.g. {missing[:5]}")
     return out
 
 
@@ -297,13 +239,11 @@ def apply_nofinding_filter(pred: Predictions, p_abnormal: float, no_finding_id: 
     Any no-finding entry already in ``pred`` is replaced. ``low = high = 0`` (the default) only adds the
     class entry.
     """
-    from detx.data.submission import Predictions
-
     high = low if high is None else high
     if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(f"2-class filter thresholds need 0 <= low <= high <= 1, got low={low}, high={high}")
+        raise InputError(f"2-class filter thresholds need 0 <= low <= high <= 1, got low={low}, high={high}")
     if not 0.0 <= p_abnormal <= 1.0:
-        raise ValueError(f"P(abnormal) {p_abnormal} outside [0, 1]")
+        raise InputError(f"P(abnormal) {p_abnormal} outside [0, 1]")
     whole = np.array([[0.0, 0.0, 1.0, 1.0]])
     if p_abnormal < low:
         return Predictions(whole, [1.0], [no_finding_id])
@@ -311,51 +251,3 @@ def apply_nofinding_filter(pred: Predictions, p_abnormal: float, no_finding_id: 
     scores = finding.scores * p_abnormal if p_abnormal < high else finding.scores
     return Predictions(np.concatenate([finding.boxes, whole]), np.r_[scores, 1.0 - p_abnormal],
                        np.r_[finding.classes, no_finding_id])
-
-
-# ----------------------------------------------------------------------------------------- from files
-
-def fit_from_files(
-    pred_path: str | os.PathLike,
-    gt_path: str | os.PathLike,
-    kind: str = "logistic",
-    threshold_method: str = "youden",
-    target_sensitivity: float = 0.9,
-    gt_fusion: str = "wbf",
-    strict: bool = False,
-    c: float = 1.0,
-) -> tuple[ImageClassifier, dict]:
-    """Fit the image-level classifier on an (out-of-fold) submission against ground truth.
-
-    Args:
-        pred_path: submission CSV of the images (fit on one written without the 2-class filter: its
-            class ``len(classes)`` entries are ignored, its boxes are the features).
-        gt_path: a reader CSV (readers fused with ``gt_fusion``; an image is abnormal when the fused
-            ground truth has a finding box, i.e. when any reader drew one) or a prepared COCO JSON.
-        kind, threshold_method, target_sensitivity, c: see :func:`fit_classifier`.
-        strict: stop at the first bad submission entry or missing image (else skip with a warning).
-
-    Returns:
-        The classifier (its ``metrics`` filled) and a report: ``{"num_images", "classes", "fitted":
-        image-level metrics of the classifier at its threshold, "max_rule": those of the ``max`` rule at its
-        Youden threshold}`` (metrics of :func:`detx.evaluation.classification.image_level_metrics`, on the
-        fitting data: optimistic for the logistic model).
-    """
-    from detx.data.submission import read_submission
-    from detx.evaluation.classification import image_level_metrics
-    from detx.evaluation.report import load_ground_truth
-
-    gts = load_ground_truth(gt_path, fusion=gt_fusion, strict=strict)
-    num_classes = len(gts.classes)
-    ids = list(gts.gt)
-    sub = read_submission(pred_path, strict=strict, num_classes=num_classes + 1, image_ids=ids)
-    preds = [sub[i] for i in ids]
-    labels = np.array([int(len(gts.gt[i][0]) > 0) for i in ids])
-    clf = fit_classifier(preds, labels, num_classes, kind, threshold_method, target_sensitivity, c)
-    fitted = image_level_metrics(labels, clf.predict_proba(preds), clf.threshold)
-    rule = image_level_metrics(labels, ImageClassifier("max", num_classes).predict_proba(preds))
-    keys = ("auc", "threshold", "f1", "sensitivity", "specificity", "accuracy")
-    clf.metrics = {k: fitted[k] for k in keys} | {"num_images": len(ids), "num_abnormal": int(labels.sum())}
-    report = {"num_images": len(ids), "classes": list(gts.classes), "fitted": fitted, "max_rule": rule,
-              "submission_problems": len(sub.problems)}
-    return clf, report

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 import numba
 import numpy as np
 
+from detx.core.predictions import Predictions
+
 logger = logging.getLogger(__name__)
 
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
@@ -288,8 +290,6 @@ def ensemble_predictions(
     Returns:
         ``{image_id: Predictions}`` for every image of ``image_sizes``, boxes in original pixels.
     """
-    from detx.data.submission import Predictions
-
     ids = list(image_sizes)
     index = {image_id: i for i, image_id in enumerate(ids)}
     wh = np.array([image_sizes[i] for i in ids], dtype=np.float64).reshape(-1, 2)

@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 
-from detx.data.dicom import DICOM_SUFFIXES
-from detx.data.submission import Predictions
+from detx.core.errors import InputError, StrictModeError
+from detx.core.predictions import Predictions
+from detx.core.prepared import PreparedDatasetError, load_prepared_coco, read_meta_sizes
+from detx.data.dicom import find_dicoms, load_dicom_image
+from detx.engine.checkpoint import check_checkpoint
 from detx.inference.tta import TTAView, hflip_boxes, hflip_image
 
 logger = logging.getLogger(__name__)
@@ -35,16 +38,12 @@ logger = logging.getLogger(__name__)
 PNG_SUFFIXES = (".png",)
 
 
-class PredictionInputError(ValueError):
+class PredictionInputError(InputError):
     """An input (folder, JSON, image) that prediction cannot use; the message names it."""
 
 
-class UnreadableImageError(PredictionInputError):
+class UnreadableImageError(StrictModeError, PredictionInputError):
     """An image that cannot be decoded, in strict mode (lenient mode writes it as no finding)."""
-
-
-class CheckpointError(ValueError):
-    """A weights file that does not fit the config (missing, another class count, other shapes)."""
 
 
 @dataclass
@@ -76,36 +75,7 @@ class InputSet:
     dataset: str | None = None
     gt: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     png_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-
-def _is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    if path.suffix:  # extension-less files may be DICOM: check the "DICM" magic at byte 128
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _read_meta(folder: Path) -> dict[str, tuple[int, int, int, int]]:
-    """meta.csv beside (or inside) a PNG folder: image_id -> (orig_w, orig_h, png_w, png_h)."""
-    import pandas as pd
-
-    for meta in (folder / "meta.csv", folder.parent / "meta.csv"):
-        if meta.is_file():
-            df = pd.read_csv(meta, dtype={"image_id": str})
-            need = {"image_id", "orig_width", "orig_height"}
-            if not need <= set(df.columns):
-                raise PredictionInputError(f"{meta}: needs the columns {sorted(need)}, has {list(df.columns)}")
-            w = df["width"] if "width" in df else pd.Series([-1] * len(df))
-            h = df["height"] if "height" in df else pd.Series([-1] * len(df))
-            return {str(i): (int(ow), int(oh), int(pw), int(ph))
-                    for i, ow, oh, pw, ph in zip(df["image_id"], df["orig_width"], df["orig_height"], w, h)}
-    return {}
+    size: int | None = None  # the image size a prepared JSON was prepared at
 
 
 def collect_inputs(path: str | os.PathLike) -> InputSet:
@@ -120,8 +90,6 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise PredictionInputError(f"input {path}: expected a prepared COCO .json, a DICOM folder or a PNG folder")
-        from detx.data.coco import load_prepared_coco
-
         try:
             coco = load_prepared_coco(path)
         except (ValueError, KeyError) as e:
@@ -132,15 +100,21 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
             raise PredictionInputError(f"input {path} lists no images")
         has_gt = any(len(b) for b, _ in coco.gt.values())  # every JSON annotation is a box in coco.gt
         return InputSet(images, path, coco.classes, coco.info.get("dataset"), coco.gt if has_gt else None,
-                        {uid: (int(im["width"]), int(im["height"])) for uid, im in coco.images.items()})
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    dicoms = [p for p in files if _is_dicom_file(p)]
+                        {uid: (int(im["width"]), int(im["height"])) for uid, im in coco.images.items()}, coco.size)
+    dicoms, duplicates = find_dicoms(path)
+    for image_id, kept, dup in duplicates:
+        logger.warning("two DICOM files for image %s: %s and %s; predicting the first", image_id, kept, dup)
     if dicoms:
-        return InputSet([InputImage(_image_id(p), p, "dicom") for p in dicoms], path)
-    pngs = [p for p in files if p.suffix.lower() in PNG_SUFFIXES]
+        return InputSet([InputImage(i, p, "dicom") for i, p in sorted(dicoms.items())], path)
+    pngs = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in PNG_SUFFIXES)
     if not pngs:
-        raise PredictionInputError(f"input folder {path} holds no DICOM (*.dicom, *.dcm, extension-less) or PNG images")
-    meta = _read_meta(path)
+        raise PredictionInputError(f"input folder {path} holds no DICOM (*.dicom, *.dcm, or files with the DICM "
+                                   "marker, searched recursively) or PNG images")
+    try:
+        meta = read_meta_sizes(path)
+    except PreparedDatasetError as e:
+        raise PredictionInputError(str(e)) from e
     images = []
     for p in pngs:
         m = meta.get(p.stem)
@@ -151,10 +125,6 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
             logger.warning("%d PNG(s) not in meta.csv, their own size is taken as original: %s", len(missing),
                            missing[:5])
     return InputSet(images, path)
-
-
-def _image_id(path: Path) -> str:
-    return path.stem if path.suffix.lower() in DICOM_SUFFIXES else path.name
 
 
 def to_model_format(gray_or_rgb: np.ndarray, fmt: str) -> np.ndarray:
@@ -179,8 +149,6 @@ def load_image(record: InputImage, fmt: str, dicom_size: int) -> LoadedImage:
     """Decode one input image (never raises: a failure is returned as ``error``)."""
     try:
         if record.kind == "dicom":
-            from detx.data.dicom import load_dicom_image
-
             gray, orig_w, orig_h = load_dicom_image(record.path, dicom_size)
             return LoadedImage(record, to_model_format(gray, fmt), (orig_w, orig_h))
         from detectron2.data.detection_utils import read_image
@@ -213,38 +181,6 @@ def iter_batches(records: Sequence[InputImage], fmt: str, dicom_size: int, batch
 
 
 # ----------------------------------------------------------------------------------------- model
-
-def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classes: int) -> None:
-    """Fail early on weights that cannot be this model's: missing file, another class count, other shapes.
-
-    detectron2's checkpointer only warns on shape mismatches and leaves those layers random.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    if path.suffix == ".pkl":  # model-zoo (Caffe2-named) weights: detectron2 converts and checks them
-        return
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling error means an unusable file
-        raise CheckpointError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"weights file {path} holds no model state dict")
-    cls_key = "roi_heads.box_predictor.cls_score.weight"
-    if cls_key in state and tuple(state[cls_key].shape)[0] != num_classes + 1:
-        raise CheckpointError(
-            f"weights file {path} was trained for {tuple(state[cls_key].shape)[0] - 1} classes but the config has "
-            f"MODEL.ROI_HEADS.NUM_CLASSES {num_classes}")
-    own = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        raise CheckpointError(f"weights file {path} does not fit the config's model: {len(wrong)} shape "
-                              f"mismatch(es), e.g. {wrong[:3]}")
-    if not any(k in own for k in state):
-        raise CheckpointError(f"weights file {path} shares no parameter name with the config's model")
-
 
 class BatchedPredictor:
     """One checkpoint of a config, predicting several images per forward pass.
@@ -330,14 +266,14 @@ class PredictionCache:
             d = Path(root) / hashlib.sha1(key.encode()).hexdigest()[:16]
             d.mkdir(parents=True, exist_ok=True)
             if not (d / "key.txt").exists():
-                from detx.utils.io import atomic_write_text
+                from detx.core.io import atomic_write_text
 
                 atomic_write_text(d / "key.txt", key)
             self.dirs.append(d)
 
     def save(self, k: int, image_ids: Sequence[str], preds: Sequence[Predictions],
              orig_sizes: Sequence[tuple[int, int]]) -> None:
-        from detx.utils.io import atomic_path
+        from detx.core.io import atomic_path
 
         counts = np.array([len(p) for p in preds], dtype=np.int64)
         name = f"{image_ids[0].replace('/', '_')}_{len(image_ids)}.npz"
@@ -413,12 +349,12 @@ def predict_all(
     from tqdm import tqdm
 
     if not predictors:
-        raise ValueError("no model to predict with")
+        raise InputError("no model to predict with")
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     weights = list(model_weights) if model_weights is not None else [1.0] * len(predictors)
     if len(weights) != len(predictors):
-        raise ValueError(f"{len(weights)} model weights for {len(predictors)} models")
+        raise InputError(f"{len(weights)} model weights for {len(predictors)} models")
     views = list(views) if views else [TTAView()]
     fmt = predictors[0].input_format
     pairs = [(m, v) for m in range(len(predictors)) for v in views]

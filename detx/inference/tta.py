@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from detx.core.errors import InputError
+
 TTA_CHOICES = ("none", "hflip", "scale=<MIN_SIZE>")
 
 
@@ -55,13 +57,13 @@ def parse_tta(spec: Sequence[str] | str | None) -> list[TTAView]:
             try:
                 size = int(t.split("=", 1)[1])
             except ValueError:
-                raise ValueError(f"bad TTA scale {t!r}: expected scale=<integer shortest edge>") from None
+                raise InputError(f"bad TTA scale {t!r}: expected scale=<integer shortest edge>") from None
             if size <= 0:
-                raise ValueError(f"bad TTA scale {t!r}: the size must be positive")
+                raise InputError(f"bad TTA scale {t!r}: the size must be positive")
             if size not in sizes:
                 sizes.append(size)
         else:
-            raise ValueError(f"unknown TTA {t!r}; expected one of {TTA_CHOICES}")
+            raise InputError(f"unknown TTA {t!r}; expected one of {TTA_CHOICES}")
     return [TTAView(flip, size) for flip in ([False, True] if hflip else [False]) for size in sizes]
 
 

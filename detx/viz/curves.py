@@ -53,7 +53,7 @@ def plot_training_curves(metrics_json: str | os.PathLike, out_png: str | os.Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from detx.utils.io import save_figure
+    from detx.core.io import save_figure
 
     rows = read_metrics(metrics_json)
     curves = {k: series(rows, k) for k in (loss_key, val_loss_key, *metric_keys)}

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from detx.utils.io import save_figure  # noqa: E402
+from detx.core.io import save_figure  # noqa: E402
 
 
 def plot_eda(summary: dict, path: str | os.PathLike) -> Path:

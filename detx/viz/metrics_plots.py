@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from detx.utils.io import save_figure  # noqa: E402
+from detx.core.io import save_figure  # noqa: E402
 
 __all__ = ["plot_pr_curves", "plot_froc", "plot_roc", "plot_evaluation"]
 
@@ -92,7 +92,7 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, th
 
 
 def plot_evaluation(curves: Mapping, out_dir: str | os.PathLike, iou_thr: float = 0.4) -> list[Path]:
-    """The three plots of a :class:`detx.evaluation.report.EvaluationResult`'s ``curves`` into ``out_dir``."""
+    """The three plots of a :class:`detx.workflows.evaluate.EvaluationResult`'s ``curves`` into ``out_dir``."""
     out_dir = Path(out_dir)
     paths = [plot_pr_curves(curves["pr"], curves["ap"], out_dir / "pr_curves.png", iou_thr)]
     fppi, sens, rates, at = curves["froc"]

@@ -1,22 +1,20 @@
 """Box overlays on X-rays: predictions (one colour per class, with confidences) and ground truth.
 
 Boxes come in original DICOM pixels and are drawn on the image as prediction reads it (the prepared
-PNG or the decoded DICOM), scaled per axis by ``image size / original size``. Ground truth is drawn
+PNG or the decoded DICOM), moved to its frame by :func:`detx.core.prepared.rescale_boxes`. Ground truth is drawn
 white and dashed, predictions solid in their class colour.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from detx.data.submission import Predictions
-from detx.utils.io import write_png
+from detx.core.predictions import Predictions
+from detx.core.prepared import rescale_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +67,11 @@ def draw_overlay(
         f = int(np.ceil(min_side / max(h, w)))
         img = cv2.resize(img, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
         h, w = img.shape[:2]
-    sx, sy = w / float(orig_size[0]), h / float(orig_size[1])
-    scale = np.array([sx, sy, sx, sy])
     thick = max(1, round(max(h, w) / 400))
     font = max(0.35, max(h, w) / 1600)
     colors = class_colors(len(classes))
     if gt is not None:
-        for box, c in zip(np.asarray(gt[0]).reshape(-1, 4) * scale, np.asarray(gt[1]).ravel()):
+        for box, c in zip(rescale_boxes(gt[0], orig_size, (w, h)), np.asarray(gt[1]).ravel()):
             x0, y0, x1, y1 = (int(round(v)) for v in box)
             _dashed_rect(img, (x0, y0), (x1, y1), (255, 255, 255), thick)
             cv2.putText(img, f"GT {classes[int(c)]}", (x0, min(h - 3, y1 + int(14 * font * 2))),
@@ -83,49 +79,11 @@ def draw_overlay(
     if pred is not None:
         keep = (pred.classes >= 0) & (pred.classes < len(classes)) & (pred.scores >= score_thr)
         order = np.argsort(pred.scores[keep])  # highest confidence drawn last (on top)
-        for box, s, c in zip((pred.boxes[keep] * scale)[order], pred.scores[keep][order], pred.classes[keep][order]):
+        boxes = rescale_boxes(pred.boxes[keep], orig_size, (w, h))
+        for box, s, c in zip(boxes[order], pred.scores[keep][order], pred.classes[keep][order]):
             x0, y0, x1, y1 = (int(round(v)) for v in box)
             color = colors[int(c)]
             cv2.rectangle(img, (x0, y0), (x1, y1), color, thick, cv2.LINE_AA)
             cv2.putText(img, f"{classes[int(c)]} {s:.2f}", (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, font,
                         color, 1, cv2.LINE_AA)
     return img
-
-
-def write_overlays(
-    out_dir: str | os.PathLike,
-    inputs,
-    preds: Mapping[str, Predictions],
-    classes: Sequence[str],
-    failed: Mapping[str, str] | None = None,
-    num: int = 16,
-    score_thr: float = 0.3,
-    dicom_size: int = 1024,
-) -> list[Path]:
-    """Overlays ``<out_dir>/<image_id>.png`` for ``num`` images spread evenly over the input.
-
-    Args:
-        inputs: a :class:`detx.inference.predictor.InputSet` (its ground truth is drawn when present).
-        preds: image_id -> detections in original pixels.
-    """
-    from detx.inference.predictor import load_image
-
-    failed = failed or {}
-    records = [r for r in inputs.images if r.image_id not in failed and r.image_id in preds]
-    if num <= 0 or not records:
-        return []
-    pick = np.unique(np.linspace(0, len(records) - 1, min(num, len(records))).round().astype(int))
-    out_dir = Path(out_dir)
-    written = []
-    for k in pick:
-        rec = records[int(k)]
-        loaded = load_image(rec, "BGR", dicom_size)
-        if loaded.error is not None:
-            logger.warning("overlay of %s skipped: %s", rec.image_id, loaded.error)
-            continue
-        gt = inputs.gt.get(rec.image_id) if inputs.gt is not None else None
-        img = draw_overlay(loaded.image, preds[rec.image_id], classes, loaded.orig_size, gt, score_thr)
-        path = out_dir / f"{rec.image_id.replace('/', '_')}.png"
-        write_png(path, img)
-        written.append(path)
-    return written

@@ -19,8 +19,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detx.data.submission import Predictions
-from detx.evaluation.matching import GroundTruth, flatten_ground_truth, flatten_predictions
+from detx.core.predictions import GroundTruth, Predictions
+from detx.evaluation.matching import flatten_ground_truth, flatten_predictions
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Synthetic X-ray datasets written in the exact layouts of the real ones (VinBigData Kaggle, VinDr-SpineXR).
 
-The images are drawn by :mod:`detx.data.synthetic_draw` (a chest or a lateral lumbar spine with lesions of
+The images are drawn by :mod:`detx.synthetic.draw` (a chest or a lateral lumbar spine with lesions of
 distinct shape in anatomical places); this module turns them into real DICOM files (varied bit depths,
 MONOCHROME1/2, VOI window and rescale tags), simulates the readers' boxes and writes the CSVs.
 
@@ -14,7 +14,7 @@ Layouts (``OUT`` is ``--out``):
   rad_id, lesion_type, xmin, ymin, xmax, ymax), ``train_images/<image_id>.dicom``,
   ``test_images/<image_id>.dicom``.
 
-CLI: ``python -m detx.data.synthetic --out DIR --dataset vindr-cxr --n-train 100 --n-test 20 --seed 0``.
+CLI: ``python -m detx.synthetic --out DIR --dataset vindr-cxr --n-train 100 --n-test 20 --seed 0``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from detx.data.classes import NO_FINDING, SPINEXR_CLASSES, VINDR_CXR_CLASSES, no_finding_id
-from detx.data.synthetic_draw import draw_chest, draw_spine
-from detx.utils.io import atomic_path, atomic_write_text
+from detx.core.classes import NO_FINDING, SPINEXR_CLASSES, VINDR_CXR_CLASSES, no_finding_id
+from detx.core.io import atomic_path, atomic_write_text
+from detx.synthetic.draw import draw_chest, draw_spine
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ def _write_tables(out: Path, dataset: str, rows: dict[str, list[dict[str, Any]]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m detx.data.synthetic",
+        prog="python -m detx.synthetic",
         description="Write a synthetic X-ray dataset (DICOM + reader CSVs) in the VinBigData or VinDr-SpineXR layout.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--dataset", default="vindr-cxr", help="vindr-cxr (Kaggle layout) or spinexr")

@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detx.data.classes import DATASET_CLASSES, NO_FINDING
-from detx.data.coco import build_coco, write_coco
+from detx.core.classes import DATASET_CLASSES, NO_FINDING
+from detx.core.errors import InputError
+from detx.core.io import atomic_write_text, write_json
+from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms, find_dicoms
 from detx.data.folds import assign_folds
 from detx.data.fusion import FUSION_METHODS, fuse_readers, image_labels
@@ -42,7 +44,6 @@ from detx.data.readers import (
     read_reader_csv,
     sniff_format,
 )
-from detx.utils.io import atomic_write_text, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +179,13 @@ def prepare_dataset(
         progress: tqdm bars.
     """
     if dataset not in DATASET_FORMATS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_FORMATS)}")
+        raise InputError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_FORMATS)}")
     if fusion not in FUSION_METHODS:
-        raise ValueError(f"unknown fusion method {fusion!r}; expected one of {FUSION_METHODS}")
+        raise InputError(f"unknown fusion method {fusion!r}; expected one of {FUSION_METHODS}")
     if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        raise InputError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if size is not None and size < 1:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InputError(f"size must be positive, got {size}")
     out = Path(out)
     dicom_dir = Path(dicom_dir)
     log = ProblemLog(strict)
@@ -200,7 +201,7 @@ def prepare_dataset(
         csv = Path(csv)
         fmt = sniff_format(csv) if fmt == "auto" else fmt
         if fmt not in DATASET_FORMATS[dataset]:
-            raise ValueError(f"{csv}: a {fmt!r} annotation file cannot be prepared as {dataset!r} "
+            raise InputError(f"{csv}: a {fmt!r} annotation file cannot be prepared as {dataset!r} "
                              f"(expected {' or '.join(DATASET_FORMATS[dataset])})")
         if fmt == "physionet" and image_labels_csv is None:
             image_labels_csv = _find_image_labels(csv)

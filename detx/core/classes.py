@@ -8,6 +8,8 @@ submission with the whole-image box ``0 0 1 1``.
 
 from __future__ import annotations
 
+from detx.core.errors import InputError
+
 NO_FINDING = "No finding"
 
 # Kaggle VinBigData challenge, class_id 0-13 (train.csv); 14 = No finding.
@@ -94,7 +96,7 @@ def classes_for(dataset: str) -> tuple[str, ...]:
     try:
         return DATASET_CLASSES[dataset]
     except KeyError:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_CLASSES)}") from None
+        raise InputError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_CLASSES)}") from None
 
 
 def no_finding_id(classes: tuple[str, ...] | list[str]) -> int:

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from detx.utils.io import atomic_write_text, save_figure  # noqa: E402
+from detx.core.io import atomic_write_text, save_figure  # noqa: E402
 
 NUMBER_LABELS = {
     "mAP40": "challenge mAP@0.4 (VOC, held-out fold)",

@@ -3,7 +3,7 @@
 Images are float32 "brightness" maps (0 = air/black, about 0.6 = soft tissue, 1 = metal), drawn with
 vectorized numpy and OpenCV at the requested size. Each lesion has a class-specific shape, texture and
 anatomical place and returns its box ``(x0, y0, x1, y1)`` in pixel-edge coordinates of the image
-(``0 <= x0 < x1 <= width``). :mod:`detx.data.synthetic` turns the maps into DICOM files.
+(``0 <= x0 < x1 <= width``). :mod:`detx.synthetic.generator` turns the maps into DICOM files.
 
 Anatomy is laid out in a normalized frame: for the chest ``nx`` runs across the thorax (0 = the patient's
 right chest wall, shown on the image's left) and ``ny`` from the lung apices (about 0.07) to the

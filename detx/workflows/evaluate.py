@@ -1,52 +1,37 @@
-"""Evaluation of a submission against ground truth files: every metric, the printed table, the JSON.
+"""``tools/evaluate.py``'s whole job: a submission against ground truth files, every metric, the table, the JSON.
 
-Ground truth comes from a reader CSV (any supported format, readers fused per image and class with
-:func:`detx.data.fusion.fuse_readers`) or a prepared COCO JSON (:func:`detx.data.coco.load_prepared_coco`,
-boxes in original pixels). An image is abnormal when it has a finding box after fusion (the "any reader"
-rule of :func:`detx.data.fusion.image_labels`), and has class k when it has a box of class k. The image-level
-score is P(abnormal) = 1 - the submission's No-finding confidence, or its highest finding confidence
-when it has no No-finding entry.
+Ground truth comes from :func:`detx.evaluation.ground_truth.load_ground_truth` (a reader CSV fused per image
+and class, or a prepared COCO JSON, boxes in original pixels). The image-level score is P(abnormal) = 1 - the
+submission's No-finding confidence, or its highest finding confidence when it has no No-finding entry
+(:func:`detx.core.image_scores.image_scores_from_predictions`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tabulate import tabulate
 
-from detx.data.classes import NO_FINDING, no_finding_id
-from detx.data.coco import load_prepared_coco
-from detx.data.fusion import fuse_readers
-from detx.data.readers import read_reader_csv
-from detx.data.submission import Predictions, read_submission
-from detx.evaluation.classification import image_level_metrics, image_scores_from_predictions, per_class_auc
-from detx.evaluation.coco import SUMMARY_KEYS, coco_metrics
+from detx.core.classes import NO_FINDING, no_finding_id
+from detx.core.image_scores import class_max_scores, image_scores_from_predictions
+from detx.core.predictions import Predictions
+from detx.core.submission import read_submission
+from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
 from detx.evaluation.froc import froc
+from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
+from detx.evaluation.image_level import image_level_metrics, per_class_auc
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
-from detx.inference.classifier import class_max_scores
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroundTruthSet", "EvaluationResult", "load_ground_truth", "evaluate_submission", "evaluate_files",
-           "format_table"]
+__all__ = ["EvaluationResult", "evaluate_submission", "evaluate_files", "format_table"]
 
 MAX_PROBLEMS_IN_JSON = 100
-
-
-@dataclass
-class GroundTruthSet:
-    """Ground truth of an evaluation: ``gt`` maps image_id to (boxes xyxy original px, classes), findings only."""
-
-    gt: dict[str, tuple[np.ndarray, np.ndarray]]
-    classes: tuple[str, ...]
-    dataset: str = ""
-    source: str = ""
-    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,40 +40,6 @@ class EvaluationResult:
 
     metrics: dict[str, Any]
     curves: dict[str, Any]
-
-
-def load_ground_truth(
-    path: str | os.PathLike,
-    fusion: str = "wbf",
-    fusion_iou_thr: float = 0.4,
-    strict: bool = False,
-) -> GroundTruthSet:
-    """Ground truth from a reader CSV (fused per ``fusion``) or a prepared COCO JSON (``.json``).
-
-    Raises:
-        detx.data.readers.DataError: a bad CSV row in strict mode.
-        ValueError: an unreadable file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"ground truth {path} does not exist")
-    if path.suffix.lower() == ".json":
-        pc = load_prepared_coco(path)
-        if not any(len(c) for _, c in pc.gt.values()):
-            logger.warning("%s has no annotations: every image counts as normal", path)
-        return GroundTruthSet(dict(pc.gt), tuple(pc.classes), str(pc.info.get("dataset", "")), str(path))
-
-    table, problems = read_reader_csv(path, strict=strict)
-    classes = tuple(table.attrs["classes"])
-    fused = fuse_readers(table, method=fusion, iou_thr=fusion_iou_thr)
-    gt: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    is_finding = (fused["class_name"] != NO_FINDING).to_numpy()
-    boxes = fused[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float64)
-    cls = fused["class_id"].to_numpy(dtype=np.int64)
-    for image_id, idx in fused.groupby("image_id", sort=False).indices.items():
-        keep = idx[is_finding[idx]]
-        gt[str(image_id)] = (boxes[keep].reshape(-1, 4), cls[keep])
-    return GroundTruthSet(gt, classes, str(table.attrs.get("dataset", "")), str(path), [str(p) for p in problems])
 
 
 def _by_name(values: dict[int, Any], names: list[str]) -> dict[str, Any]:
@@ -173,8 +124,8 @@ def evaluate_files(
     images, and evaluate. In lenient mode bad entries are skipped and counted in ``metrics["problems"]``.
 
     Raises:
-        detx.data.submission.SubmissionError: a bad submission in strict mode (or a bad header).
-        detx.data.readers.DataError: a bad ground-truth row in strict mode.
+        detx.core.submission.SubmissionError: a bad submission in strict mode (or a bad header).
+        detx.data.readers.DataError: a bad ground-truth row in strict mode (a StrictModeError).
     """
     gts = load_ground_truth(gt_path, fusion=gt_fusion, fusion_iou_thr=fusion_iou_thr, strict=strict)
     sub = read_submission(pred_path, strict=strict, num_classes=len(gts.classes) + 1, image_ids=list(gts.gt))

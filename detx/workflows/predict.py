@@ -12,25 +12,26 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from detectron2.config import CfgNode
 
-from detx.data.classes import SPINEXR_CLASSES, VINDR_CXR_CLASSES
-from detx.data.submission import Predictions, write_submission
-from detx.inference.classifier import (
-    RULES,
-    ImageClassifier,
-    apply_nofinding_filter,
-    class_max_scores,
-    read_probability_csv,
-)
+from detx.core.classes import SPINEXR_CLASSES, VINDR_CXR_CLASSES
+from detx.core.errors import InputError
+from detx.core.image_scores import RULES, class_max_scores
+from detx.core.io import atomic_path, write_png
+from detx.core.predictions import Predictions, no_finding_entry
+from detx.core.submission import write_submission
+from detx.engine.config import get_detx_cfg
+from detx.inference.classifier import ImageClassifier, apply_nofinding_filter, read_probability_csv
 from detx.inference.ensemble import CONF_TYPES, ensemble_predictions
-from detx.inference.predictor import BatchedPredictor, collect_inputs, predict_all
+from detx.inference.predictor import BatchedPredictor, InputSet, collect_inputs, load_image, predict_all
 from detx.inference.tta import parse_tta
-from detx.utils.io import atomic_path
+from detx.viz.overlay import draw_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -79,37 +80,61 @@ def class_names_for(num_classes: int, from_input: tuple[str, ...] | None) -> tup
 
 
 def _load_cfgs(options: PredictOptions):
-    from detx.engine.config import get_detx_cfg
-
     n = len(options.weights)
     if not n:
-        raise ValueError("give at least one --weights file")
+        raise InputError("give at least one --weights file")
     if len(options.config_files) not in (1, n):
-        raise ValueError(f"give one --config-file for all weights or one per weights file; got "
+        raise InputError(f"give one --config-file for all weights or one per weights file; got "
                          f"{len(options.config_files)} configs for {n} weights")
     files = options.config_files * n if len(options.config_files) == 1 else options.config_files
     cfgs = [get_detx_cfg(f, options.opts) for f in files]
     num_classes = {c.MODEL.ROI_HEADS.NUM_CLASSES for c in cfgs}
     if len(num_classes) != 1:
-        raise ValueError(f"the configs disagree on MODEL.ROI_HEADS.NUM_CLASSES: {sorted(num_classes)}")
+        raise InputError(f"the configs disagree on MODEL.ROI_HEADS.NUM_CLASSES: {sorted(num_classes)}")
     formats = {c.INPUT.FORMAT for c in cfgs}
     if len(formats) != 1:
-        raise ValueError(f"the configs disagree on INPUT.FORMAT: {sorted(formats)}")
+        raise InputError(f"the configs disagree on INPUT.FORMAT: {sorted(formats)}")
     return cfgs
+
+
+def decode_size(cfgs: Sequence[CfgNode], requested: int | None, inputs: InputSet) -> int:
+    """The longest side DICOMs are decoded to: ``requested`` (``--dicom-size``), else the size the model was
+    trained on (``DETX.IMAGE_SIZE``, recorded from the prepared dataset), else, for a config that does not
+    record one, the test resize's longest side. Warns when the models, the request or a prepared input
+    disagree with it, since a model fed images at another scale than it learnt loses accuracy silently."""
+    trained = sorted({int(c.DETX.IMAGE_SIZE) for c in cfgs if int(c.DETX.IMAGE_SIZE) > 0})
+    if len(trained) > 1:
+        logger.warning("the models were trained on images of different sizes %s; DICOMs are decoded once, at %d",
+                       trained, requested or trained[0])
+    if requested:
+        if trained and requested != trained[0]:
+            logger.warning("--dicom-size %d but the model was trained on %d px images (DETX.IMAGE_SIZE)",
+                           requested, trained[0])
+        size = int(requested)
+    elif trained:
+        size = trained[0]
+    else:
+        size = int(max(cfgs[0].INPUT.MAX_SIZE_TEST, cfgs[0].INPUT.MIN_SIZE_TEST))
+        logger.warning("the config records no DETX.IMAGE_SIZE (trained before detx recorded it?): DICOMs are "
+                       "decoded to %d px (INPUT.MAX_SIZE_TEST); pass --dicom-size to choose", size)
+    if inputs.size is not None and trained and inputs.size != trained[0]:
+        logger.warning("input %s was prepared at --size %d but the model was trained on %d px images",
+                       inputs.source, inputs.size, trained[0])
+    return size
 
 
 def _check_options(o: PredictOptions) -> None:
     if o.conf_type not in CONF_TYPES:
-        raise ValueError(f"--conf-type {o.conf_type!r}: expected one of {CONF_TYPES}")
+        raise InputError(f"--conf-type {o.conf_type!r}: expected one of {CONF_TYPES}")
     if o.rule not in RULES:
-        raise ValueError(f"--rule {o.rule!r}: expected one of {RULES}")
+        raise InputError(f"--rule {o.rule!r}: expected one of {RULES}")
     if o.classifier and o.classifier_csv:
-        raise ValueError("give --classifier or --classifier-csv, not both")
+        raise InputError("give --classifier or --classifier-csv, not both")
     high = o.nofinding_low if o.nofinding_high is None else o.nofinding_high
     if not 0.0 <= o.nofinding_low <= high <= 1.0:
-        raise ValueError(f"--nofinding-low/--nofinding-high need 0 <= low <= high <= 1, got {o.nofinding_low}, {high}")
+        raise InputError(f"--nofinding-low/--nofinding-high need 0 <= low <= high <= 1, got {o.nofinding_low}, {high}")
     if o.model_weights is not None and len(o.model_weights) != len(o.weights):
-        raise ValueError(f"{len(o.model_weights)} --model-weights for {len(o.weights)} --weights")
+        raise InputError(f"{len(o.model_weights)} --model-weights for {len(o.weights)} --weights")
 
 
 def run_predict(options: PredictOptions) -> dict[str, Any]:
@@ -120,8 +145,8 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
         ``sets`` (the model/view names fused), ``vis`` (overlay files).
 
     Raises:
-        ValueError (its subclasses PredictionInputError, CheckpointError), FileNotFoundError: bad input,
-        named in the message; nothing is written then.
+        DetxError (InputError, PredictionInputError, CheckpointError, ...): bad input, named in the message;
+        nothing is written then. UnreadableImageError in strict mode.
     """
     _check_options(options)
     cfgs = _load_cfgs(options)
@@ -129,7 +154,7 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     nf_id = num_classes
     inputs = collect_inputs(options.input)
     if inputs.classes is not None and len(inputs.classes) != num_classes:
-        raise ValueError(f"input {inputs.source} has {len(inputs.classes)} classes but the config "
+        raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the config "
                          f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}")
     classes = class_names_for(num_classes, inputs.classes)
     image_ids = [r.image_id for r in inputs.images]
@@ -139,13 +164,13 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     if options.classifier:
         clf = ImageClassifier.load(options.classifier)
         if clf.num_classes != num_classes:
-            raise ValueError(f"classifier {options.classifier} was fitted for {clf.num_classes} classes, the model "
+            raise InputError(f"classifier {options.classifier} was fitted for {clf.num_classes} classes, the model "
                              f"has {num_classes}")
 
     predictors = [BatchedPredictor(cfg, w, amp=options.amp) for cfg, w in zip(cfgs, options.weights)]
     views = parse_tta(options.tta)
     cfg = cfgs[0]
-    dicom_size = options.dicom_size or max(cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
+    dicom_size = decode_size(cfgs, options.dicom_size, inputs)
     workers = cfg.DATALOADER.NUM_WORKERS if options.num_workers is None else options.num_workers
     run = predict_all(predictors, inputs.images, views, options.batch_size, options.model_weights, dicom_size,
                       workers, options.strict, options.progress, options.cache_dir)
@@ -164,10 +189,9 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     else:
         p_abn = dict(zip(ok_ids, clf.predict_proba([fused[i] for i in ok_ids]).tolist()))
     rows: dict[str, Predictions] = {}
-    whole = np.array([[0.0, 0.0, 1.0, 1.0]])
     for i in image_ids:
         if i in run.failures:
-            rows[i] = Predictions(whole, [1.0], [nf_id])
+            rows[i] = no_finding_entry(1.0, nf_id)
         else:
             rows[i] = apply_nofinding_filter(fused[i], p_abn[i], nf_id, options.nofinding_low, options.nofinding_high)
     write_submission(options.out, rows)
@@ -175,8 +199,6 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     write_classification_csv(cls_path, image_ids, fused, p_abn, classes, clf.threshold, run.failures)
     vis = []
     if options.vis_dir:
-        from detx.viz.overlay import write_overlays
-
         vis = write_overlays(options.vis_dir, inputs, fused, classes, run.failures, options.vis_num,
                              options.vis_score, dicom_size)
     if run.failures:
@@ -205,3 +227,40 @@ def write_classification_csv(path: str | os.PathLike, image_ids: list[str], pred
             per_class = class_max_scores(preds[i], len(classes))
             p = p_abnormal[i]
             w.writerow([i, f"{p:.6g}", int(p >= threshold), *(f"{s:.6g}" for s in per_class)])
+
+
+def write_overlays(
+    out_dir: str | os.PathLike,
+    inputs: InputSet,
+    preds: Mapping[str, Predictions],
+    classes: Sequence[str],
+    failed: Mapping[str, str] | None = None,
+    num: int = 16,
+    score_thr: float = 0.3,
+    dicom_size: int = 1024,
+) -> list[Path]:
+    """Overlays ``<out_dir>/<image_id>.png`` for ``num`` images spread evenly over the input.
+
+    Args:
+        inputs: the input set (its ground truth is drawn when present).
+        preds: image_id -> detections in original pixels.
+    """
+    failed = failed or {}
+    records = [r for r in inputs.images if r.image_id not in failed and r.image_id in preds]
+    if num <= 0 or not records:
+        return []
+    pick = np.unique(np.linspace(0, len(records) - 1, min(num, len(records))).round().astype(int))
+    out_dir = Path(out_dir)
+    written = []
+    for k in pick:
+        rec = records[int(k)]
+        loaded = load_image(rec, "BGR", dicom_size)
+        if loaded.error is not None:
+            logger.warning("overlay of %s skipped: %s", rec.image_id, loaded.error)
+            continue
+        gt = inputs.gt.get(rec.image_id) if inputs.gt is not None else None
+        img = draw_overlay(loaded.image, preds[rec.image_id], classes, loaded.orig_size, gt, score_thr)
+        path = out_dir / f"{rec.image_id.replace('/', '_')}.png"
+        write_png(path, img)
+        written.append(path)
+    return written

@@ -1,4 +1,4 @@
-"""The end-to-end demo on the built-in synthetic dataset (``make demo``, ``python -m detx.demo``).
+"""The end-to-end demo on the built-in synthetic dataset (``make demo``, ``python -m detx.workflows.demo``).
 
 Generate synthetic DICOMs and reader CSVs -> prepare (WBF fusion, folds) -> train the tiny config on
 fold 0 on the CPU -> predict and evaluate the held-out fold -> fit the image-level classifier on those
@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detx.core.errors import DetxError, InputError
+from detx.viz.demo_report import write_demo_report
+
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Per dataset: generator and prepare-script names, where the generator puts train/test files, the tiny config.
 DATASETS: dict[str, dict[str, str]] = {
@@ -54,7 +57,7 @@ DATASETS: dict[str, dict[str, str]] = {
 TRAIN_CONSOLE = ("iter:", "copypaste:", "Starting training", "Overall training", "Traceback", "Error", "error:")
 
 
-class DemoError(RuntimeError):
+class DemoError(DetxError, RuntimeError):
     """A demo step failed; the message names the step and its command."""
 
 
@@ -81,11 +84,11 @@ class DemoSettings:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown demo dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
+            raise InputError(f"unknown demo dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
         if self.n_train < 2 * self.folds or self.n_test < 1:
-            raise ValueError(f"the demo needs n_train >= 2 * folds ({2 * self.folds}) and n_test >= 1")
+            raise InputError(f"the demo needs n_train >= 2 * folds ({2 * self.folds}) and n_test >= 1")
         if self.max_iter < 1 or self.eval_period < 1:
-            raise ValueError("max_iter and eval_period must be >= 1")
+            raise InputError("max_iter and eval_period must be >= 1")
 
 
 @dataclass
@@ -136,7 +139,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
                       "--tta", *s.tta]
     return [
         Step("generate synthetic DICOMs and reader CSVs",
-             [py, "-m", "detx.data.synthetic", "--out", str(raw), "--dataset", s.dataset, "--n-train", str(s.n_train),
+             [py, "-m", "detx.synthetic", "--out", str(raw), "--dataset", s.dataset, "--n-train", str(s.n_train),
               "--n-test", str(s.n_test), "--seed", str(s.seed), "--min-size", str(s.min_size),
               "--max-size", str(s.max_size)],
              [raw / d["train_csv"], raw / d["test_gt"]]),
@@ -221,8 +224,6 @@ def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
 
 def run_demo(s: DemoSettings, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) every step, write the report, and return the key numbers and the timings."""
-    from detx.viz.report import write_demo_report
-
     s.out.mkdir(parents=True, exist_ok=True)
     p = paths(s)
     log_path = s.out / "demo.log"
@@ -244,7 +245,7 @@ def run_demo(s: DemoSettings, quiet: bool = False) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detx.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m detx.workflows.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="vindr-cxr", choices=sorted(DATASETS))
     parser.add_argument("--out", default="output/demo", help="output folder (default output/demo)")
     parser.add_argument("--n-train", type=int, default=DemoSettings.n_train)

@@ -16,17 +16,17 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from detx.utils.io import atomic_path
+from detx.core.errors import InputError, StrictModeError
+from detx.core.io import atomic_path
+from detx.core.predictions import Predictions
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Predictions",
     "Submission",
     "SubmissionError",
     "format_prediction_string",
@@ -39,51 +39,17 @@ __all__ = [
 DEFAULT_NUM_CLASSES = 15
 
 
-class SubmissionError(ValueError):
-    """A submission file or PredictionString that does not follow the format; the message names the image."""
+class SubmissionError(InputError):
+    """A submission file or PredictionString that does not follow the format; the message names the image.
 
-
-@dataclass
-class Predictions:
-    """Detections of one image, boxes ``x_min y_min x_max y_max`` in original pixels.
-
-    Attributes:
-        boxes: (N, 4) float64.
-        scores: (N,) float64 confidences in [0, 1].
-        classes: (N,) int64 class ids (0-based; ``len(classes)`` is "No finding").
+    Raised in strict mode for what lenient mode skips (exit status 1), and always for an unreadable file
+    (exit status 2).
     """
 
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))
-    classes: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
-        n = len(self.boxes)
-        if len(self.scores) != n or len(self.classes) != n:
-            raise ValueError(
-                f"Predictions need as many boxes, scores and classes; got {n}, {len(self.scores)}, {len(self.classes)}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def select(self, mask: np.ndarray) -> Predictions:
-        """The subset of entries where ``mask`` (a boolean array or index array) selects."""
-        return Predictions(self.boxes[mask], self.scores[mask], self.classes[mask])
-
-    @staticmethod
-    def concatenate(parts: Iterable[Predictions]) -> Predictions:
-        parts = list(parts)
-        if not parts:
-            return Predictions()
-        return Predictions(
-            np.concatenate([p.boxes for p in parts]),
-            np.concatenate([p.scores for p in parts]),
-            np.concatenate([p.classes for p in parts]),
-        )
+    def __init__(self, message: str, strict_only: bool = False):
+        super().__init__(message)
+        if strict_only:
+            self.exit_status = StrictModeError.exit_status
 
 
 class Submission(dict):
@@ -115,7 +81,7 @@ def format_prediction_string(pred: Predictions, digits: int = 6) -> str:
 
 def _problem(msg: str, strict: bool, problems: list[str] | None) -> None:
     if strict:
-        raise SubmissionError(msg)
+        raise SubmissionError(msg, strict_only=True)
     logger.warning("%s (skipped)", msg)
     if problems is not None:
         problems.append(msg)

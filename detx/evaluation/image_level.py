@@ -1,7 +1,7 @@
 """Image-level normal/abnormal metrics from per-image scores: ROC AUC and the numbers at an operating point.
 
 An image is called abnormal when its score is >= the threshold. The threshold is given, or chosen on
-the data by Youden's J (:func:`detx.inference.classifier.choose_threshold`, the one implementation of it).
+the data by Youden's J (:func:`choose_threshold`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,36 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-
-from detx.data.submission import Predictions
-from detx.inference.classifier import choose_threshold, p_abnormal_rule
+from sklearn.metrics import roc_auc_score, roc_curve
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["image_level_metrics", "per_class_auc", "image_scores_from_predictions"]
+__all__ = ["choose_threshold", "image_level_metrics", "per_class_auc"]
+
+
+def choose_threshold(labels: np.ndarray, p: np.ndarray, method: str = "youden",
+                     target_sensitivity: float = 0.9) -> float:
+    """Operating threshold on P(abnormal); an image is abnormal when ``p >= threshold``.
+
+    Args:
+        labels: (N,) 0/1 ground truth (1 = abnormal); both classes must occur.
+        p: (N,) P(abnormal).
+        method: ``"youden"`` (maximize sensitivity + specificity - 1) or ``"sensitivity"`` (the highest
+            threshold whose sensitivity reaches ``target_sensitivity``: the most specific such point).
+    """
+    labels = np.asarray(labels).astype(int)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("choosing a threshold needs both normal and abnormal images")
+    fpr, tpr, thr = roc_curve(labels, p)
+    thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf (nothing positive)
+    if method == "youden":
+        return float(thr[int(np.argmax(tpr - fpr))])
+    if method == "sensitivity":
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
+        ok = np.flatnonzero(tpr >= target_sensitivity - 1e-12)
+        return float(thr[ok[0]])
+    raise ValueError(f"unknown threshold method {method!r}; expected 'youden' or 'sensitivity'")
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -77,12 +99,3 @@ def per_class_auc(labels: np.ndarray, scores: np.ndarray, class_names: Sequence[
     for k, name in enumerate(class_names):
         out[name] = float(roc_auc_score(y[:, k], s[:, k])) if len(np.unique(y[:, k])) == 2 else None
     return out
-
-
-def image_scores_from_predictions(pred: Predictions, num_classes: int, rule: str = "max") -> float:
-    """P(abnormal) of an image from a submission's entries: 1 - the No-finding confidence (class
-    ``num_classes``; the highest if several) when present, else ``p_abnormal_rule`` of the finding scores."""
-    nf = pred.classes == num_classes
-    if nf.any():
-        return float(1.0 - np.max(pred.scores[nf]))
-    return p_abnormal_rule(pred.scores[pred.classes < num_classes], rule)

@@ -1,0 +1,70 @@
+"""Ground truth for evaluation: a reader CSV with its readers fused, or a prepared COCO JSON, in original pixels.
+
+An image is abnormal when it has a finding box after fusion (the "any reader" rule of
+:func:`detx.data.fusion.image_labels`), and has class k when it has a box of class k.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detx.core.classes import NO_FINDING
+from detx.core.errors import InputError
+from detx.core.prepared import load_prepared_coco
+from detx.data.fusion import fuse_readers
+from detx.data.readers import read_reader_csv
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GroundTruthSet", "load_ground_truth"]
+
+
+@dataclass
+class GroundTruthSet:
+    """Ground truth of an evaluation: ``gt`` maps image_id to (boxes xyxy original px, classes), findings only."""
+
+    gt: dict[str, tuple[np.ndarray, np.ndarray]]
+    classes: tuple[str, ...]
+    dataset: str = ""
+    source: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+
+def load_ground_truth(
+    path: str | os.PathLike,
+    fusion: str = "wbf",
+    fusion_iou_thr: float = 0.4,
+    strict: bool = False,
+) -> GroundTruthSet:
+    """Ground truth from a reader CSV (fused per ``fusion``) or a prepared COCO JSON (``.json``).
+
+    Raises:
+        detx.data.readers.DataError: a bad CSV row in strict mode.
+        ValueError: an unreadable file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"ground truth {path} does not exist")
+    if path.suffix.lower() == ".json":
+        pc = load_prepared_coco(path)
+        if not any(len(c) for _, c in pc.gt.values()):
+            logger.warning("%s has no annotations: every image counts as normal", path)
+        return GroundTruthSet(dict(pc.gt), tuple(pc.classes), str(pc.info.get("dataset", "")), str(path))
+
+    table, problems = read_reader_csv(path, strict=strict)
+    classes = tuple(table.attrs["classes"])
+    fused = fuse_readers(table, method=fusion, iou_thr=fusion_iou_thr)
+    gt: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    is_finding = (fused["class_name"] != NO_FINDING).to_numpy()
+    boxes = fused[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float64)
+    cls = fused["class_id"].to_numpy(dtype=np.int64)
+    for image_id, idx in fused.groupby("image_id", sort=False).indices.items():
+        keep = idx[is_finding[idx]]
+        gt[str(image_id)] = (boxes[keep].reshape(-1, 4), cls[keep])
+    return GroundTruthSet(gt, classes, str(table.attrs.get("dataset", "")), str(path), [str(p) for p in problems])
