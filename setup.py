@@ -30,6 +30,7 @@ install_requires = [
     "pycocotools>=2.0.7",
     "matplotlib>=3.7",
     "tqdm>=4.60",
+    "filelock>=3.12",  # one run at a time per output folder (detx/core/io.py folder_lock)
     "Pillow>=9.0",
     # detectron2's own runtime dependencies (it is installed with --no-deps in the pure-Python path)
     "fvcore>=0.1.5,<0.1.6",
@@ -49,7 +50,8 @@ extras_require = {
         "pytest>=7.4",
         "pytest-timeout>=2.2",
         "import-linter>=2.1",  # the one-way layers contract (pyproject.toml), run by `make test`
-        "grimp>=3.0",  # import graph of tests/test_architecture.py (import-linter's own engine)
+        "grimp>=3.0",
+        "psutil>=5.9",  # finding a killed run's worker processes in the tests  # import graph of tests/test_architecture.py (import-linter's own engine)
         "ruff>=0.5",
         "nbclient>=0.9",
         "iterative-stratification>=0.1.7",  # reference for the fold stratifier tests

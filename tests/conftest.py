@@ -148,6 +148,7 @@ def trained_tiny_dir(prepared_cxr_dir, tmp_path_factory):
     config.yaml, model_final.pth, model_best.pth (+ .json), model_0000003.pth, last_checkpoint, metrics.json
     (val_total_loss and vinbigdata/mAP40 at iterations 3 and 8), curves.png, inference/."""
     out = tmp_path_factory.mktemp("trained_tiny")
-    run_train_net("--config-file", TINY_CONFIG, "DETX.DATA_ROOT", prepared_cxr_dir, "OUTPUT_DIR", out,
-                  *TRAINED_TINY_OPTS)
+    proc = run_train_net("--config-file", TINY_CONFIG, "DETX.DATA_ROOT", prepared_cxr_dir, "OUTPUT_DIR", out,
+                         *TRAINED_TINY_OPTS)
+    (out / "train_stdout.txt").write_text(proc.stdout)  # the console output, for the closing-summary test
     return out

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 
@@ -63,3 +65,17 @@ def test_save_figure_closes_the_figure_even_when_saving_fails(tmp_path):
         save_figure(fig, tmp_path / "bad.unknownformat")
     assert not plt.fignum_exists(fig.number)
     assert [p.name for p in tmp_path.iterdir()] == ["ok.png"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_files_follow_the_umask(tmp_path, umask, mode):
+    from detx.core.io import atomic_write_text, write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        write_json(tmp_path / "b.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode

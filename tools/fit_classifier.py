@@ -49,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
     clf, report = fit_from_files(args.pred, args.gt, args.kind, args.threshold_method, args.target_sensitivity,
                                  args.gt_fusion, args.strict, args.c)
     n_abn = report["fitted"]["num_abnormal"]
-    print(f"{report['num_images']} images ({n_abn} abnormal), {len(report['classes'])} classes")
+    print(f"{report['num_images']} images ({n_abn} abnormal), {len(report['classes'])} classes; "
+          f"{report['coverage_text']}")
     print(f"{'':12s} {'AUC':>7s} {'thresh':>7s} {'F1':>7s} {'sens':>7s} {'spec':>7s}")
     for name, m in ((args.kind, report["fitted"]), ("max rule", report["max_rule"])):
         print(f"{name:12s} {_fmt(m['auc']):>7s} {_fmt(m['threshold']):>7s} {_fmt(m['f1']):>7s} "

@@ -1,17 +1,33 @@
 """Atomic file output: write to a temporary file beside the target, then rename over it.
 
-An interrupted job therefore leaves either the previous file or none, never a partial one.
+An interrupted job therefore leaves either the previous file or none, never a partial one. The final file gets
+the permissions any new file of the user would (``0666`` less the umask), not the ``0600`` of a temporary file,
+so a prepared dataset or a submission stays readable to the user's group and to containers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from detx.core.errors import InputError
+
+LOCK_NAME = ".detx.lock"
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -31,6 +47,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -73,3 +90,41 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100, **savefig_kwa
     finally:
         plt.close(fig)
     return path
+
+
+class FolderInUseError(InputError):
+    """Another detx run holds the output folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (``folder/.detx.lock``, a ``filelock`` lock released by the system when
+    the process dies) for the block, so that two runs never write into the same folder at once.
+
+    Raises:
+        FolderInUseError: at once, when another run holds it; the message names the folder and that run (pid,
+            host, start time, command line).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME))
+    owner = folder / f"{LOCK_NAME}.json"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            o = json.loads(owner.read_text(encoding="utf-8"))
+            other = f"pid {o['pid']} on {o['host']}, started {o['started']}: {o['command']}"
+        except (OSError, ValueError, KeyError):
+            other = "its details are not recorded"
+        raise FolderInUseError(f"{what} {folder} is in use by another detx run ({other}); wait for it to finish, "
+                               "stop it, or choose another folder") from None
+    try:
+        write_json(owner, {"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)})
+        yield folder
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()

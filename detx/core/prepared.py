@@ -175,6 +175,12 @@ class PreparedCoco:
     gt: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
+    def unreadable(self) -> dict[str, str]:
+        """image_id -> reason, for the images of a test split that preparation could not convert: they have no
+        PNG and no image entry, but a submission still owes them a row."""
+        return {str(k): str(v) for k, v in (self.info.get("unreadable") or {}).items()}
+
+    @property
     def size(self) -> int | None:
         """The longest PNG side preparation recorded (``--size``)."""
         return recorded_size(self.info)
@@ -214,3 +220,13 @@ def load_prepared_coco(json_path: str | os.PathLike) -> PreparedCoco:
           for uid, (b, c) in per_image.items()}
     image_dir = json_path.parent.parent / IMAGES_DIR
     return PreparedCoco(path=json_path, image_dir=image_dir, info=info, classes=classes, images=images, gt=gt)
+
+
+def test_split_unreadable(png_folder: str | os.PathLike) -> dict[str, str]:
+    """The unreadable images recorded by a test-set preparation for its ``images/`` folder (the sibling
+    ``annotations/test.json``); {} when there is none."""
+    test_json = Path(png_folder).parent / ANNOTATIONS_DIR / "test.json"
+    if not test_json.is_file():
+        return {}
+    info = read_coco_json(test_json).get("info") or {}
+    return {str(k): str(v) for k, v in (info.get("unreadable") or {}).items()}

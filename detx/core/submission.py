@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,15 @@ from detx.core.predictions import Predictions
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Coverage",
     "Submission",
     "SubmissionError",
+    "align_to",
     "format_prediction_string",
     "parse_prediction_string",
     "read_submission",
     "write_submission",
+    "coverage",
 ]
 
 # Kaggle VinBigData: 14 finding classes + "No finding".
@@ -196,20 +200,29 @@ def read_submission(
                 continue
             out[image_id] = parse_prediction_string(text, image_id, strict, num_classes, problems)
     if image_ids is not None:
-        expected = list(dict.fromkeys(str(i) for i in image_ids))
-        expected_set = set(expected)
-        missing = [i for i in expected if i not in out]
-        extra = [i for i in out if i not in expected_set]
-        for image_id in missing:
-            _problem(f"{path}: image {image_id} missing from the submission (no predictions assumed)", strict,
-                     problems)
-            out[image_id] = Predictions()
-        for image_id in extra:
-            _problem(f"{path}: image {image_id} is not in the ground truth (dropped)", strict, problems)
-            del out[image_id]
+        align_to(out, image_ids, path, strict)
     if problems:
         logger.warning("%s: %d problem(s) skipped in lenient mode", path, len(problems))
     return out
+
+
+def align_to(sub: Submission, image_ids: Iterable[str], path: str | os.PathLike = "<submission>",
+             strict: bool = True) -> Submission:
+    """Make ``sub`` cover exactly ``image_ids`` (in place), the Kaggle rule: a missing image predicts nothing,
+    an extra one is dropped; each is a problem (strict: :class:`SubmissionError`; lenient: warned and recorded in
+    ``sub.problems``)."""
+    expected = list(dict.fromkeys(str(i) for i in image_ids))
+    expected_set = set(expected)
+    missing = [i for i in expected if i not in sub]
+    extra = [i for i in sub if i not in expected_set]
+    for image_id in missing:
+        _problem(f"{path}: image {image_id} missing from the submission (no predictions assumed)", strict,
+                 sub.problems)
+        sub[image_id] = Predictions()
+    for image_id in extra:
+        _problem(f"{path}: image {image_id} is not in the ground truth (dropped)", strict, sub.problems)
+        del sub[image_id]
+    return sub
 
 
 def write_submission(path: str | os.PathLike, predictions: Mapping[str, Predictions], digits: int = 6) -> None:
@@ -219,3 +232,41 @@ def write_submission(path: str | os.PathLike, predictions: Mapping[str, Predicti
         writer.writerow(["image_id", "PredictionString"])
         for image_id, pred in predictions.items():
             writer.writerow([image_id, format_prediction_string(pred, digits)])
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which images a ground truth and a submission share (both in their own order)."""
+
+    expected: int
+    predicted: int
+    shared: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the ground truth, not in the submission
+    extra: list[str] = field(default_factory=list)  # in the submission, not in the ground truth
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.extra
+
+    def describe(self) -> str:
+        """``"k of n ground-truth images predicted"`` plus what is missing or extra."""
+        text = f"{len(self.shared)} of {self.expected} ground-truth images predicted"
+        if self.missing:
+            text += f", {len(self.missing)} missing (e.g. {', '.join(self.missing[:3])})"
+        if self.extra:
+            text += f", {len(self.extra)} not in the ground truth (e.g. {', '.join(self.extra[:3])})"
+        return text
+
+    def to_dict(self) -> dict:
+        return {"ground_truth_images": self.expected, "predicted_images": self.predicted,
+                "shared": len(self.shared), "missing": len(self.missing), "extra": len(self.extra),
+                "fraction": len(self.shared) / self.expected if self.expected else None}
+
+
+def coverage(expected_ids: Iterable[str], predictions: Mapping[str, Predictions]) -> Coverage:
+    """How the images of a submission (or any ``image_id ->`` mapping) cover the expected ones."""
+    expected = list(dict.fromkeys(str(i) for i in expected_ids))
+    have = set(predictions)
+    want = set(expected)
+    return Coverage(len(expected), len(predictions), [i for i in expected if i in have],
+                    [i for i in expected if i not in have], [i for i in predictions if i not in want])

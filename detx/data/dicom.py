@@ -25,6 +25,10 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -245,6 +249,17 @@ class ConvertResult:
     error: str = ""
     skipped: bool = False
     attributes: dict = field(default_factory=dict)  # dicom_attributes() of the file
+    png_bytes: int = 0  # size and CRC-32 of the PNG written, so a rerun can verify what it skips
+    png_crc32: int = 0
+
+
+def file_crc32(path: str | os.PathLike, chunk: int = 1 << 20) -> int:
+    """CRC-32 of a file's bytes (zlib's, read in 1 MiB chunks)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def conversion_key(src: str | os.PathLike, size: int | None, bit_depth: int) -> str:
@@ -263,7 +278,8 @@ def convert_dicom(image_id: str, src: str | os.PathLike, dst: str | os.PathLike,
         img, ds = _load(src, size, bit_depth)
         write_png(dst, img)
         return ConvertResult(image_id, int(ds.Columns), int(ds.Rows), img.shape[1], img.shape[0], key,
-                             attributes=dicom_attributes(ds))
+                             attributes=dicom_attributes(ds), png_bytes=os.path.getsize(dst),
+                             png_crc32=file_crc32(dst))
     except Exception as e:
         msg = str(e) if isinstance(e, DicomError) else f"{src}: {type(e).__name__}: {e}"
         return ConvertResult(image_id, error=msg)
@@ -280,8 +296,28 @@ def _pool_context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
-def _worker_init() -> None:
+def _worker_init(main_pid: int) -> None:
     cv2.setNumThreads(1)  # the processes are the parallelism; OpenCV threads on top would oversubscribe
+    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers must not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(main_pid,), name="detx-watchdog", daemon=True).start()
+
+
+def _exit_with(main_pid: int, period: float = 0.5) -> None:
+    """End this worker when the process that started the pool is gone (``kill -9``, the OOM killer).
+
+    A worker's parent is the fork server, not that process, and it holds both ends of its task queue and a copy
+    of the fork server's liveness pipe, so without this it would wait forever and keep the fork server alive.
+    Once the workers are gone, the fork server and multiprocessing's resource tracker see EOF and exit too.
+    """
+    while True:
+        time.sleep(period)
+        try:
+            os.kill(main_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # pragma: no cover - the pid was reused by another user's process
+            os._exit(1)
 
 
 def _convert_job(args: tuple) -> ConvertResult:
@@ -304,11 +340,21 @@ class ConversionJournal:
         self._fh = None
 
     def done(self, image_id: str, key: str, dst: Path) -> ConvertResult | None:
+        """The recorded result when ``dst`` is the PNG that conversion wrote: same settings, same byte count and
+        CRC-32 (a truncated, damaged or replaced PNG is converted again); None otherwise."""
         e = self.entries.get(image_id)
         if e is None or e.get("key") != key or not dst.exists():
             return None
+        try:
+            if dst.stat().st_size != e.get("png_bytes") or file_crc32(dst) != e.get("png_crc32"):
+                logger.warning("%s differs from the PNG converted earlier (damaged or replaced): converting again",
+                               dst)
+                return None
+        except OSError:
+            return None
         return ConvertResult(image_id, e["orig_width"], e["orig_height"], e["width"], e["height"], key,
-                             skipped=True, attributes=e.get("attributes", {}))
+                             skipped=True, attributes=e.get("attributes", {}), png_bytes=e["png_bytes"],
+                             png_crc32=e["png_crc32"])
 
     def record(self, r: ConvertResult) -> None:
         entry = {k: v for k, v in asdict(r).items() if k not in ("error", "skipped")}
@@ -386,7 +432,8 @@ def convert_dicoms(
                 handle(_convert_job(job))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_convert_job, job) for job in todo]
                 try:
                     for fut in as_completed(futures):

@@ -140,6 +140,19 @@ def _read_csv(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+def require_columns(df: pd.DataFrame, path: str | os.PathLike, what: str, required: Iterable[str]) -> None:
+    """Stop on a CSV that lacks a column its format needs (a missing coordinate column would otherwise turn every
+    box into a missing-coordinates problem and leave an all-normal dataset).
+
+    Raises:
+        InputError: naming the file, the missing columns and the columns it has.
+    """
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: a {what} file needs the column(s) {missing}, which it lacks; its columns are "
+                         f"{list(df.columns)}")
+
+
 def _normalize(
     df: pd.DataFrame,
     source: str,
@@ -230,6 +243,7 @@ def read_vinbigdata_csv(path: str | os.PathLike, strict: bool = False) -> tuple[
     """
     log = ProblemLog(strict)
     df = _read_csv(path)
+    require_columns(df, path, "Kaggle VinBigData", ("image_id", "class_name", *BOX_COLUMNS))
     table = _normalize(
         df, Path(path).name, dataset="vindr-cxr", classes=VINDR_CXR_CLASSES,
         lookup=_class_lookup(VINDR_CXR_CLASSES), class_col="class_name", coord_cols=BOX_COLUMNS,
@@ -255,6 +269,7 @@ def read_physionet_vindr_cxr(
     """
     log = ProblemLog(strict)
     df = _read_csv(annotations_csv)
+    require_columns(df, annotations_csv, "PhysioNet VinDr-CXR annotations", ("image_id", "class_name", *BOX_COLUMNS))
     if kaggle_classes:
         dataset, classes, class_map = "vindr-cxr", VINDR_CXR_CLASSES, PHYSIONET_TO_KAGGLE
     else:
@@ -304,16 +319,28 @@ def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -
     return out.reset_index(), log.items
 
 
-def read_spinexr_csv(path: str | os.PathLike, strict: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
+def read_spinexr_csv(path: str | os.PathLike, strict: bool = False,
+                     require_study_id: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
     """VinDr-SpineXR 1.0.0 ``annotations/{train,test}.csv``.
 
-    Columns image_id, lesion_type and the box (xmin, ymin, xmax, ymax or x_min, ...) are required;
-    study_id, series_id and rad_id are optional.
+    Columns image_id, lesion_type and the box (xmin, ymin, xmax, ymax or x_min, ...) are required; series_id and
+    rad_id are optional, and study_id too unless ``require_study_id`` (study-grouped folds need it).
+
+    Raises:
+        InputError: a missing required column, or a chest (VinDr-CXR) file, named with its columns.
     """
     log = ProblemLog(strict)
     df = _read_csv(path)
+    if "lesion_type" not in df.columns and "class_id" in df.columns:
+        raise InputError(f"{path} looks like a VinDr-CXR chest file (class_name, class_id columns), not "
+                         f"VinDr-SpineXR annotations (lesion_type); its columns are {list(df.columns)}")
     coord_cols = ("xmin", "ymin", "xmax", "ymax") if "xmin" in df.columns else BOX_COLUMNS
     class_col = "lesion_type" if "lesion_type" in df.columns else "class_name"
+    require_columns(df, path, "VinDr-SpineXR annotations", ("image_id", class_col, *coord_cols))
+    if require_study_id and "study_id" not in df.columns:
+        raise InputError(f"{path} has no study_id column, so folds cannot keep a study's images together (images "
+                         "of one study would leak between train and val); add the column, or opt out with "
+                         "--no-study-groups (prepare) to split image by image")
     table = _normalize(
         df, Path(path).name, dataset="spinexr", classes=SPINEXR_CLASSES,
         lookup=_class_lookup(SPINEXR_CLASSES), class_col=class_col, coord_cols=coord_cols, log=log,
@@ -341,15 +368,17 @@ def read_reader_csv(
     image_labels_csv: str | os.PathLike | None = None,
     kaggle_classes: bool = True,
     strict: bool = False,
+    require_study_id: bool = False,
 ) -> tuple[pd.DataFrame, list[Problem]]:
-    """Read any supported reader CSV into the normalized table (``fmt="auto"`` sniffs the header)."""
+    """Read any supported reader CSV into the normalized table (``fmt="auto"`` sniffs the header;
+    ``require_study_id`` applies to SpineXR files)."""
     fmt = sniff_format(path) if fmt == "auto" else fmt
     if fmt == "kaggle":
         return read_vinbigdata_csv(path, strict=strict)
     if fmt == "physionet":
         return read_physionet_vindr_cxr(path, image_labels_csv, kaggle_classes=kaggle_classes, strict=strict)
     if fmt == "spinexr":
-        return read_spinexr_csv(path, strict=strict)
+        return read_spinexr_csv(path, strict=strict, require_study_id=require_study_id)
     raise InputError(f"unknown annotation format {fmt!r}; expected auto or one of {FORMATS}")
 
 

@@ -25,6 +25,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
 
+from detx.core.prepared import PreparedDatasetError
+
 logger = logging.getLogger(__name__)
 
 
@@ -133,7 +135,12 @@ class DetxDatasetMapper(DatasetMapper):
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        try:
+            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated or not an image at all
+            raise PreparedDatasetError(
+                f"cannot read training image {dataset_dict['file_name']}: {type(e).__name__}: {e}; run the "
+                "preparation again (it converts damaged images again) or remove the image") from e
         utils.check_image_size(dataset_dict, image)
         annos = dataset_dict.pop("annotations", []) if self.keep_annotations else []
         dataset_dict.pop("annotations", None)

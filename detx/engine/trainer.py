@@ -3,7 +3,10 @@ best checkpoint, curves; and the checks that stop a misconfigured run before it 
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import sys
 import weakref
 from pathlib import Path
 
@@ -184,6 +187,93 @@ def check_datasets(cfg: CfgNode, train: bool = True) -> None:
                 f"set {key} {len(classes)}")
 
 
+#: what a training run leaves in OUTPUT_DIR that a new run would overwrite or append to
+RUN_FILES: tuple[str, ...] = ("last_checkpoint", "metrics.json", "model_final.pth", "model_best.pth", "model_best.json")
+
+
+def existing_run_files(output_dir: str | Path) -> list[Path]:
+    """The files of an earlier training run in ``output_dir`` (checkpoints, metrics, curves, TensorBoard events)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [out / n for n in RUN_FILES if (out / n).exists()]
+    found += sorted(out.glob("model_[0-9]*.pth")) + sorted(out.glob("events.out.tfevents.*"))
+    found += [p for p in (out / "curves.png", out / "inference") if p.exists()]
+    return found
+
+
+def check_output_dir(cfg: CfgNode, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to start a new run in an ``OUTPUT_DIR`` that holds one: it would overwrite ``model_final.pth`` and
+    ``model_best.pth`` and append to ``metrics.json``.
+
+    Raises:
+        TrainingSetupError: naming the folder, what it holds, and the choices (``--resume``, ``--overwrite``).
+    """
+    if resume and overwrite:
+        raise TrainingSetupError("give --resume (continue the run in OUTPUT_DIR) or --overwrite (start it again), "
+                                 "not both")
+    found = [p for p in existing_run_files(cfg.OUTPUT_DIR) if p.name in RUN_FILES]
+    if found and not resume and not overwrite:
+        raise TrainingSetupError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a training run ({', '.join(p.name for p in found)}): pass "
+            "--resume to continue it from last_checkpoint, --overwrite to start again (its checkpoints, metrics.json, "
+            "curves and events are deleted first), or choose another OUTPUT_DIR")
+
+
+def clear_output_dir(output_dir: str | Path) -> list[Path]:
+    """Delete an earlier run's files (:func:`existing_run_files`) so that ``--overwrite`` starts clean; the config,
+    logs and anything else in the folder stay. Returns what was deleted."""
+    import shutil
+
+    removed = existing_run_files(output_dir)
+    for p in removed:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    if removed:
+        logger.info("--overwrite: removed %d file(s) of the earlier run in %s", len(removed), output_dir)
+    return removed
+
+
+def training_summary(output_dir: str | Path) -> str:
+    """One closing line: the best checkpoint and its metric (``model_best.json``), and the final model."""
+    out = Path(output_dir)
+    final = out / "model_final.pth"
+    best = out / "model_best.json"
+    parts = []
+    if best.is_file():
+        try:
+            rec = json.loads(best.read_text())
+            parts.append(f"best {rec['metric']} {rec['value']:.4f} at iteration {int(rec['iteration'])} (as in metrics.json) -> "
+                         f"{out / 'model_best.pth'}")
+        except (OSError, ValueError, KeyError, TypeError):
+            parts.append(f"best checkpoint record {best} unreadable")
+    else:
+        parts.append("no best checkpoint (no validation set or no evaluation)")
+    parts.append(f"final model -> {final}" if final.is_file() else f"no {final.name} (training did not finish)")
+    return "training finished: " + "; ".join(parts)
+
+
+class _PlainFormatter(logging.Formatter):
+    """A file formatter that drops terminal colour codes (detectron2 highlights the config with pygments)."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._ANSI.sub("", super().format(record))
+
+
+def plain_log_files(names: tuple[str, ...] = ("detectron2", "fvcore", "")) -> None:
+    """Make the log files that detectron2's ``setup_logger`` opened (``OUTPUT_DIR/log.txt``) free of colour codes;
+    the console keeps its colours."""
+    for name in names:
+        for h in logging.getLogger(name or None).handlers:
+            stream = getattr(h, "stream", None)
+            if isinstance(h, logging.StreamHandler) and stream not in (sys.stdout, sys.stderr) and h.formatter:
+                h.setFormatter(_PlainFormatter(h.formatter._fmt, h.formatter.datefmt))
+
+
 def prepare_training(cfg: CfgNode, resume: bool = False, eval_only: bool = False) -> CfgNode:
     """Register the data, fill the dataset names and run every check; raises before any training work.
 
@@ -196,5 +286,5 @@ def prepare_training(cfg: CfgNode, resume: bool = False, eval_only: bool = False
     return cfg
 
 
-__all__ = ["Trainer", "TrainingSetupError", "PreparedDatasetError", "check_datasets", "check_weights",
-           "prepare_training"]
+__all__ = ["Trainer", "TrainingSetupError", "PreparedDatasetError", "check_datasets", "check_output_dir",
+           "check_weights", "clear_output_dir", "plain_log_files", "prepare_training", "training_summary"]

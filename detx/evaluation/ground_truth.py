@@ -33,6 +33,7 @@ class GroundTruthSet:
     dataset: str = ""
     source: str = ""
     problems: list[str] = field(default_factory=list)
+    labelled: bool = True  # False for a split prepared without annotations (test.json): no image has a label
 
 
 
@@ -53,9 +54,12 @@ def load_ground_truth(
         raise InputError(f"ground truth {path} does not exist")
     if path.suffix.lower() == ".json":
         pc = load_prepared_coco(path)
-        if not any(len(c) for _, c in pc.gt.values()):
+        has_boxes = any(len(c) for _, c in pc.gt.values())
+        labelled = has_boxes or pc.info.get("fusion") is not None  # prepared from a reader CSV
+        if labelled and not has_boxes:
             logger.warning("%s has no annotations: every image counts as normal", path)
-        return GroundTruthSet(dict(pc.gt), tuple(pc.classes), str(pc.info.get("dataset", "")), str(path))
+        return GroundTruthSet(dict(pc.gt), tuple(pc.classes), str(pc.info.get("dataset", "")), str(path),
+                              labelled=labelled)
 
     table, problems = read_reader_csv(path, strict=strict)
     classes = tuple(table.attrs["classes"])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,12 @@ from detectron2.config import CfgNode
 
 from detx.core.errors import InputError, StrictModeError
 from detx.core.predictions import Predictions
-from detx.core.prepared import PreparedDatasetError, load_prepared_coco, read_meta_sizes
+from detx.core.prepared import (
+    PreparedDatasetError,
+    load_prepared_coco,
+    read_meta_sizes,
+    test_split_unreadable,
+)
 from detx.data.dicom import find_dicoms, load_dicom_image
 from detx.engine.checkpoint import check_checkpoint
 from detx.inference.tta import TTAView, hflip_boxes, hflip_image
@@ -63,6 +68,15 @@ class InputImage:
     kind: str
     orig_width: int | None = None
     orig_height: int | None = None
+    error: str | None = None  # set for an image known to be unreadable before decoding (a test set's failures)
+
+    def identity(self) -> str:
+        """What the pixels are: the file's absolute path, byte count and modification time (the cache key)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return f"{os.path.abspath(self.path)}|missing"
+        return f"{os.path.abspath(self.path)}|{st.st_size}|{st.st_mtime_ns}"
 
 
 @dataclass
@@ -96,6 +110,7 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
             raise PredictionInputError(f"input {path}: {e}") from e
         images = [InputImage(uid, coco.image_path(uid), "png", int(im["orig_width"]), int(im["orig_height"]))
                   for uid, im in coco.images.items()]
+        images += _unreadable_records(coco.unreadable, path)
         if not images:
             raise PredictionInputError(f"input {path} lists no images")
         has_gt = any(len(b) for b, _ in coco.gt.values())  # every JSON annotation is a box in coco.gt
@@ -119,12 +134,20 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
     for p in pngs:
         m = meta.get(p.stem)
         images.append(InputImage(p.stem, p, "png", m[0] if m else None, m[1] if m else None))
+    images += _unreadable_records(test_split_unreadable(path), path)
     if meta:
         missing = [im.image_id for im in images if im.orig_width is None]
         if missing:
             logger.warning("%d PNG(s) not in meta.csv, their own size is taken as original: %s", len(missing),
                            missing[:5])
     return InputSet(images, path)
+
+
+def _unreadable_records(unreadable: Mapping[str, str], source: Path) -> list[InputImage]:
+    """Input records for the images a test-set preparation could not convert: predicted as unreadable, so the
+    submission keeps one row for every image of the test set."""
+    return [InputImage(i, source, "unreadable", error=f"not converted by preparation: {reason}")
+            for i, reason in sorted(unreadable.items())]
 
 
 def to_model_format(gray_or_rgb: np.ndarray, fmt: str) -> np.ndarray:
@@ -147,6 +170,8 @@ class LoadedImage:
 
 def load_image(record: InputImage, fmt: str, dicom_size: int) -> LoadedImage:
     """Decode one input image (never raises: a failure is returned as ``error``)."""
+    if record.error is not None:
+        return LoadedImage(record, error=record.error)
     try:
         if record.kind == "dicom":
             gray, orig_w, orig_h = load_dicom_image(record.path, dicom_size)
@@ -254,8 +279,11 @@ class BatchedPredictor:
 class PredictionCache:
     """Raw predictions of each (model, view) saved batch by batch, to resume an interrupted run.
 
-    ``root/<sha1 of the set's key>/<first image>_<n>.npz`` holds a batch: image ids, original sizes and
-    the concatenated boxes/scores/classes; ``key.txt`` beside them records what the key hashed.
+    ``root/<sha1 of the set's key>/<first image>_<n>.npz`` holds a batch: image ids, the identity of each input
+    file (:meth:`InputImage.identity`: path, size, modification time), original sizes and the concatenated
+    boxes/scores/classes; ``key.txt`` beside them records what the key hashed. A cached entry is used only while
+    its input file is unchanged, so re-preparing the same image ids (another size, another decoder) predicts
+    them again instead of serving stale boxes.
     """
 
     def __init__(self, root: str | os.PathLike, keys: Sequence[str]):
@@ -271,35 +299,43 @@ class PredictionCache:
                 atomic_write_text(d / "key.txt", key)
             self.dirs.append(d)
 
-    def save(self, k: int, image_ids: Sequence[str], preds: Sequence[Predictions],
+    def save(self, k: int, image_ids: Sequence[str], idents: Sequence[str], preds: Sequence[Predictions],
              orig_sizes: Sequence[tuple[int, int]]) -> None:
         from detx.core.io import atomic_path
 
         counts = np.array([len(p) for p in preds], dtype=np.int64)
         name = f"{image_ids[0].replace('/', '_')}_{len(image_ids)}.npz"
         with atomic_path(self.dirs[k] / name) as tmp, open(tmp, "wb") as f:
-            np.savez(f, ids=np.array(image_ids, dtype=str), counts=counts,
+            np.savez(f, ids=np.array(image_ids, dtype=str), idents=np.array(idents, dtype=str), counts=counts,
                      sizes=np.array(orig_sizes, dtype=np.int64).reshape(-1, 2),
                      boxes=np.concatenate([p.boxes for p in preds]).reshape(-1, 4),
                      scores=np.concatenate([p.scores for p in preds]),
                      classes=np.concatenate([p.classes for p in preds]))
 
-    def load(self) -> list[dict[str, tuple[Predictions, tuple[int, int]]]]:
-        """Per set: image_id -> (predictions, original size) of every saved batch (unreadable files skipped)."""
+    def load(self, current: Mapping[str, str]) -> list[dict[str, tuple[Predictions, tuple[int, int]]]]:
+        """Per set: image_id -> (predictions, original size) of the saved entries whose input identity equals
+        ``current[image_id]`` (unreadable files, and entries of changed or other inputs, are skipped)."""
         out = []
+        stale = 0
         for d in self.dirs:
             found: dict[str, tuple[Predictions, tuple[int, int]]] = {}
             for f in sorted(d.glob("*.npz")):
                 try:
                     z = np.load(f)
                     bounds = np.r_[0, np.cumsum(z["counts"])]
+                    idents = z["idents"].tolist()
                     for j, image_id in enumerate(z["ids"].tolist()):
+                        if current.get(image_id) != idents[j]:
+                            stale += 1
+                            continue
                         sl = slice(bounds[j], bounds[j + 1])
                         found[image_id] = (Predictions(z["boxes"][sl], z["scores"][sl], z["classes"][sl]),
                                            tuple(int(v) for v in z["sizes"][j]))
                 except (OSError, ValueError, KeyError) as e:
                     logger.warning("prediction cache file %s unreadable, its images are predicted again: %s", f, e)
             out.append(found)
+        if stale:
+            logger.info("%d cached prediction(s) of changed or other input files ignored", stale)
         return out
 
 
@@ -364,8 +400,9 @@ def predict_all(
     cache = PredictionCache(cache_dir, [p.cache_key(v, dicom_size) for p in predictors for v in views]) \
         if cache_dir is not None else None
     todo = list(records)
+    idents = {r.image_id: r.identity() for r in records} if cache is not None else {}
     if cache is not None:
-        for k, cached in enumerate(cache.load()):
+        for k, cached in enumerate(cache.load(idents)):
             sets[k].update({i: p for i, (p, _) in cached.items()})
             sizes.update({i: wh for i, (_, wh) in cached.items()})
         done = set.intersection(*(set(x) for x in sets)) if sets else set()
@@ -374,8 +411,8 @@ def predict_all(
         todo = [r for r in todo if r.image_id not in done]
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
     ordered = todo
-    if all(r.orig_width and r.orig_height for r in ordered):  # similar aspect ratios batch with less padding
-        ordered.sort(key=lambda r: r.orig_height / r.orig_width)
+    if all(r.orig_width and r.orig_height for r in ordered if r.error is None):  # less padding per batch
+        ordered.sort(key=lambda r: r.orig_height / r.orig_width if r.error is None else 0.0)
     for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
         good = []
         for item in batch:
@@ -395,7 +432,8 @@ def predict_all(
             for g, p in zip(good, preds):
                 sets[k][g.record.image_id] = p
             if cache is not None and good:
-                cache.save(k, [g.record.image_id for g in good], preds, orig)
+                cache.save(k, [g.record.image_id for g in good], [idents[g.record.image_id] for g in good], preds,
+                           orig)
         bar.update(len(batch))
     bar.close()
     return PredictionRun(sets, [f"m{m}:{v.name}" for m, v in pairs], [weights[m] for m, _ in pairs], sizes,

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from detx.core.errors import DetxError, InputError
+from detx.core.io import write_json
 from detx.viz.demo_report import write_demo_report
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,12 @@ TRAIN_CONSOLE = ("iter:", "copypaste:", "Starting training", "Overall training",
 class DemoError(DetxError, RuntimeError):
     """A demo step failed; the message names the step and its command."""
 
+    exit_status = 1
+
+
+#: the settings file that ties an output folder to the settings that made it
+SETTINGS_FILE = "demo_settings.json"
+
 
 @dataclass
 class DemoSettings:
@@ -80,6 +88,11 @@ class DemoSettings:
     workers: int = 2
     extra_train_opts: tuple[str, ...] = ()
     python: str = field(default_factory=lambda: sys.executable)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings that decide what the demo's files hold (not where they are or which python runs)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
+                if k not in ("out", "python")}
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -222,9 +235,43 @@ def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
     }
 
 
-def run_demo(s: DemoSettings, quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) every step, write the report, and return the key numbers and the timings."""
+def check_settings(s: DemoSettings, fresh: bool = False) -> None:
+    """Tie ``s.out`` to ``s``: a folder made with other settings is refused (its results would be reused and
+    labelled with the new settings) unless ``fresh``, which deletes it first.
+
+    Raises:
+        InputError: the folder holds a demo made with other settings (the differences are named).
+    """
+    record = s.out / SETTINGS_FILE
+    if fresh and s.out.exists():
+        shutil.rmtree(s.out)
+    if record.is_file():
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError):
+            before = {}
+        now = s.recorded()
+        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise InputError(f"{s.out} holds a demo made with other settings ({changes}); its results would be "
+                             "reused under the new settings: pass --fresh to delete it and start again, or choose "
+                             "another --out")
+    elif s.out.exists() and any(s.out.iterdir()):
+        raise InputError(f"{s.out} is not empty and holds no {SETTINGS_FILE}: not a demo folder of this version; "
+                         "pass --fresh to delete it and start again, or choose another --out")
     s.out.mkdir(parents=True, exist_ok=True)
+    write_json(record, s.recorded(), indent=2)
+
+
+def run_demo(s: DemoSettings, quiet: bool = False, fresh: bool = False) -> dict[str, Any]:
+    """Run (or resume) every step, write the report, and return the key numbers and the timings.
+
+    Raises:
+        InputError: ``s.out`` was made with other settings (see :func:`check_settings`).
+        DemoError: a step failed.
+    """
+    check_settings(s, fresh)
     p = paths(s)
     log_path = s.out / "demo.log"
     timings: dict[str, float] = {}
@@ -255,15 +302,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-period", type=int, default=DemoSettings.eval_period)
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
     parser.add_argument("--quiet", action="store_true", help="only the step headers and the final numbers")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete --out first (needed when it holds a demo made with other settings)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         s = DemoSettings(out=Path(args.out), dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
                          size=args.size, max_iter=args.max_iter, eval_period=args.eval_period, seed=args.seed)
-        run_demo(s, quiet=args.quiet)
-    except (DemoError, ValueError) as e:
+        run_demo(s, quiet=args.quiet, fresh=args.fresh)
+    except DetxError as e:
         print(f"demo: {e}", file=sys.stderr)
-        return 1
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("demo: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -18,9 +18,10 @@ import numpy as np
 from tabulate import tabulate
 
 from detx.core.classes import NO_FINDING, no_finding_id
+from detx.core.errors import InputError
 from detx.core.image_scores import class_max_scores, image_scores_from_predictions
 from detx.core.predictions import Predictions
-from detx.core.submission import read_submission
+from detx.core.submission import align_to, coverage, read_submission
 from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
 from detx.evaluation.froc import froc
 from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
@@ -121,16 +122,32 @@ def evaluate_files(
     threshold: float | None = None,
 ) -> EvaluationResult:
     """Read the ground truth and the submission, check the submission covers exactly the ground truth's
-    images, and evaluate. In lenient mode bad entries are skipped and counted in ``metrics["problems"]``.
+    images, and evaluate. In lenient mode bad entries are skipped and counted in ``metrics["problems"]``; a
+    submission that covers only part of the ground truth is scored by the Kaggle rule with a warning, and
+    ``metrics["coverage"]`` (shown beside every number by :func:`format_table`) says how much.
 
     Raises:
+        InputError: an unlabelled ground truth, or a submission sharing no image with it.
         detx.core.submission.SubmissionError: a bad submission in strict mode (or a bad header).
         detx.data.readers.DataError: a bad ground-truth row in strict mode (a StrictModeError).
     """
     gts = load_ground_truth(gt_path, fusion=gt_fusion, fusion_iou_thr=fusion_iou_thr, strict=strict)
-    sub = read_submission(pred_path, strict=strict, num_classes=len(gts.classes) + 1, image_ids=list(gts.gt))
+    if not gts.labelled:
+        raise InputError(f"ground truth {gt_path} has no labels (a split prepared without annotations, such as "
+                         "test.json): there is nothing to score against")
+    sub = read_submission(pred_path, strict=strict, num_classes=len(gts.classes) + 1)
+    cover = coverage(gts.gt, sub)
+    if not cover.shared:
+        raise InputError(f"{pred_path} shares no image with the ground truth {gt_path} ({cover.describe()}); "
+                         "is it the submission of this split?")
+    if not cover.complete and not strict:
+        logger.warning("%s: %s; scoring by the Kaggle rule (a missing image predicts nothing, an extra one is "
+                       "dropped): every number below covers %d of %d images", pred_path, cover.describe(),
+                       len(cover.shared), cover.expected)
+    align_to(sub, gts.gt, pred_path, strict)
     result = evaluate_submission(gts, dict(sub), iou_thr=iou_thr, threshold=threshold)
     m = result.metrics
+    m["coverage"] = cover.to_dict()
     m["pred"] = str(pred_path)
     m["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
     m["problems"] = {
@@ -179,6 +196,13 @@ def format_table(metrics: dict[str, Any]) -> str:
             f"threshold {il['threshold']:.4f} ({il['threshold_method']}): F1 {_f(il['f1'])}, sensitivity "
             f"{_f(il['sensitivity'])}, specificity {_f(il['specificity'])}, accuracy {_f(il['accuracy'])}"
         )
+    cov = metrics.get("coverage")
+    if cov and (cov["missing"] or cov["extra"]):
+        note = (f"  [coverage: {cov['shared']} of {cov['ground_truth_images']} images predicted; missing ones "
+                "count as predicting nothing]")
+        lines = [lines[0], "", f"WARNING: the submission covers {cov['shared']} of {cov['ground_truth_images']} "
+                 f"ground-truth images ({cov['missing']} missing, {cov['extra']} extra dropped)",
+                 *(line + note for line in lines[2:])]
     probs = metrics.get("problems")
     if probs and (probs["submission"] or probs["ground_truth"]):
         lines.append(f"Skipped in lenient mode: {probs['submission']} submission problem(s), "

@@ -25,13 +25,14 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from detx.core.classes import DATASET_CLASSES, NO_FINDING
 from detx.core.errors import InputError
-from detx.core.io import atomic_write_text, write_json
+from detx.core.io import atomic_write_text, folder_lock, write_json
 from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms, find_dicoms
 from detx.data.folds import assign_folds
@@ -131,7 +132,23 @@ def _remove_stale(ann_dir: Path, written: set[str]) -> None:
             p.unlink()
 
 
-def prepare_dataset(
+#: the smallest --size that still makes an image a model can learn from
+MIN_SIZE = 32
+
+
+def prepare_dataset(**options: Any) -> PrepareSummary:
+    """Prepare a dataset while holding its output folder's lock (:func:`detx.core.io.folder_lock`): a second run
+    into the same ``out`` stops at once instead of mixing its files with this one's. The options are those of
+    :func:`prepare_unlocked`.
+
+    Raises:
+        FolderInUseError: another run holds ``out``.
+    """
+    with folder_lock(options["out"]):
+        return prepare_unlocked(**options)
+
+
+def prepare_unlocked(
     *,
     dataset: str,
     dicom_dir: str | os.PathLike,
@@ -151,6 +168,7 @@ def prepare_dataset(
     bit_depth: int = 8,
     clip_tolerance: float = 0.05,
     label_rule: str = "any",
+    study_groups: bool = True,
     report: bool = True,
     progress: bool = True,
 ) -> PrepareSummary:
@@ -175,6 +193,8 @@ def prepare_dataset(
         bit_depth: 8 or 16 bit PNGs.
         clip_tolerance: boxes out of the image by at most this fraction of its side are clipped, else dropped.
         label_rule: per-image label rule, "any" or "majority" (:func:`detx.data.fusion.image_labels`).
+        study_groups: SpineXR: folds keep a study's images together, so the CSV must have ``study_id``;
+            False splits image by image (an explicit opt-out).
         report: write ``report/eda.png``.
         progress: tqdm bars.
     """
@@ -184,15 +204,23 @@ def prepare_dataset(
         raise InputError(f"unknown fusion method {fusion!r}; expected one of {FUSION_METHODS}")
     if bit_depth not in (8, 16):
         raise InputError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    if size is not None and size < 1:
-        raise InputError(f"size must be positive, got {size}")
+    if size is not None and size < MIN_SIZE:
+        raise InputError(f"--size {size} is too small: the longest side must be at least {MIN_SIZE} px")
+    if not 0.0 < iou_thr <= 1.0:
+        raise InputError(f"--iou-thr {iou_thr} must be in (0, 1]")
+    if workers < 1:
+        raise InputError(f"--workers {workers} must be at least 1")
+    if folds < 0:
+        raise InputError(f"--folds {folds} must be >= 0 (0 or 1: no folds)")
+    if not 0.0 <= clip_tolerance < 1.0:
+        raise InputError(f"--clip-tolerance {clip_tolerance} must be in [0, 1)")
     out = Path(out)
     dicom_dir = Path(dicom_dir)
     log = ProblemLog(strict)
     settings = {
         "csv": str(csv) if csv else None, "dicom_dir": str(dicom_dir), "size": size, "fusion": fusion,
         "iou_thr": iou_thr, "folds": folds, "seed": seed, "box_masks": box_masks, "bit_depth": bit_depth,
-        "clip_tolerance": clip_tolerance, "label_rule": label_rule,
+        "clip_tolerance": clip_tolerance, "label_rule": label_rule, "study_groups": study_groups,
     }
 
     # 1. annotations
@@ -207,7 +235,8 @@ def prepare_dataset(
             image_labels_csv = _find_image_labels(csv)
             if image_labels_csv is not None:
                 logger.info("using PhysioNet image labels %s", image_labels_csv)
-        table, problems = read_reader_csv(csv, fmt, kaggle_classes=kaggle_classes, strict=strict)
+        table, problems = read_reader_csv(csv, fmt, kaggle_classes=kaggle_classes, strict=strict,
+                                          require_study_id=study_groups and folds >= 2)
         log.items.extend(problems)
         if fmt == "physionet" and image_labels_csv is not None:
             global_labels, label_problems = read_physionet_image_labels(image_labels_csv, strict=strict)
@@ -303,7 +332,7 @@ def prepare_dataset(
             extra_labels = {i: {c: int(v) for c, v in zip(label_cols, row) if v >= 0}
                             for i, row in zip(final_ids, g[label_cols].fillna(-1).to_numpy())}
         if folds >= 2:
-            groups = meta["study_id"].to_numpy() if (meta["study_id"] != "").any() else None
+            groups = meta["study_id"].to_numpy() if study_groups and (meta["study_id"] != "").any() else None
             meta["fold"] = assign_folds(class_matrix, folds, seed=seed, groups=groups)
         else:
             meta["fold"] = -1
@@ -336,7 +365,12 @@ def prepare_dataset(
     else:
         meta["study_id"] = ""
         empty = make_table([], dataset=key, classes=classes)
-        write_coco(ann_dir / "test.json", build_coco(meta, empty, classes, {**info, "split": "test"}))
+        unreadable = {i: r.error for i, r in sorted(results.items()) if r.error}
+        if unreadable:
+            logger.warning("%d test image(s) could not be converted; test.json records them so that a submission "
+                           "still gets their rows: %s", len(unreadable), list(unreadable)[:5])
+        write_coco(ann_dir / "test.json", build_coco(meta, empty, classes,
+                                                     {**info, "split": "test", "unreadable": unreadable}))
         written.add("test.json")
     summary.images = len(meta)
     _remove_stale(ann_dir, written)
@@ -356,6 +390,11 @@ def prepare_dataset(
     return summary
 
 
+def default_workers() -> int:
+    """DICOM decoding processes by default: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def add_prepare_arguments(parser, dataset: str) -> None:
     """The command-line options of ``datasets/prepare_*.py`` (DESIGN section 2), shared by both scripts."""
     parser.add_argument("--csv", help="reader annotation CSV; leave out for a test set (images only)")
@@ -372,7 +411,7 @@ def add_prepare_arguments(parser, dataset: str) -> None:
     parser.add_argument("--iou-thr", type=float, default=0.4, help="IoU above which boxes fuse (default 0.4)")
     parser.add_argument("--folds", type=int, default=5, help="number of folds; < 2 writes only all.json")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
-    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+    parser.add_argument("--workers", type=int, default=default_workers(),
                         help="DICOM decoding processes (default: CPU count, at most 8)")
     parser.add_argument("--strict", action="store_true", help="stop with an error at the first bad row or image")
     parser.add_argument("--box-masks", action="store_true",
@@ -383,6 +422,10 @@ def add_prepare_arguments(parser, dataset: str) -> None:
     parser.add_argument("--label-rule", default="any", choices=["any", "majority"],
                         help="image-level label when readers disagree (default any: abnormal if any reader "
                              "drew a box)")
+    if dataset == "spinexr":
+        parser.add_argument("--no-study-groups", action="store_true",
+                            help="prepare a CSV without study_id: folds split image by image (a study's images may "
+                                 "then sit in both train and val)")
     parser.add_argument("--no-report", action="store_true", help="skip the report/ plots")
 
 
@@ -392,7 +435,7 @@ def prepare_from_args(args, dataset: str) -> PrepareSummary:
     if dataset == "vindr-cxr":
         extra = {"fmt": args.format, "image_labels_csv": args.image_labels, "kaggle_classes": args.kaggle_classes}
     else:
-        extra = {"fmt": "spinexr"}
+        extra = {"study_groups": not args.no_study_groups}
     return prepare_dataset(
         dataset=dataset, csv=args.csv, dicom_dir=args.dicom_dir, out=args.out, size=args.size,
         fusion=args.fusion, iou_thr=args.iou_thr, folds=args.folds, seed=args.seed, workers=args.workers,
