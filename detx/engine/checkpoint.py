@@ -57,7 +57,8 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
-def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classes: int) -> None:
+def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classes: int,
+                     num_classes_key: str = "MODEL.ROI_HEADS.NUM_CLASSES") -> None:
     """Fail early on weights that cannot be this model's: missing file, another class count, other shapes.
 
     detectron2's checkpointer only warns on shape mismatches and leaves those layers random.
@@ -71,7 +72,7 @@ def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classe
     if cls_key in state and tuple(state[cls_key].shape)[0] != num_classes + 1:
         raise CheckpointError(
             f"weights file {path} was trained for {tuple(state[cls_key].shape)[0] - 1} classes but the config has "
-            f"MODEL.ROI_HEADS.NUM_CLASSES {num_classes}")
+            f"{num_classes_key} {num_classes}")
     own = model.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]

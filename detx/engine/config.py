@@ -193,3 +193,19 @@ def fit_device(cfg: CfgNode) -> None:
         cfg.SOLVER.AMP.ENABLED = False
     if was_frozen:
         cfg.freeze()
+
+
+def num_classes_key(cfg: CfgNode) -> str:
+    """The config key that holds a model's number of finding classes, by meta-architecture (the one place
+    that knows it: training checks, checkpoints and prediction all ask here)."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return "MODEL.RETINANET.NUM_CLASSES"
+    return "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
+def num_classes(cfg: CfgNode) -> int:
+    """The model's number of finding classes ("No finding" excluded), read from :func:`num_classes_key`."""
+    node: object = cfg
+    for part in num_classes_key(cfg).split("."):
+        node = node[part]
+    return int(node)

@@ -28,6 +28,7 @@ from detectron2.utils.logger import setup_logger
 from detx.core.errors import InputError
 from detx.core.prepared import PreparedDatasetError
 from detx.engine.checkpoint import CheckpointError, check_weights_file
+from detx.engine.config import num_classes, num_classes_key
 from detx.engine.datasets import setup_datasets
 from detx.engine.hooks import PersistentBestCheckpointer, TrainingCurves, ValidationLoss
 from detx.engine.mapper import DetxDatasetMapper
@@ -170,13 +171,9 @@ def check_datasets(cfg: CfgNode, train: bool = True) -> None:
                 raise TrainingSetupError(
                     "MODEL.MASK_ON is set but the training annotations have no segmentation: set "
                     "DETX.BOX_MASKS True (box-shaped masks) or prepare the dataset with box masks")
-    if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
-        want = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        key = "MODEL.ROI_HEADS.NUM_CLASSES"
-    elif cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
-        want, key = cfg.MODEL.RETINANET.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"
-    else:
+    if cfg.MODEL.META_ARCHITECTURE not in ("GeneralizedRCNN", "RetinaNet"):
         return
+    want, key = num_classes(cfg), num_classes_key(cfg)
     for name in names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is None:

@@ -36,6 +36,7 @@ from detx.core.prepared import (
 )
 from detx.data.dicom import find_dicoms, load_dicom_image
 from detx.engine.checkpoint import check_checkpoint
+from detx.engine.config import num_classes, num_classes_key
 from detx.inference.tta import TTAView, hflip_boxes, hflip_image
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class BatchedPredictor:
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
-        check_checkpoint(self.model, weights, self.cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        check_checkpoint(self.model, weights, num_classes(self.cfg), num_classes_key(self.cfg))
         DetectionCheckpointer(self.model).load(str(weights))
         self.weights = str(weights)
         self.device = torch.device(self.cfg.MODEL.DEVICE)

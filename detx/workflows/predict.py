@@ -26,7 +26,8 @@ from detx.core.image_scores import RULES, class_max_scores
 from detx.core.io import atomic_path, write_png
 from detx.core.predictions import Predictions, no_finding_entry
 from detx.core.submission import write_submission
-from detx.engine.config import get_detx_cfg
+from detx.engine.config import get_detx_cfg, num_classes_key
+from detx.engine.config import num_classes as model_num_classes
 from detx.inference.classifier import ImageClassifier, apply_nofinding_filter, read_probability_csv
 from detx.inference.ensemble import CONF_TYPES, ensemble_predictions
 from detx.inference.predictor import BatchedPredictor, InputSet, collect_inputs, load_image, predict_all
@@ -88,9 +89,10 @@ def _load_cfgs(options: PredictOptions):
                          f"{len(options.config_files)} configs for {n} weights")
     files = options.config_files * n if len(options.config_files) == 1 else options.config_files
     cfgs = [get_detx_cfg(f, options.opts) for f in files]
-    num_classes = {c.MODEL.ROI_HEADS.NUM_CLASSES for c in cfgs}
-    if len(num_classes) != 1:
-        raise InputError(f"the configs disagree on MODEL.ROI_HEADS.NUM_CLASSES: {sorted(num_classes)}")
+    counts = {model_num_classes(c) for c in cfgs}
+    if len(counts) != 1:
+        raise InputError(f"the configs disagree on the number of classes ({', '.join(num_classes_key(c) for c in cfgs)}):"
+                         f" {sorted(counts)}")
     formats = {c.INPUT.FORMAT for c in cfgs}
     if len(formats) != 1:
         raise InputError(f"the configs disagree on INPUT.FORMAT: {sorted(formats)}")
@@ -150,12 +152,12 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     """
     _check_options(options)
     cfgs = _load_cfgs(options)
-    num_classes = int(cfgs[0].MODEL.ROI_HEADS.NUM_CLASSES)
+    num_classes = model_num_classes(cfgs[0])
     nf_id = num_classes
     inputs = collect_inputs(options.input)
     if inputs.classes is not None and len(inputs.classes) != num_classes:
         raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the config "
-                         f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}")
+                         f"{num_classes_key(cfgs[0])} is {num_classes}")
     classes = class_names_for(num_classes, inputs.classes)
     image_ids = [r.image_id for r in inputs.images]
 
