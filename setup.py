@@ -28,6 +28,7 @@ install_requires = [
     "ensemble-boxes>=1.0.9",
     "numba>=0.58",  # detx's batched WBF (detx/inference/ensemble.py)
     "pycocotools>=2.0.7",
+    "captum>=0.7",  # Grad-CAM / DeepLIFT / Integrated Gradients heatmaps of the image classifier
     "matplotlib>=3.7",
     "tqdm>=4.60",
     "filelock>=3.12",  # one run at a time per output folder (detx/core/io.py folder_lock)

@@ -152,3 +152,26 @@ def trained_tiny_dir(prepared_cxr_dir, tmp_path_factory):
                          *TRAINED_TINY_OPTS)
     (out / "train_stdout.txt").write_text(proc.stdout)  # the console output, for the closing-summary test
     return out
+
+
+# ------------------------------------------------------------------------------------------ classifier
+# The tiny image classifier (P(abnormal) + 14 findings) trained a few iterations on prepared_cxr_dir fold 0.
+
+CLS_TINY_CONFIG = str(Path(__file__).resolve().parent.parent / "configs/quick_schedules/vindr_cxr_cls_tiny.yaml")
+TRAINED_CLS_OPTS = (
+    "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "8", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "4",
+    "TEST.EVAL_PERIOD", "4", "DETX.VAL_PERIOD", "4", "DETX.FOLD", "0", "SOLVER.WARMUP_ITERS", "2",
+    "DETX.EVAL.BOOTSTRAP", "50", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+)
+
+
+@pytest.fixture(scope="session")
+def trained_cls_dir(prepared_cxr_dir, tmp_path_factory):
+    """OUTPUT_DIR of the tiny classifier trained 8 iterations (batch 4, 128 px) on prepared_cxr_dir fold 0:
+    config.yaml, model_final.pth, model_best.pth, metrics.json (cls/* and val_total_loss at iterations 3 and 8)."""
+    out = tmp_path_factory.mktemp("trained_cls")
+    proc = run_train_net("--config-file", CLS_TINY_CONFIG, "DETX.DATA_ROOT", prepared_cxr_dir, "OUTPUT_DIR", out,
+                         *TRAINED_CLS_OPTS)
+    (out / "train_stdout.txt").write_text(proc.stdout)
+    return out

@@ -89,7 +89,7 @@ def test_submission_round_trip_in_original_pixels(tiny_random_checkpoint, png_di
         p_abn = direct.scores.max()  # default rule: max
         assert got.scores[~finding][0] == pytest.approx(1 - p_abn, abs=1e-5)
     cls = (tmp_path / "classification.csv").read_text().splitlines()
-    assert cls[0].startswith("image_id,p_abnormal,label,Aortic enlargement") and len(cls) == 4
+    assert cls[0].startswith("image_id,p_abnormal,label,p_Aortic enlargement") and len(cls) == 4
 
 
 def test_identical_weights_fuse_to_the_single_model(tiny_random_checkpoint, png_dir, tmp_path):
@@ -149,7 +149,7 @@ def test_spinexr_no_finding_id_is_7(tmp_path, png_dir):
     sub = read_submission(out, num_classes=8)
     for p in sub.values():
         assert (p.classes == 7).sum() == 1 and p.classes.max() == 7
-    assert "Osteophytes" in (tmp_path / "classification.csv").read_text().splitlines()[0]
+    assert "p_Osteophytes" in (tmp_path / "classification.csv").read_text().splitlines()[0]
 
 
 def test_classifier_csv_and_two_class_filter(tiny_random_checkpoint, png_dir, tmp_path):

@@ -30,14 +30,23 @@ from detx.workflows.predict import PredictOptions, run_predict
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", nargs="+", required=True, metavar="CFG",
-                   help="detectron2/detx yaml: one for all --weights, or one per weights file")
-    p.add_argument("--weights", nargs="+", required=True, metavar="W", help="checkpoint(s) (.pth); several are WBF-fused")
+    p.add_argument("--config-file", nargs="+", default=[], metavar="CFG",
+                   help="detector yaml: one for all --weights, or one per weights file")
+    p.add_argument("--weights", nargs="+", default=[], metavar="W",
+                   help="detector checkpoint(s) (.pth); several are WBF-fused")
+    p.add_argument("--classifier-config", nargs="+", default=[], metavar="CFG",
+                   help="image classifier yaml (META_ARCHITECTURE DetxClassifier): one for all, or one per weights file")
+    p.add_argument("--classifier-weights", nargs="+", default=[], metavar="W",
+                   help="image classifier checkpoint(s); their probabilities are averaged (and over --tta views). "
+                        "Its P(abnormal) gives the No-finding entry and drives the 2-class filter; without a "
+                        "detector only --classification-out is written")
+    p.add_argument("--score-scaling", action="store_true",
+                   help="multiply each box's confidence by the classifier's probability of its class")
     p.add_argument("--input", required=True,
                    help="a prepared COCO JSON (original sizes from its images), a DICOM folder (searched recursively: "
                         "*.dicom, *.dcm, or any file with the DICM marker, e.g. UID-named PACS exports) or a PNG "
                         "folder (original sizes from a meta.csv beside it, else the PNG size)")
-    p.add_argument("--out", required=True, help="submission CSV to write (atomically)")
+    p.add_argument("--out", default=None, help="submission CSV to write (atomically); needed with a detector")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--tta", nargs="*", default=[], metavar="T",
                    help="test-time views fused with WBF: 'hflip' and/or 'scale=N' (shortest edge N), e.g. "
@@ -105,11 +114,17 @@ def main(args: argparse.Namespace) -> int:
         nofinding_low=args.nofinding_low, nofinding_high=args.nofinding_high,
         classification_out=args.classification_out, vis_dir=args.vis_dir, vis_num=args.vis_num,
         vis_score=args.vis_score, dicom_size=args.dicom_size, num_workers=args.workers, amp=not args.no_amp,
-        strict=args.strict, progress=not args.quiet, cache_dir=args.cache_dir)
+        strict=args.strict, progress=not args.quiet, cache_dir=args.cache_dir,
+        classifier_configs=args.classifier_config, classifier_weights=args.classifier_weights,
+        score_scaling=args.score_scaling)
     summary = run_predict(options)
     failed = summary["failed"]
-    print(f"wrote {summary['out']} ({summary['num_images']} images, {len(summary['sets'])} prediction set(s) "
-          f"fused: {', '.join(summary['sets'])}) and {summary['classification']}")
+    cnn = f", {summary['classifiers']} image classifier(s)" if summary["classifiers"] else ""
+    if summary["out"]:
+        print(f"wrote {summary['out']} ({summary['num_images']} images, {len(summary['sets'])} prediction set(s) "
+              f"fused: {', '.join(summary['sets'])}{cnn}) and {summary['classification']}")
+    else:
+        print(f"wrote {summary['classification']} ({summary['num_images']} images{cnn})")
     if failed:
         print(f"warning: {len(failed)} image(s) could not be read and were written as no finding: "
               f"{', '.join(list(failed)[:10])}", file=sys.stderr)

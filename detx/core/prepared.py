@@ -29,7 +29,7 @@ IMAGES_DIR = "images"
 ANNOTATIONS_DIR = "annotations"
 META_CSV = "meta.csv"
 #: image keys of a prepared COCO JSON that detectron2's ``load_coco_json`` drops and detx keeps
-IMAGE_KEYS: tuple[str, ...] = ("image_uid", "orig_width", "orig_height", "study_id")
+IMAGE_KEYS: tuple[str, ...] = ("image_uid", "orig_width", "orig_height", "study_id", "abnormal")
 
 
 class PreparedDatasetError(InputError):
@@ -57,6 +57,35 @@ def original_size(entry: dict[str, Any]) -> tuple[int, int] | None:
     """``(orig_width, orig_height)`` of a COCO image entry or dataset dict, None when it does not record them."""
     ow, oh = entry.get("orig_width"), entry.get("orig_height")
     return (int(ow), int(oh)) if ow and oh else None
+
+
+# ----------------------------------------------------------------------------------------- image labels
+
+def has_image_labels(record: dict[str, Any]) -> bool:
+    """Whether a prepared image (COCO entry or detectron2 dataset dict) carries its image-level label: preparation
+    from a reader CSV records ``abnormal``; a test split prepared without annotations does not."""
+    return record.get("abnormal") is not None
+
+
+def image_level_targets(record: dict[str, Any], num_classes: int = 0) -> np.ndarray:
+    """The image-level targets of a prepared image: ``[abnormal, present(class 0), ..., present(class K-1)]``.
+
+    ``abnormal`` is the image's recorded label (the preparation's label rule); a class is present when the image
+    has a (fused) box of it, read from ``annotations`` (detectron2 dicts) before any augmentation.
+
+    Raises:
+        PreparedDatasetError: the image has no ``abnormal`` label (see :func:`has_image_labels`).
+    """
+    if not has_image_labels(record):
+        raise PreparedDatasetError(f"image {record.get('image_uid', record.get('file_name', '?'))} has no image-level "
+                                   "label ('abnormal'); was the dataset prepared without --csv?")
+    out = np.zeros(1 + num_classes, np.float32)
+    out[0] = float(record["abnormal"])
+    for a in record.get("annotations", []):
+        c = int(a["category_id"])
+        if 0 <= c < num_classes:
+            out[1 + c] = 1.0
+    return out
 
 
 # ----------------------------------------------------------------------------------------- files

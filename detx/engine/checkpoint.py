@@ -20,6 +20,22 @@ class CheckpointError(InputError):
     """A weights file that does not fit the config (missing, another class count, other shapes)."""
 
 
+DETECTOR_PREFIXES = ("roi_heads.", "proposal_generator.", "head.cls_score.")
+
+
+def _check_kind(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """A detector's weights given to the image classifier, or the reverse, named as such."""
+    model_is_classifier = type(model).__name__ == "DetxClassifier"
+    state_is_detector = any(k.startswith(DETECTOR_PREFIXES) for k in state)
+    state_is_classifier = "head.weight" in state and not state_is_detector
+    if model_is_classifier and state_is_detector:
+        raise CheckpointError(f"weights file {path} is a detector's checkpoint, not an image classifier's: pass it "
+                              "with --config-file/--weights")
+    if not model_is_classifier and state_is_classifier:
+        raise CheckpointError(f"weights file {path} is an image classifier's checkpoint, not a detector's: pass it "
+                              "with --classifier-config/--classifier-weights")
+
+
 def check_weights_file(path: str | os.PathLike, what: str = "weights file") -> None:
     """Exists, is readable, and starts like a PyTorch checkpoint (a zip archive, "PK") or a pickle (0x80;
     detectron2's model-zoo ``.pkl`` files too). ``what`` names the file in the message.
@@ -68,6 +84,12 @@ def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classe
         check_weights_file(path)
         return
     state = read_state_dict(path)
+    _check_kind(model, state, path)
+    if "head.weight" in state and num_classes_key == "MODEL.CLASSIFIER.NUM_CLASSES":
+        trained = tuple(state["head.weight"].shape)[0] - 1
+        if trained != num_classes:
+            raise CheckpointError(f"weights file {path} is an image classifier of {trained} classes but the config "
+                                  f"has {num_classes_key} {num_classes}")
     cls_key = "roi_heads.box_predictor.cls_score.weight"
     if cls_key in state and tuple(state[cls_key].shape)[0] != num_classes + 1:
         raise CheckpointError(

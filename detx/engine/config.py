@@ -58,6 +58,23 @@ def add_detx_config(cfg: CfgNode) -> None:
 
     cfg.DETX.EVAL = CfgNode()
     cfg.DETX.EVAL.IOU_THR = 0.4
+    # bootstrap resamples for the classifier's 95% confidence intervals (0: none)
+    cfg.DETX.EVAL.BOOTSTRAP = 1000
+
+    # The image-level classifier (META_ARCHITECTURE "DetxClassifier"): a backbone from build_backbone, global
+    # average pooling over the image (padding masked out), a linear head of one sigmoid per output.
+    cfg.MODEL.CLASSIFIER = CfgNode()
+    cfg.MODEL.CLASSIFIER.IN_FEATURE = "res5"  # the backbone output that is pooled
+    # 0: normal/abnormal only; K > 0: also one output per finding class (multi-label, the dataset's K classes)
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 0
+    # BCE positive-class weight per output ("abnormal" first, then the classes); [] = 1 for all
+    cfg.MODEL.CLASSIFIER.POS_WEIGHT = []
+    cfg.MODEL.CLASSIFIER.DROPOUT = 0.0
+    # torchvision DenseNet backbones (BACKBONE.NAME "build_densenet_backbone"): depth 121/169/201 and an optional
+    # ImageNet state dict the user downloaded (torchvision's densenet121-a639ec97.pth, ...)
+    cfg.MODEL.DENSENET = CfgNode()
+    cfg.MODEL.DENSENET.DEPTH = 121
+    cfg.MODEL.DENSENET.WEIGHTS = ""
 
     cfg.DETX.AUG = CfgNode()
     cfg.DETX.AUG.ENABLED = True
@@ -195,11 +212,22 @@ def fit_device(cfg: CfgNode) -> None:
         cfg.freeze()
 
 
+#: the meta-architecture of detx's image-level classifier (detx/engine/classifier.py)
+CLASSIFIER_ARCH = "DetxClassifier"
+
+
+def is_classifier(cfg: CfgNode) -> bool:
+    """Whether ``cfg`` builds the image-level classifier rather than a detector."""
+    return cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_ARCH
+
+
 def num_classes_key(cfg: CfgNode) -> str:
     """The config key that holds a model's number of finding classes, by meta-architecture (the one place
     that knows it: training checks, checkpoints and prediction all ask here)."""
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
         return "MODEL.RETINANET.NUM_CLASSES"
+    if is_classifier(cfg):
+        return "MODEL.CLASSIFIER.NUM_CLASSES"
     return "MODEL.ROI_HEADS.NUM_CLASSES"
 
 

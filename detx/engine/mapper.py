@@ -25,7 +25,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
 
-from detx.core.prepared import PreparedDatasetError
+from detx.core.prepared import PreparedDatasetError, image_level_targets
+from detx.engine.config import is_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class DetxDatasetMapper(DatasetMapper):
     @configurable
     def __init__(self, is_train: bool, *, augmentations: list, album: A.Compose | None, image_format: str,
                  use_instance_mask: bool = False, instance_mask_format: str = "polygon",
-                 box_masks: bool = False, keep_annotations: bool | None = None):
+                 box_masks: bool = False, keep_annotations: bool | None = None, image_targets: int | None = None):
         """
         Args:
             is_train: training (annotations kept, random augmentation) or inference.
@@ -97,12 +98,15 @@ class DetxDatasetMapper(DatasetMapper):
             instance_mask_format: "polygon" or "bitmask".
             box_masks: annotations without a segmentation get their box as polygon mask.
             keep_annotations: defaults to ``is_train``.
+            image_targets: for the image classifier, its K finding classes: the output carries ``cls_targets``
+                (:func:`detx.core.prepared.image_level_targets`) instead of instances; None for detectors.
         """
         super().__init__(is_train, augmentations=augmentations, image_format=image_format,
                          use_instance_mask=use_instance_mask, instance_mask_format=instance_mask_format)
         self.album = album
         self.box_masks = box_masks
         self.keep_annotations = is_train if keep_annotations is None else keep_annotations
+        self.image_targets = image_targets
         self._seeded_pid: int | None = None
 
     @classmethod
@@ -123,6 +127,7 @@ class DetxDatasetMapper(DatasetMapper):
             "use_instance_mask": cfg.MODEL.MASK_ON,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
             "box_masks": cfg.DETX.BOX_MASKS,
+            "image_targets": int(cfg.MODEL.CLASSIFIER.NUM_CLASSES) if is_classifier(cfg) else None,
         }
 
     def _seed_album(self) -> None:
@@ -141,6 +146,9 @@ class DetxDatasetMapper(DatasetMapper):
             raise PreparedDatasetError(
                 f"cannot read training image {dataset_dict['file_name']}: {type(e).__name__}: {e}; run the "
                 "preparation again (it converts damaged images again) or remove the image") from e
+        if self.image_targets is not None:  # the classifier: image-level labels, read before any augmentation
+            targets = image_level_targets(dataset_dict, self.image_targets) if self.keep_annotations else None
+            dataset_dict.pop("annotations", None)
         utils.check_image_size(dataset_dict, image)
         annos = dataset_dict.pop("annotations", []) if self.keep_annotations else []
         dataset_dict.pop("annotations", None)
@@ -162,6 +170,10 @@ class DetxDatasetMapper(DatasetMapper):
         image = aug_input.image
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if self.image_targets is not None:
+            if targets is not None:
+                dataset_dict["cls_targets"] = torch.as_tensor(targets)
+            return dataset_dict
         if not self.keep_annotations:
             return dataset_dict
 

@@ -26,12 +26,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from detx.core.errors import InputError
-from detx.core.prepared import PreparedDatasetError
+from detx.core.prepared import PreparedDatasetError, has_image_labels
 from detx.engine.checkpoint import CheckpointError, check_weights_file
-from detx.engine.config import num_classes, num_classes_key
+from detx.engine.config import is_classifier, num_classes, num_classes_key
 from detx.engine.datasets import setup_datasets
 from detx.engine.hooks import PersistentBestCheckpointer, TrainingCurves, ValidationLoss
 from detx.engine.mapper import DetxDatasetMapper
+from detx.evaluation.cls_evaluator import ClassificationEvaluator
+from detx.evaluation.evaluator import VinBigDataEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +95,13 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
                         ) -> DatasetEvaluator:
-        """The challenge metric (``vinbigdata/mAP40``, per-class AP40) and COCO ``bbox/*``."""
-        from detx.evaluation.evaluator import VinBigDataEvaluator
-
-        return VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR,
-                                   output_dir=output_folder or str(Path(cfg.OUTPUT_DIR) / "inference"))
+        """Detectors: the challenge metric (``vinbigdata/mAP40``, per-class AP40) and COCO ``bbox/*``; the image
+        classifier: ``cls/*`` (AUC, F1, sensitivity, specificity, per-class AUC, bootstrap intervals)."""
+        out = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference")
+        if is_classifier(cfg):
+            return ClassificationEvaluator(dataset_name, int(cfg.MODEL.CLASSIFIER.NUM_CLASSES), output_dir=out,
+                                           n_boot=int(cfg.DETX.EVAL.BOOTSTRAP))
+        return VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR, output_dir=out)
 
     def build_hooks(self) -> list:
         ret = super().build_hooks()
@@ -171,7 +175,11 @@ def check_datasets(cfg: CfgNode, train: bool = True) -> None:
                 raise TrainingSetupError(
                     "MODEL.MASK_ON is set but the training annotations have no segmentation: set "
                     "DETX.BOX_MASKS True (box-shaped masks) or prepare the dataset with box masks")
-    if cfg.MODEL.META_ARCHITECTURE not in ("GeneralizedRCNN", "RetinaNet"):
+    if is_classifier(cfg):
+        _check_classifier_datasets(cfg, names)
+        if not cfg.MODEL.CLASSIFIER.NUM_CLASSES:
+            return  # normal/abnormal only: any class vocabulary will do
+    elif cfg.MODEL.META_ARCHITECTURE not in ("GeneralizedRCNN", "RetinaNet"):
         return
     want, key = num_classes(cfg), num_classes_key(cfg)
     for name in names:
@@ -269,6 +277,18 @@ def plain_log_files(names: tuple[str, ...] = ("detectron2", "fvcore", "")) -> No
             stream = getattr(h, "stream", None)
             if isinstance(h, logging.StreamHandler) and stream not in (sys.stdout, sys.stderr) and h.formatter:
                 h.setFormatter(_PlainFormatter(h.formatter._fmt, h.formatter.datefmt))
+
+
+def _check_classifier_datasets(cfg: CfgNode, names: list[str]) -> None:
+    """The image classifier learns image-level labels: every image of its datasets must carry one."""
+    for name in names:
+        dicts = DatasetCatalog.get(name)
+        unlabelled = [d.get("image_uid", d["image_id"]) for d in dicts if not has_image_labels(d)]
+        if unlabelled:
+            raise TrainingSetupError(
+                f"the image classifier needs image-level labels, but {len(unlabelled)} of the {len(dicts)} images of "
+                f"dataset {name} have none (e.g. {unlabelled[:3]}): a split prepared without --csv (test.json) "
+                "cannot train or validate a classifier")
 
 
 def prepare_training(cfg: CfgNode, resume: bool = False, eval_only: bool = False) -> CfgNode:

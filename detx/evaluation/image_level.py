@@ -99,3 +99,70 @@ def per_class_auc(labels: np.ndarray, scores: np.ndarray, class_names: Sequence[
     for k, name in enumerate(class_names):
         out[name] = float(roc_auc_score(y[:, k], s[:, k])) if len(np.unique(y[:, k])) == 2 else None
     return out
+
+
+#: the metrics at the operating point that get bootstrap confidence intervals
+CI_METRICS: tuple[str, ...] = ("auc", "f1", "sensitivity", "specificity")
+
+
+def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, tuple[float, float] | None]:
+    """Percentile bootstrap intervals of AUC, F1, sensitivity and specificity at a fixed threshold (the
+    VinDr-SpineXR protocol: images resampled with replacement ``n_boot`` times).
+
+    A resample whose metric is undefined (one class only) is left out of that metric's interval; None when no
+    resample defines it.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    s = np.asarray(scores, np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {k: [] for k in CI_METRICS}
+    n = len(y)
+    for _ in range(int(n_boot)):
+        idx = rng.integers(0, n, n)
+        yb, sb = y[idx], s[idx]
+        pos, neg = int(yb.sum()), n - int(yb.sum())
+        pred = sb >= threshold
+        tp = int(np.sum(pred & (yb == 1)))
+        fp = int(np.sum(pred & (yb == 0)))
+        fn = pos - tp
+        if pos and neg:
+            values["auc"].append(float(roc_auc_score(yb, sb)))
+        if pos:
+            values["sensitivity"].append(tp / pos)
+        if neg:
+            values["specificity"].append((neg - fp) / neg)
+        if 2 * tp + fp + fn:
+            values["f1"].append(2 * tp / (2 * tp + fp + fn))
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) if v else None for k, v in values.items()}
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, names: Sequence[str],
+                           threshold: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The image classifier's numbers: normal/abnormal metrics from output 0 and per-class AUCs of the others.
+
+    Args:
+        labels: (N, 1 + K) 0/1 targets (abnormal first, then the K classes).
+        probs: (N, 1 + K) probabilities in the same order.
+        names: the 1 + K output names (``abnormal``, then the class names).
+        threshold: the operating point on P(abnormal); None: Youden-optimal on these images.
+        n_boot: bootstrap resamples for the 95% intervals (0: none).
+
+    Returns:
+        :func:`image_level_metrics` of the abnormal output plus ``ci`` ({metric: [low, high]} or None),
+        ``auc_per_class`` ({class: AUC or None}) and ``auc_macro`` (mean over the classes with an AUC; None
+        without any).
+    """
+    y = np.asarray(labels).astype(np.int64).reshape(len(labels), -1)
+    p = np.asarray(probs, np.float64).reshape(len(probs), -1)
+    if y.shape != p.shape or y.shape[1] != len(names):
+        raise ValueError(f"labels {y.shape}, probabilities {p.shape} and {len(names)} output names do not match")
+    out = image_level_metrics(y[:, 0], p[:, 0], threshold)
+    ci = bootstrap_ci(y[:, 0], p[:, 0], out["threshold"], n_boot, seed) if n_boot > 0 else {}
+    out["ci"] = {k: (list(v) if v is not None else None) for k, v in ci.items()}
+    per_class = per_class_auc(y[:, 1:], p[:, 1:], list(names[1:])) if len(names) > 1 else {}
+    out["auc_per_class"] = per_class
+    defined = [v for v in per_class.values() if v is not None]
+    out["auc_macro"] = float(np.mean(defined)) if defined else None
+    return out

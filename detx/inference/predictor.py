@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,12 +37,14 @@ from detx.core.prepared import (
 )
 from detx.data.dicom import find_dicoms, load_dicom_image
 from detx.engine.checkpoint import check_checkpoint
-from detx.engine.config import num_classes, num_classes_key
+from detx.engine.config import is_classifier, num_classes, num_classes_key
 from detx.inference.tta import TTAView, hflip_boxes, hflip_image
 
 logger = logging.getLogger(__name__)
 
 PNG_SUFFIXES = (".png",)
+#: image formats a batch is decoded in and converted between (a channel swap) for models that differ
+SWAPPABLE_FORMATS = ("BGR", "RGB")
 
 
 class PredictionInputError(InputError):
@@ -208,12 +211,9 @@ def iter_batches(records: Sequence[InputImage], fmt: str, dicom_size: int, batch
 
 # ----------------------------------------------------------------------------------------- model
 
-class BatchedPredictor:
-    """One checkpoint of a config, predicting several images per forward pass.
-
-    Like detectron2's ``DefaultPredictor`` (same resize, same model call) but batched, with AMP on
-    CUDA, TTA views, and boxes returned in original pixels as :class:`Predictions`.
-    """
+class _BatchedModel:
+    """One checkpoint of a config, run on several images per forward pass: loading and checking the weights,
+    the device, AMP on CUDA, detectron2's test-time resize and the TTA views (shared by detector and classifier)."""
 
     def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True):
         from detectron2.checkpoint import DetectionCheckpointer
@@ -228,6 +228,9 @@ class BatchedPredictor:
         self.device = torch.device(self.cfg.MODEL.DEVICE)
         self.amp = amp and self.device.type == "cuda"
         self.input_format = self.cfg.INPUT.FORMAT
+        if self.input_format not in SWAPPABLE_FORMATS:
+            raise InputError(f"INPUT.FORMAT {self.input_format!r} is not supported for prediction "
+                             f"({' or '.join(SWAPPABLE_FORMATS)})")
 
     def cache_key(self, view: TTAView, dicom_size: int) -> str:
         """What determines this predictor's output for a view: weights file (path, size, mtime), config, view."""
@@ -245,36 +248,83 @@ class BatchedPredictor:
         return T.ResizeShortestEdge([min_size, min_size], max_size)
 
     @torch.no_grad()
-    def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
-                 view: TTAView | None = None) -> list[Predictions]:
-        """Predict a batch.
-
-        Args:
-            images: HWC uint8 arrays in ``INPUT.FORMAT`` (as :func:`load_image` returns them).
-            orig_sizes: (width, height) in original pixels, the frame of the returned boxes.
-            view: the TTA view (flip, scale) to run.
-        """
-        view = view or TTAView()
-        if not images:
-            return []
+    def _run(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]], view: TTAView,
+             fmt: str | None) -> list[dict[str, Any]]:
+        """The model's outputs for a batch of HWC uint8 images in ``fmt`` (default: this model's format)."""
         resize = self._resize(view)
+        swap = fmt is not None and fmt != self.input_format  # RGB <-> BGR
         inputs = []
         for image, (ow, oh) in zip(images, orig_sizes):
+            if swap:
+                image = image[:, :, ::-1]
             x = resize.get_transform(image).apply_image(image)
             t = torch.as_tensor(np.ascontiguousarray(x.transpose(2, 0, 1))).float()
             if view.hflip:
                 t = hflip_image(t)
             inputs.append({"image": t, "height": int(oh), "width": int(ow)})
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
-            outputs = self.model(inputs)
+            return self.model(inputs)
+
+
+class BatchedPredictor(_BatchedModel):
+    """A detector checkpoint, predicting several images per forward pass.
+
+    Like detectron2's ``DefaultPredictor`` (same resize, same model call) but batched, with AMP on
+    CUDA, TTA views, and boxes returned in original pixels as :class:`Predictions`.
+    """
+
+    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True):
+        if is_classifier(cfg):
+            raise InputError(f"{cfg.MODEL.META_ARCHITECTURE} is an image classifier, not a detector: give it as "
+                             "--classifier-config/--classifier-weights")
+        super().__init__(cfg, weights, amp)
+
+    def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
+                 view: TTAView | None = None, fmt: str | None = None) -> list[Predictions]:
+        """Predict a batch.
+
+        Args:
+            images: HWC uint8 arrays in ``fmt`` (default ``INPUT.FORMAT``; as :func:`load_image` returns them).
+            orig_sizes: (width, height) in original pixels, the frame of the returned boxes.
+            view: the TTA view (flip, scale) to run.
+            fmt: the images' format when it is not the model's (BGR and RGB are swapped).
+        """
+        view = view or TTAView()
+        if not images:
+            return []
         preds = []
-        for out, (ow, _oh) in zip(outputs, orig_sizes):
+        for out, (ow, _oh) in zip(self._run(images, orig_sizes, view, fmt), orig_sizes):
             inst = out["instances"].to("cpu")
             boxes = inst.pred_boxes.tensor.float().numpy().astype(np.float64)
             if view.hflip:
                 boxes = hflip_boxes(boxes, float(ow))
             preds.append(Predictions(boxes, inst.scores.float().numpy(), inst.pred_classes.numpy()))
         return preds
+
+
+class BatchedClassifier(_BatchedModel):
+    """An image-classifier checkpoint (``DetxClassifier``): per image the probabilities of its outputs
+    (``abnormal``, then ``MODEL.CLASSIFIER.NUM_CLASSES`` classes)."""
+
+    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True):
+        if not is_classifier(cfg):
+            raise InputError(f"{cfg.MODEL.META_ARCHITECTURE} is a detector, not an image classifier: give it as "
+                             "--config-file/--weights")
+        super().__init__(cfg, weights, amp)
+        self.num_outputs = 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES)
+
+    def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
+                 view: TTAView | None = None, fmt: str | None = None) -> list[np.ndarray]:
+        """(1 + K,) probabilities per image (a horizontal flip does not change what an image shows)."""
+        if not images:
+            return []
+        return [out["cls_probs"].float().cpu().numpy().astype(np.float64)
+                for out in self._run(images, orig_sizes, view or TTAView(), fmt)]
+
+
+def _probs_as_entries(probs: np.ndarray) -> Predictions:
+    """A classifier's probabilities in the prediction cache's record type: entry k = output k, score = P."""
+    return Predictions(np.zeros((len(probs), 4)), probs, np.arange(len(probs)))
 
 
 class PredictionCache:
@@ -345,12 +395,13 @@ class PredictionRun:
     """Raw predictions of every (model, view) pair, before ensembling.
 
     Attributes:
-        sets: one ``{image_id: Predictions}`` per (model, view), in ``names`` order.
+        sets: one ``{image_id: Predictions}`` per (detector, view), in ``names`` order.
         names: ``"m<k>:<view>"`` per set.
         set_weights: WBF weight of each set (its model's weight).
         orig_sizes: image_id -> (width, height) original pixels, for every decoded image.
         failures: image_id -> the reason it could not be decoded (lenient mode).
         order: every input image id, in input order.
+        cls_sets: one ``{image_id: (1 + K,) probabilities}`` per (classifier, view).
     """
 
     sets: list[dict[str, Predictions]]
@@ -359,6 +410,14 @@ class PredictionRun:
     orig_sizes: dict[str, tuple[int, int]]
     failures: dict[str, str]
     order: list[str]
+    cls_sets: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def cls_probs(self) -> dict[str, np.ndarray]:
+        """image_id -> the classifiers' probabilities averaged over classifiers and views (fusion by mean)."""
+        if not self.cls_sets:
+            return {}
+        ids = set.intersection(*(set(s) for s in self.cls_sets))
+        return {i: np.mean([s[i] for s in self.cls_sets], axis=0) for i in self.order if i in ids}
 
 
 def predict_all(
@@ -372,20 +431,22 @@ def predict_all(
     strict: bool = False,
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    classifiers: Sequence[BatchedClassifier] = (),
 ) -> PredictionRun:
-    """Run every predictor and view on every image, decoding each batch once.
+    """Run every detector, classifier and view on every image, decoding each batch once.
 
     Images whose original size is known up front (a prepared JSON, a PNG folder with meta.csv) are
     batched in order of aspect ratio, so a batch pads less; results are keyed by image id. With
-    ``cache_dir`` each batch's raw predictions are saved (:class:`PredictionCache`) and a rerun skips the
-    images every (model, view) already predicted: an interrupted run resumes.
+    ``cache_dir`` each batch's raw predictions are saved (:class:`PredictionCache`; a classifier's
+    probabilities as entries, one per output) and a rerun skips the images every (model, view) already
+    predicted: an interrupted run resumes.
 
     Raises:
         UnreadableImageError: in ``strict`` mode, at the first image that cannot be decoded.
     """
     from tqdm import tqdm
 
-    if not predictors:
+    if not predictors and not classifiers:
         raise InputError("no model to predict with")
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
@@ -393,12 +454,14 @@ def predict_all(
     if len(weights) != len(predictors):
         raise InputError(f"{len(weights)} model weights for {len(predictors)} models")
     views = list(views) if views else [TTAView()]
-    fmt = predictors[0].input_format
-    pairs = [(m, v) for m in range(len(predictors)) for v in views]
-    sets: list[dict[str, Predictions]] = [{} for _ in pairs]
+    det_pairs = [(m, v) for m in range(len(predictors)) for v in views]
+    jobs: list[tuple[_BatchedModel, TTAView]] = [(predictors[m], v) for m, v in det_pairs]
+    jobs += [(c, v) for c in classifiers for v in views]
+    fmt = jobs[0][0].input_format
+    sets: list[dict[str, Predictions]] = [{} for _ in jobs]
     sizes: dict[str, tuple[int, int]] = {}
     failures: dict[str, str] = {}
-    cache = PredictionCache(cache_dir, [p.cache_key(v, dicom_size) for p in predictors for v in views]) \
+    cache = PredictionCache(cache_dir, [mdl.cache_key(v, dicom_size) for mdl, v in jobs]) \
         if cache_dir is not None else None
     todo = list(records)
     idents = {r.image_id: r.identity() for r in records} if cache is not None else {}
@@ -428,8 +491,9 @@ def predict_all(
                 sizes[item.record.image_id] = item.orig_size
         images = [g.image for g in good]
         orig = [g.orig_size for g in good]
-        for k, (m, view) in enumerate(pairs):
-            preds = predictors[m](images, orig, view)
+        for k, (mdl, view) in enumerate(jobs):
+            out = mdl(images, orig, view, fmt)
+            preds = out if isinstance(mdl, BatchedPredictor) else [_probs_as_entries(p) for p in out]
             for g, p in zip(good, preds):
                 sets[k][g.record.image_id] = p
             if cache is not None and good:
@@ -437,5 +501,7 @@ def predict_all(
                            orig)
         bar.update(len(batch))
     bar.close()
-    return PredictionRun(sets, [f"m{m}:{v.name}" for m, v in pairs], [weights[m] for m, _ in pairs], sizes,
-                         failures, [r.image_id for r in records])
+    n_det = len(det_pairs)
+    cls_sets = [{i: p.scores for i, p in s.items()} for s in sets[n_det:]]
+    return PredictionRun(sets[:n_det], [f"m{m}:{v.name}" for m, v in det_pairs], [weights[m] for m, _ in det_pairs],
+                         sizes, failures, [r.image_id for r in records], cls_sets)

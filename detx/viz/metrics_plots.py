@@ -94,6 +94,9 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, th
 def plot_evaluation(curves: Mapping, out_dir: str | os.PathLike, iou_thr: float = 0.4) -> list[Path]:
     """The three plots of a :class:`detx.workflows.evaluate.EvaluationResult`'s ``curves`` into ``out_dir``."""
     out_dir = Path(out_dir)
+    if "pr" not in curves:  # a classification CSV: only the ROC
+        labels, scores, thr = curves["roc"]
+        return [plot_roc(labels, scores, out_dir / "roc.png", thr)]
     paths = [plot_pr_curves(curves["pr"], curves["ap"], out_dir / "pr_curves.png", iou_thr)]
     fppi, sens, rates, at = curves["froc"]
     paths.append(plot_froc(fppi, sens, rates, at, out_dir / "froc.png"))

@@ -18,19 +18,21 @@ import numpy as np
 from tabulate import tabulate
 
 from detx.core.classes import NO_FINDING, no_finding_id
-from detx.core.errors import InputError
+from detx.core.classification_csv import ClassificationTable, is_classification_csv, read_classification_csv
+from detx.core.errors import InputError, StrictModeError
 from detx.core.image_scores import class_max_scores, image_scores_from_predictions
 from detx.core.predictions import Predictions
 from detx.core.submission import align_to, coverage, read_submission
 from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
 from detx.evaluation.froc import froc
 from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
-from detx.evaluation.image_level import image_level_metrics, per_class_auc
+from detx.evaluation.image_level import classification_metrics, image_level_metrics, per_class_auc
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "evaluate_submission", "evaluate_files", "format_table"]
+__all__ = ["EvaluationResult", "evaluate_classification", "evaluate_files", "evaluate_submission",
+           "format_classification", "format_table"]
 
 MAX_PROBLEMS_IN_JSON = 100
 
@@ -112,6 +114,71 @@ def evaluate_submission(
     return EvaluationResult(metrics, curves)
 
 
+def evaluate_classification(gts: GroundTruthSet, table: ClassificationTable, threshold: float | None = None,
+                            strict: bool = False, n_boot: int = 1000) -> EvaluationResult:
+    """Image-level metrics of a classification CSV: normal/abnormal (AUC; F1, sensitivity, specificity at
+    ``threshold`` or the Youden point; bootstrap 95% intervals) and the AUC of each ``p_<class>`` column the
+    ground truth's classes have. An image is abnormal when it has a finding box, and has class k with a box of k.
+
+    Raises:
+        InputError: the CSV lacks images of the ground truth (named) or shares none; a ``p_<class>`` column
+            names no class of the ground truth. An extra image is dropped with a warning (strict: an error).
+    """
+    cover = coverage(gts.gt, table.p_abnormal)
+    if not cover.shared:
+        raise InputError(f"{table.source} shares no image with the ground truth {gts.source} ({cover.describe()})")
+    if cover.missing:
+        raise InputError(f"{table.source} has no probability for {len(cover.missing)} image(s) of the ground truth "
+                         f"{gts.source}, e.g. {cover.missing[:5]}: every image needs one")
+    if cover.extra:
+        if strict:
+            raise StrictModeError(f"{table.source}: {len(cover.extra)} image(s) not in the ground truth, e.g. "
+                                  f"{cover.extra[:5]}")
+        logger.warning("%s: %d image(s) not in the ground truth are ignored: %s", table.source, len(cover.extra),
+                       cover.extra[:5])
+    classes = list(gts.classes)
+    unknown = sorted(set(table.per_class) - set(classes))
+    if unknown:
+        raise InputError(f"{table.source}: columns p_{unknown[0]}... name no class of the ground truth ({classes})")
+    scored = [c for c in classes if c in table.per_class]
+    ids = cover.shared
+    labels = np.zeros((len(ids), 1 + len(scored)), np.int64)
+    probs = np.zeros_like(labels, dtype=np.float64)
+    for r, i in enumerate(ids):
+        present = set(np.asarray(gts.gt[i][1]).tolist())
+        labels[r, 0] = int(bool(present))
+        probs[r, 0] = table.p_abnormal[i]
+        for k, c in enumerate(scored):
+            labels[r, 1 + k] = int(classes.index(c) in present)
+            probs[r, 1 + k] = table.per_class[c].get(i, 0.0)
+    m = classification_metrics(labels, probs, ["abnormal", *scored], threshold, n_boot=n_boot)
+    metrics = {"kind": "classification", "gt": gts.source, "dataset": gts.dataset, "num_images": len(ids),
+               "image_level": m, "coverage": cover.to_dict()}
+    return EvaluationResult(metrics, {"roc": (labels[:, 0], probs[:, 0], m["threshold"])})
+
+
+def format_classification(metrics: dict[str, Any]) -> str:
+    """The per-class AUC table and the image-level line of :func:`evaluate_classification`'s metrics."""
+    il = metrics["image_level"]
+    ci = il.get("ci") or {}
+
+    def with_ci(k: str) -> str:
+        v = ci.get(k)
+        return _f(il[k]) + (f" ({_f(v[0])}-{_f(v[1])})" if v else "")
+
+    rows = [[name, _f(v)] for name, v in il["auc_per_class"].items()]
+    lines = []
+    if rows:
+        lines += [tabulate(rows, headers=["class", "AUC"], tablefmt="github", disable_numparse=True), "",
+                  f"macro AUC over {sum(v is not None for v in il['auc_per_class'].values())} classes: "
+                  f"{_f(il['auc_macro'])}"]
+    lines.append(
+        f"Image level ({il['num_abnormal']} abnormal / {il['num_normal']} normal): AUC {with_ci('auc')}; at threshold "
+        f"{il['threshold']:.4f} ({il['threshold_method']}): F1 {with_ci('f1')}, sensitivity {with_ci('sensitivity')},"
+        f" specificity {with_ci('specificity')} [95% bootstrap intervals]")
+    return "\n".join(lines)
+
+
 def evaluate_files(
     gt_path: str | os.PathLike,
     pred_path: str | os.PathLike,
@@ -135,6 +202,12 @@ def evaluate_files(
     if not gts.labelled:
         raise InputError(f"ground truth {gt_path} has no labels (a split prepared without annotations, such as "
                          "test.json): there is nothing to score against")
+    if is_classification_csv(pred_path):
+        result = evaluate_classification(gts, read_classification_csv(pred_path), threshold=threshold,
+                                         strict=strict)
+        result.metrics["pred"] = str(pred_path)
+        result.metrics["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
+        return result
     sub = read_submission(pred_path, strict=strict, num_classes=len(gts.classes) + 1)
     cover = coverage(gts.gt, sub)
     if not cover.shared:
@@ -165,7 +238,9 @@ def _f(v: Any, pct: bool = False) -> str:
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The per-class table and the summary lines, as text."""
+    """The per-class table and the summary lines, as text (a classification CSV's: :func:`format_classification`)."""
+    if metrics.get("kind") == "classification":
+        return format_classification(metrics)
     key = map_key(metrics["iou_thr"])
     coco = metrics["coco"]
     extra = f"AP{key[3:]}_per_class"

@@ -9,7 +9,6 @@ filter) and ``classification.csv``, and optionally overlays.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -21,20 +20,32 @@ import numpy as np
 from detectron2.config import CfgNode
 
 from detx.core.classes import SPINEXR_CLASSES, VINDR_CXR_CLASSES
+from detx.core.classification_csv import write_classification_csv
 from detx.core.errors import InputError
 from detx.core.image_scores import RULES, class_max_scores
-from detx.core.io import atomic_path, write_png
+from detx.core.io import write_png
 from detx.core.predictions import Predictions, no_finding_entry
 from detx.core.submission import write_submission
 from detx.engine.config import get_detx_cfg, num_classes_key
 from detx.engine.config import num_classes as model_num_classes
 from detx.inference.classifier import ImageClassifier, apply_nofinding_filter, read_probability_csv
 from detx.inference.ensemble import CONF_TYPES, ensemble_predictions
-from detx.inference.predictor import BatchedPredictor, InputSet, collect_inputs, load_image, predict_all
+from detx.inference.predictor import (
+    BatchedClassifier,
+    BatchedPredictor,
+    InputSet,
+    collect_inputs,
+    load_image,
+    predict_all,
+)
 from detx.inference.tta import parse_tta
 from detx.viz.overlay import draw_overlay
 
 logger = logging.getLogger(__name__)
+
+
+#: the image classifier's operating point for the ``label`` column (its P(abnormal) is what drives the submission)
+CNN_THRESHOLD = 0.5
 
 
 @dataclass
@@ -44,7 +55,7 @@ class PredictOptions:
     config_files: list[str]
     weights: list[str]
     input: str
-    out: str
+    out: str | None
     opts: list[str] = field(default_factory=list)
     batch_size: int = 4
     tta: list[str] = field(default_factory=list)
@@ -68,6 +79,9 @@ class PredictOptions:
     strict: bool = False
     progress: bool = True
     cache_dir: str | None = None
+    classifier_configs: list[str] = field(default_factory=list)
+    classifier_weights: list[str] = field(default_factory=list)
+    score_scaling: bool = False
 
 
 def class_names_for(num_classes: int, from_input: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -80,22 +94,20 @@ def class_names_for(num_classes: int, from_input: tuple[str, ...] | None) -> tup
     return tuple(f"class_{k}" for k in range(num_classes))
 
 
-def _load_cfgs(options: PredictOptions):
-    n = len(options.weights)
+def _load_cfgs(config_files: list[str], weights: list[str], opts: list[str], what: str = "--config-file",
+               weights_flag: str = "--weights") -> list[CfgNode]:
+    n = len(weights)
     if not n:
-        raise InputError("give at least one --weights file")
-    if len(options.config_files) not in (1, n):
-        raise InputError(f"give one --config-file for all weights or one per weights file; got "
-                         f"{len(options.config_files)} configs for {n} weights")
-    files = options.config_files * n if len(options.config_files) == 1 else options.config_files
-    cfgs = [get_detx_cfg(f, options.opts) for f in files]
+        raise InputError(f"give at least one {weights_flag} file")
+    if len(config_files) not in (1, n):
+        raise InputError(f"give one {what} for all weights or one per weights file; got "
+                         f"{len(config_files)} configs for {n} weights")
+    files = config_files * n if len(config_files) == 1 else config_files
+    cfgs = [get_detx_cfg(f, opts) for f in files]
     counts = {model_num_classes(c) for c in cfgs}
     if len(counts) != 1:
         raise InputError(f"the configs disagree on the number of classes ({', '.join(num_classes_key(c) for c in cfgs)}):"
                          f" {sorted(counts)}")
-    formats = {c.INPUT.FORMAT for c in cfgs}
-    if len(formats) != 1:
-        raise InputError(f"the configs disagree on INPUT.FORMAT: {sorted(formats)}")
     return cfgs
 
 
@@ -137,98 +149,138 @@ def _check_options(o: PredictOptions) -> None:
         raise InputError(f"--nofinding-low/--nofinding-high need 0 <= low <= high <= 1, got {o.nofinding_low}, {high}")
     if o.model_weights is not None and len(o.model_weights) != len(o.weights):
         raise InputError(f"{len(o.model_weights)} --model-weights for {len(o.weights)} --weights")
+    if bool(o.weights) != bool(o.config_files):
+        raise InputError("a detector needs both --config-file and --weights")
+    if bool(o.classifier_weights) != bool(o.classifier_configs):
+        raise InputError("an image classifier needs both --classifier-config and --classifier-weights")
+    if not o.weights and not o.classifier_weights:
+        raise InputError("nothing to predict with: give a detector (--config-file, --weights), an image classifier "
+                         "(--classifier-config, --classifier-weights) or both")
+    if o.classifier_weights and (o.classifier or o.classifier_csv):
+        raise InputError("one source of P(abnormal): --classifier-config/--classifier-weights, --classifier or "
+                         "--classifier-csv, not several")
+    if o.score_scaling and not (o.weights and o.classifier_weights):
+        raise InputError("--score-scaling multiplies a detector's box confidences by an image classifier's class "
+                         "probabilities: it needs both")
+    if not o.weights and not o.classification_out:
+        raise InputError("without a detector only the classification CSV is written: give --classification-out")
+    if o.weights and not o.out:
+        raise InputError("give --out, the submission CSV to write")
 
 
 def run_predict(options: PredictOptions) -> dict[str, Any]:
     """Predict, fuse, classify and write the submission, ``classification.csv`` and overlays.
 
+    Detectors (``config_files``/``weights``) give the boxes, fused with WBF over models and views. P(abnormal) of
+    each image comes from the image classifiers when given (``classifier_configs``/``classifier_weights``, their
+    probabilities averaged over checkpoints and views), else from ``classifier`` (a fitted JSON),
+    ``classifier_csv`` or the ``rule`` on the detections; it gives the No-finding entry and drives the 2-class
+    filter. With ``score_scaling`` each box's confidence is multiplied by the classifiers' probability of its class.
+    Without a detector only the classification CSV is written.
+
     Returns:
-        A summary: ``num_images``, ``failed`` (image_id -> reason), ``out``, ``classification``,
-        ``sets`` (the model/view names fused), ``vis`` (overlay files).
+        A summary: ``num_images``, ``failed`` (image_id -> reason), ``out`` (None without a detector),
+        ``classification``, ``sets`` (the detector/view names fused), ``classifiers`` (how many), ``vis``.
 
     Raises:
         DetxError (InputError, PredictionInputError, CheckpointError, ...): bad input, named in the message;
         nothing is written then. UnreadableImageError in strict mode.
     """
     _check_options(options)
-    cfgs = _load_cfgs(options)
-    num_classes = model_num_classes(cfgs[0])
+    det_cfgs = _load_cfgs(options.config_files, options.weights, options.opts) if options.weights else []
+    cls_cfgs = _load_cfgs(options.classifier_configs, options.classifier_weights, options.opts,
+                          "--classifier-config", "--classifier-weights") if options.classifier_weights else []
+    cls_k = model_num_classes(cls_cfgs[0]) if cls_cfgs else 0
+    num_classes = model_num_classes(det_cfgs[0]) if det_cfgs else cls_k
+    if det_cfgs and cls_k and cls_k != num_classes:
+        raise InputError(f"the image classifier has {cls_k} class outputs (MODEL.CLASSIFIER.NUM_CLASSES) but the "
+                         f"detector {num_classes} classes ({num_classes_key(det_cfgs[0])})")
+    if options.score_scaling and not cls_k:
+        raise InputError("--score-scaling needs an image classifier with one output per class "
+                         "(MODEL.CLASSIFIER.NUM_CLASSES > 0); this one only predicts normal/abnormal")
     nf_id = num_classes
     inputs = collect_inputs(options.input)
-    if inputs.classes is not None and len(inputs.classes) != num_classes:
-        raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the config "
-                         f"{num_classes_key(cfgs[0])} is {num_classes}")
+    if inputs.classes is not None and num_classes and len(inputs.classes) != num_classes:
+        key = num_classes_key(det_cfgs[0] if det_cfgs else cls_cfgs[0])
+        raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the config {key} is "
+                         f"{num_classes}")
     classes = class_names_for(num_classes, inputs.classes)
     image_ids = [r.image_id for r in inputs.images]
 
     external = read_probability_csv(options.classifier_csv, image_ids) if options.classifier_csv else None
-    clf = ImageClassifier(kind=options.rule, num_classes=num_classes)
+    clf = ImageClassifier(kind=options.rule, num_classes=max(num_classes, 1))
     if options.classifier:
         clf = ImageClassifier.load(options.classifier)
         if clf.num_classes != num_classes:
             raise InputError(f"classifier {options.classifier} was fitted for {clf.num_classes} classes, the model "
                              f"has {num_classes}")
 
-    predictors = [BatchedPredictor(cfg, w, amp=options.amp) for cfg, w in zip(cfgs, options.weights)]
+    predictors = [BatchedPredictor(cfg, w, amp=options.amp) for cfg, w in zip(det_cfgs, options.weights)]
+    cnns = [BatchedClassifier(cfg, w, amp=options.amp) for cfg, w in zip(cls_cfgs, options.classifier_weights)]
     views = parse_tta(options.tta)
-    cfg = cfgs[0]
-    dicom_size = decode_size(cfgs, options.dicom_size, inputs)
+    cfg = (det_cfgs or cls_cfgs)[0]
+    dicom_size = decode_size(det_cfgs + cls_cfgs, options.dicom_size, inputs)
     workers = cfg.DATALOADER.NUM_WORKERS if options.num_workers is None else options.num_workers
     run = predict_all(predictors, inputs.images, views, options.batch_size, options.model_weights, dicom_size,
-                      workers, options.strict, options.progress, options.cache_dir)
-    max_dets = options.max_dets or int(cfg.TEST.DETECTIONS_PER_IMAGE)
-    if len(run.sets) == 1:
-        fused = {i: p.select(np.argsort(-p.scores, kind="stable")[:max_dets]) for i, p in run.sets[0].items()}
-    else:
-        logger.info("fusing %d prediction sets with WBF (iou %.2f, skip %.3f, %s): %s", len(run.sets),
-                    options.ensemble_iou, options.ensemble_skip, options.conf_type, ", ".join(run.names))
-        fused = ensemble_predictions(run.sets, run.orig_sizes, run.set_weights, options.ensemble_iou,
-                                     options.ensemble_skip, options.conf_type, max_dets)
+                      workers, options.strict, options.progress, options.cache_dir, classifiers=cnns)
+    cnn = run.cls_probs()
+    fused: dict[str, Predictions] = {}
+    if predictors:
+        max_dets = options.max_dets or int(cfg.TEST.DETECTIONS_PER_IMAGE)
+        if len(run.sets) == 1:
+            fused = {i: p.select(np.argsort(-p.scores, kind="stable")[:max_dets]) for i, p in run.sets[0].items()}
+        else:
+            logger.info("fusing %d prediction sets with WBF (iou %.2f, skip %.3f, %s): %s", len(run.sets),
+                        options.ensemble_iou, options.ensemble_skip, options.conf_type, ", ".join(run.names))
+            fused = ensemble_predictions(run.sets, run.orig_sizes, run.set_weights, options.ensemble_iou,
+                                         options.ensemble_skip, options.conf_type, max_dets)
+        if options.score_scaling:
+            fused = {i: scale_scores(p, cnn[i]) for i, p in fused.items()}
 
     ok_ids = [i for i in image_ids if i not in run.failures]
-    if external is not None:
+    threshold = clf.threshold
+    if cnns:
+        p_abn = {i: float(cnn[i][0]) for i in ok_ids}
+        threshold = CNN_THRESHOLD
+    elif external is not None:
         p_abn = {i: external[i] for i in ok_ids}
     else:
         p_abn = dict(zip(ok_ids, clf.predict_proba([fused[i] for i in ok_ids]).tolist()))
-    rows: dict[str, Predictions] = {}
-    for i in image_ids:
-        if i in run.failures:
-            rows[i] = no_finding_entry(1.0, nf_id)
-        else:
-            rows[i] = apply_nofinding_filter(fused[i], p_abn[i], nf_id, options.nofinding_low, options.nofinding_high)
-    write_submission(options.out, rows)
+    if predictors:
+        rows: dict[str, Predictions] = {}
+        for i in image_ids:
+            if i in run.failures:
+                rows[i] = no_finding_entry(1.0, nf_id)
+            else:
+                rows[i] = apply_nofinding_filter(fused[i], p_abn[i], nf_id, options.nofinding_low,
+                                                 options.nofinding_high)
+        write_submission(options.out, rows)
     cls_path = Path(options.classification_out or Path(options.out).parent / "classification.csv")
-    write_classification_csv(cls_path, image_ids, fused, p_abn, classes, clf.threshold, run.failures)
+    per_class = {i: cnn[i][1:] for i in ok_ids} if cls_k else \
+        {i: class_max_scores(fused[i], num_classes) for i in ok_ids} if predictors else {}
+    write_classification_csv(cls_path, image_ids, p_abn, per_class, classes if per_class else (), threshold,
+                             run.failures)
     vis = []
-    if options.vis_dir:
+    if options.vis_dir and predictors:
         vis = write_overlays(options.vis_dir, inputs, fused, classes, run.failures, options.vis_num,
                              options.vis_score, dicom_size)
     if run.failures:
         logger.warning("%d of %d image(s) could not be read and were written as '%d 1 0 0 1 1': %s",
                        len(run.failures), len(image_ids), nf_id, list(run.failures)[:5])
-    return {"num_images": len(image_ids), "failed": dict(run.failures), "out": str(options.out),
-            "classification": str(cls_path), "sets": run.names, "vis": [str(v) for v in vis]}
+    return {"num_images": len(image_ids), "failed": dict(run.failures),
+            "out": str(options.out) if predictors else None, "classification": str(cls_path), "sets": run.names,
+            "classifiers": len(cnns), "vis": [str(v) for v in vis]}
 
 
-def write_classification_csv(path: str | os.PathLike, image_ids: list[str], preds: dict[str, Predictions],
-                             p_abnormal: dict[str, float], classes: tuple[str, ...], threshold: float,
-                             failed: dict[str, str] | None = None) -> None:
-    """``image_id, p_abnormal, label, <one column per class>`` (atomically).
-
-    ``label`` is 1 (abnormal) when ``p_abnormal >= threshold``; the class columns hold the highest
-    detection confidence of each class. Unreadable images get p_abnormal 0, label 0 and empty classes.
-    """
-    failed = failed or {}
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image_id", "p_abnormal", "label", *classes])
-        for i in image_ids:
-            if i in failed:
-                w.writerow([i, 0.0, 0, *([""] * len(classes))])
-                continue
-            per_class = class_max_scores(preds[i], len(classes))
-            p = p_abnormal[i]
-            w.writerow([i, f"{p:.6g}", int(p >= threshold), *(f"{s:.6g}" for s in per_class)])
+def scale_scores(pred: Predictions, probs: np.ndarray) -> Predictions:
+    """Score scaling by an image classifier (the VinBigData 3rd place): each box's confidence times the
+    classifier's probability that the image has the box's class, ``s' = s * P(class c | image)`` with
+    ``P = probs[1 + c]``; entries of other classes (No finding) are unchanged."""
+    k = len(probs) - 1
+    factor = np.ones(len(pred), np.float64)
+    own = (pred.classes >= 0) & (pred.classes < k)
+    factor[own] = np.asarray(probs, np.float64)[1 + pred.classes[own]]
+    return Predictions(pred.boxes, pred.scores * factor, pred.classes)
 
 
 def write_overlays(

@@ -1,0 +1,104 @@
+"""A detectron2 ``DatasetEvaluator`` for the image classifier: AUC per class and macro; for normal/abnormal, AUC,
+F1, sensitivity and specificity at the Youden threshold (reported) with bootstrap 95% intervals.
+
+Used by the trainer's ``EvalHook``, which flattens ``{"cls": {...}}`` into ``cls/auc``, ``cls/f1``, ... in
+``metrics.json`` (``DETX.BEST_METRIC cls/auc`` keeps the best checkpoint on it). Labels come from the registered
+dataset dicts (:func:`detx.core.prepared.image_level_targets`), probabilities from the model's ``cls_probs``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+from detx.core.classification_csv import write_classification_csv
+from detx.core.prepared import image_level_targets
+from detx.evaluation.image_level import classification_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClassificationEvaluator", "flat_cls_metrics"]
+
+
+def flat_cls_metrics(m: dict[str, Any]) -> dict[str, float]:
+    """:func:`classification_metrics` as the flat floats an ``EvalHook`` logs (NaN where undefined)."""
+
+    def f(v: Any) -> float:
+        return float("nan") if v is None else float(v)
+
+    out = {k: f(m[k]) for k in ("auc", "f1", "sensitivity", "specificity", "accuracy", "threshold")}
+    out["auc_macro"] = f(m["auc_macro"])
+    for k, v in (m.get("ci") or {}).items():
+        out[f"{k}_ci_low"], out[f"{k}_ci_high"] = (f(None), f(None)) if v is None else (f(v[0]), f(v[1]))
+    for name, v in m["auc_per_class"].items():
+        out[f"auc-{name}"] = f(v)
+    return out
+
+
+class ClassificationEvaluator(DatasetEvaluator):
+    """Image-level metrics of ``DetxClassifier`` on a registered dataset (see the module docstring)."""
+
+    def __init__(self, dataset_name: str, num_classes: int, output_dir: str | None = None, n_boot: int = 1000,
+                 distributed: bool = True):
+        """
+        Args:
+            dataset_name: a name in ``DatasetCatalog`` whose metadata has ``thing_classes``.
+            num_classes: the model's K class outputs (0: normal/abnormal only).
+            output_dir: when given, the main process writes ``classification.csv`` there
+                (:mod:`detx.core.classification_csv`; image ids from ``image_uid``, label at the Youden threshold).
+            n_boot: bootstrap resamples for the 95% intervals (0: none).
+            distributed: gather predictions from all processes to the main one.
+        """
+        self._dataset_name = dataset_name
+        self._num_classes = int(num_classes)
+        self._output_dir = output_dir
+        self._n_boot = int(n_boot)
+        self._distributed = distributed
+        classes = list(MetadataCatalog.get(dataset_name).thing_classes)
+        self._names = ["abnormal", *classes[: self._num_classes]]
+        self._probs: list[tuple[str, np.ndarray]] = []
+
+    def reset(self) -> None:
+        self._probs = []
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        for inp, out in zip(inputs, outputs):
+            if "cls_probs" in out:
+                self._probs.append((str(inp["image_id"]), out["cls_probs"].detach().float().cpu().numpy()))
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        if self._distributed:
+            comm.synchronize()
+            gathered = comm.gather(self._probs, dst=0)
+            if not comm.is_main_process():
+                return {}
+            probs = list(itertools.chain(*gathered))
+        else:
+            probs = self._probs
+        if not probs:
+            logger.warning("[ClassificationEvaluator] did not receive any cls_probs")
+            return {}
+        records = {str(d["image_id"]): d for d in DatasetCatalog.get(self._dataset_name)}
+        ids = [i for i, _ in probs]
+        unknown = [i for i in ids if i not in records]
+        if unknown:
+            raise ValueError(f"predictions for image ids {unknown[:5]} that are not in dataset {self._dataset_name}")
+        labels = np.stack([image_level_targets(records[i], self._num_classes) for i in ids])
+        p = np.stack([v for _, v in probs])
+        m = classification_metrics(labels, p, self._names, n_boot=self._n_boot)
+        logger.info("Classification on %d images of %s: AUC %s (95%% CI %s), macro AUC %s", len(ids),
+                    self._dataset_name, m["auc"], m["ci"].get("auc"), m["auc_macro"])
+        if self._output_dir:
+            uid = [str(records[i].get("image_uid", i)) for i in ids]
+            write_classification_csv(os.path.join(self._output_dir, "classification.csv"), uid,
+                                     dict(zip(uid, p[:, 0].tolist())), dict(zip(uid, p[:, 1:])), self._names[1:],
+                                     m["threshold"])
+        return OrderedDict([("cls", flat_cls_metrics(m))])
