@@ -18,7 +18,7 @@ TINY_OPTS = tuple(v for i, v in enumerate(TRAINED_TINY_OPTS)
 
 def tiny_settings(out, dataset="vindr-cxr") -> DemoSettings:
     return DemoSettings(out=out, dataset=dataset, n_train=12, n_test=3, min_size=96, max_size=160, size=128,
-                        folds=2, max_iter=4, eval_period=4, workers=1, extra_train_opts=TINY_OPTS)
+                        folds=2, max_iter=4, eval_period=4, cls_max_iter=4, workers=1, extra_train_opts=TINY_OPTS)
 
 
 @pytest.mark.slow
@@ -33,6 +33,13 @@ def test_demo_writes_every_report_file_and_reuses_them(tmp_path, capsys):
         if f.suffix == ".png":
             assert f.name in report or f.parent.name in report, f"{f.name} not linked from report.md"
     assert list(p["overlays"].glob("*.png")), "no prediction-vs-truth overlays"
+    # the CNN classifier: trained, evaluated beside the detection-derived P(abnormal), heatmaps, and the test
+    # submission's No-finding entries from it
+    for f in (p["cls_train"] / "model_best.pth", p["cnn_val_plots"] / "roc.png", p["heatmaps"] / "summary.json",
+              p["det_test_metrics"]):
+        assert f.exists(), f
+    assert "cnn_plots/roc.png" in report and "Pointing game" in report and "heatmaps/" in report
+    assert {"cnn_auc", "pointing_game", "test_auc_detection"} <= set(result["numbers"])
     sub = pd.read_csv(p["submission"])
     assert len(sub) == s.n_test and sub.PredictionString.str.contains(" 0 0 1 1").all()
     val = json.loads(p["val_metrics"].read_text())

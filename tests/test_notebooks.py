@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-from conftest import TINY_CONFIG, TRAINED_TINY_OPTS
+from conftest import CLS_TINY_CONFIG, TINY_CONFIG, TRAINED_CLS_OPTS, TRAINED_TINY_OPTS
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -58,12 +58,16 @@ def test_train_then_predict_notebooks(synthetic_cxr_dir, tmp_path):
         "CSV": str(synthetic_cxr_dir / "train.csv"), "DICOM_DIR": str(synthetic_cxr_dir / "train"),
         "PREPARED": str(prepared), "SIZE": 128, "FOLDS": 2, "FOLD": 0, "CONFIG": TINY_CONFIG,
         "OUTPUT_DIR": str(out_dir), "MAX_ITER": 4, "EVAL_PERIOD": 4, "EXTRA_OPTS": TINY_OPTS,
+        "CLS_CONFIG": CLS_TINY_CONFIG, "CLS_OUTPUT_DIR": str(tmp_path / "cls"), "CLS_MAX_ITER": 4,
+        "CLS_EXTRA_OPTS": list(TRAINED_CLS_OPTS[TRAINED_CLS_OPTS.index("SOLVER.IMS_PER_BATCH"):]),
     })
     text = outputs_text(nb)
     assert "held-out mAP@0.4 = " in text
     for f in ("model_best.pth", "model_final.pth", "curves.png", "val_metrics.json", "classifier.json"):
         assert (out_dir / f).exists(), f
-    assert n_images(nb) >= 5  # EDA, curves, PR, FROC, ROC
+    assert n_images(nb) >= 7  # EDA, curves, PR, FROC, ROC; the classifier's ROC and heatmaps
+    assert "CNN P(abnormal) AUC = " in text and "pointing game = " in text
+    assert (tmp_path / "cls" / "heatmaps" / "summary.json").exists()
 
     sub_path = tmp_path / "sub" / "submission.csv"
     nb = execute("predict_submission_colab.ipynb", {

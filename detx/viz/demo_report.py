@@ -26,8 +26,12 @@ NUMBER_LABELS = {
     "sensitivity": "image-level sensitivity",
     "specificity": "image-level specificity",
     "classifier_auc": "fitted classifier AUC (on its fitting images)",
+    "cnn_auc": "CNN classifier P(abnormal) AUC (held-out fold)",
+    "cnn_auc_macro": "CNN classifier macro AUC over the classes (held-out fold)",
+    "pointing_game": "Grad-CAM pointing game (held-out abnormal images)",
     "test_mAP40": "challenge mAP@0.4 on the synthetic test set",
-    "test_auc": "image-level AUC on the synthetic test set",
+    "test_auc": "image-level AUC on the synthetic test set (No finding from the CNN)",
+    "test_auc_detection": "image-level AUC on the test set, P(abnormal) from the detections instead",
 }
 
 
@@ -85,6 +89,23 @@ def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str
                         ("roc.png", "Image-level ROC")):
         if (plots / name).exists():
             lines += [f"## {title}", "", f"![{title}]({_rel(plots / name, base)})", ""]
+    cnn_roc = Path(p["cnn_val_plots"]) / "roc.png"
+    if cnn_roc.exists():
+        lines += ["## The image classifier (CNN) beside the detection-derived P(abnormal)", "",
+                  "Left: the CNN's P(abnormal); right: P(abnormal) from the detector's boxes (max rule), on the same "
+                  "held-out images.", "", "| CNN | from detections |", "|---|---|",
+                  f"| ![CNN ROC]({_rel(cnn_roc, base)}) | ![detection ROC]({_rel(plots / 'roc.png', base)}) |", ""]
+    heat_dir = Path(p["heatmaps"])
+    if (heat_dir / "summary.json").exists():
+        summary = json.loads((heat_dir / "summary.json").read_text())
+        game = summary.get("pointing_game")
+        shown = sorted(heat_dir.glob("*.png"))[:4]
+        lines += ["## Heatmaps (Grad-CAM) and the pointing game", "",
+                  f"Pointing game: {'n/a' if game is None else f'{game:.2f}'} ({summary.get('hits', 0)} of "
+                  f"{summary.get('num_labelled', 0)} labelled abnormal images have the heatmap's peak, the green "
+                  "cross, inside a radiologist's box, drawn white).", ""]
+        lines += [f"![{h.stem}]({_rel(h, base)})" for h in shown]
+        lines.append("")
     overlays = sorted(Path(p["overlays"]).glob("*.png")) if Path(p["overlays"]).exists() else []
     if overlays:
         lines += ["## Predictions vs ground truth (held-out fold)", "",
@@ -95,7 +116,8 @@ def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str
               f"- submission: `{_rel(Path(p['submission']), base)}` (Kaggle format, original DICOM pixels)",
               f"- held-out metrics: `{_rel(Path(p['val_metrics']), base)}`; test metrics: "
               f"`{_rel(Path(p['test_metrics']), base)}`",
-              f"- image-level classifier: `{_rel(Path(p['classifier']), base)}`",
+              f"- image-level classifier from detections: `{_rel(Path(p['classifier']), base)}`; CNN classifier: "
+              f"`{_rel(Path(p['cls_train']), base)}/`",
               f"- training: `{_rel(Path(p['train']), base)}/` (metrics.json, model_best.pth, model_final.pth)",
               "", "## Step timings", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {secs:.0f}{' (reused)' if secs == 0 else ''} |" for name, secs in timings.items()]

@@ -43,6 +43,8 @@ DATASETS: dict[str, dict[str, str]] = {
         "test_dir": "test",
         "test_gt": "test_ground_truth.csv",
         "config": "configs/quick_schedules/vindr_cxr_tiny.yaml",
+        "cls_config": "configs/quick_schedules/vindr_cxr_cls_tiny.yaml",
+        "cls_classes": "14",
     },
     "spinexr": {
         "prepare": "datasets/prepare_spinexr.py",
@@ -51,6 +53,8 @@ DATASETS: dict[str, dict[str, str]] = {
         "test_dir": "test_images",
         "test_gt": "annotations/test.csv",
         "config": "configs/quick_schedules/spinexr_tiny.yaml",
+        "cls_config": "configs/quick_schedules/vindr_cxr_cls_tiny.yaml",  # the same tiny net, 7 class outputs
+        "cls_classes": "7",
     },
 }
 
@@ -84,6 +88,7 @@ class DemoSettings:
     seed: int = 0
     max_iter: int = 300
     eval_period: int = 100
+    cls_max_iter: int = 300
     tta: tuple[str, ...] = ("hflip",)
     workers: int = 2
     extra_train_opts: tuple[str, ...] = ()
@@ -100,8 +105,8 @@ class DemoSettings:
             raise InputError(f"unknown demo dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
         if self.n_train < 2 * self.folds or self.n_test < 1:
             raise InputError(f"the demo needs n_train >= 2 * folds ({2 * self.folds}) and n_test >= 1")
-        if self.max_iter < 1 or self.eval_period < 1:
-            raise InputError("max_iter and eval_period must be >= 1")
+        if self.max_iter < 1 or self.eval_period < 1 or self.cls_max_iter < 1:
+            raise InputError("max_iter, cls_max_iter and eval_period must be >= 1")
 
 
 @dataclass
@@ -127,8 +132,16 @@ def paths(s: DemoSettings) -> dict[str, Path]:
         "val_plots": o / "val" / "plots",
         "overlays": o / "val" / "overlays",
         "classifier": o / "classifier.json",
+        "cls_train": o / "cls_train",
+        "cnn_val": o / "val" / "cnn_classification.csv",
+        "cnn_val_metrics": o / "val" / "cnn_metrics.json",
+        "cnn_val_plots": o / "val" / "cnn_plots",
+        "heatmaps": o / "heatmaps",
+        "cache": o / "cache",
         "submission": o / "submission.csv",
         "test_metrics": o / "test_metrics.json",
+        "det_submission": o / "test_detection_only" / "submission.csv",
+        "det_test_metrics": o / "test_detection_only" / "metrics.json",
         "report": o / "report.md",
     }
 
@@ -150,6 +163,19 @@ def build_steps(s: DemoSettings) -> list[Step]:
         train_cmd.insert(4, "--resume")  # a run killed mid-training continues from its last checkpoint
     predict_common = [py, "tools/predict.py", "--config-file", str(train / "config.yaml"), "--weights", str(weights),
                       "--tta", *s.tta]
+    cls_train = p["cls_train"]
+    cls_cmd = [
+        py, "tools/train_net.py", "--config-file", d["cls_config"],
+        "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0", "OUTPUT_DIR", str(cls_train), "MODEL.DEVICE", "cpu",
+        "MODEL.CLASSIFIER.NUM_CLASSES", d["cls_classes"], "SOLVER.MAX_ITER", str(s.cls_max_iter),
+        "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
+        "INPUT.MIN_SIZE_TRAIN", f"({s.size},)", "INPUT.MAX_SIZE_TRAIN", str(s.size), "INPUT.MIN_SIZE_TEST",
+        str(s.size), "INPUT.MAX_SIZE_TEST", str(s.size),
+    ]
+    if (cls_train / "last_checkpoint").exists() and not (cls_train / "model_final.pth").exists():
+        cls_cmd.insert(4, "--resume")
+    cnn = ["--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
+           str(cls_train / "model_best.pth")]
     return [
         Step("generate synthetic DICOMs and reader CSVs",
              [py, "-m", "detx.synthetic", "--out", str(raw), "--dataset", s.dataset, "--n-train", str(s.n_train),
@@ -175,14 +201,37 @@ def build_steps(s: DemoSettings) -> list[Step]:
              [py, "tools/fit_classifier.py", "--pred", str(p["val_submission"]), "--gt", str(p["val_json"]),
               "--out", str(p["classifier"])],
              [p["classifier"]]),
-        Step("predict the synthetic test set (DICOM folder) to submission.csv",
-             [*predict_common, "--input", str(raw / d["test_dir"]), "--dicom-size", str(s.size),
-              "--out", str(p["submission"]), "--classifier", str(p["classifier"])],
+        Step("train the tiny image classifier (CNN) on fold 0 (CPU)", cls_cmd,
+             [cls_train / "model_final.pth", cls_train / "model_best.pth"], console_filter=TRAIN_CONSOLE),
+        Step("classify the held-out fold 0 with the CNN",
+             [py, "tools/predict.py", *cnn, "--tta", *s.tta, "--input", str(p["val_json"]), "--classification-out",
+              str(p["cnn_val"])],
+             [p["cnn_val"]]),
+        Step("evaluate the CNN on the held-out fold 0",
+             [py, "tools/evaluate.py", "--gt", str(p["val_json"]), "--pred", str(p["cnn_val"]),
+              "--out", str(p["cnn_val_metrics"]), "--plots", str(p["cnn_val_plots"])],
+             [p["cnn_val_metrics"]]),
+        Step("Grad-CAM heatmaps of the CNN on the held-out fold 0 (pointing game)",
+             [py, "tools/explain.py", "--config-file", str(cls_train / "config.yaml"), "--weights",
+              str(cls_train / "model_best.pth"), "--input", str(p["val_json"]), "--out", str(p["heatmaps"]),
+              "--method", "gradcam"],
+             [p["heatmaps"] / "summary.json"]),
+        Step("predict the synthetic test set (DICOM folder) to submission.csv, No finding from the CNN",
+             [*predict_common, *cnn, "--input", str(raw / d["test_dir"]), "--dicom-size", str(s.size),
+              "--out", str(p["submission"]), "--cache-dir", str(p["cache"])],
              [p["submission"]]),
         Step("score the test submission against the generator's test ground truth",
              [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["submission"]),
               "--out", str(p["test_metrics"])],
              [p["test_metrics"]]),
+        Step("the same test submission with P(abnormal) from the detections (fitted classifier), for comparison",
+             [*predict_common, "--input", str(raw / d["test_dir"]), "--dicom-size", str(s.size),
+              "--out", str(p["det_submission"]), "--classifier", str(p["classifier"]), "--cache-dir", str(p["cache"])],
+             [p["det_submission"]]),
+        Step("score it",
+             [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["det_submission"]),
+              "--out", str(p["det_test_metrics"])],
+             [p["det_test_metrics"]]),
     ]
 
 
@@ -217,6 +266,9 @@ def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
     val = json.loads(p["val_metrics"].read_text())
     test = json.loads(p["test_metrics"].read_text())
     clf = json.loads(p["classifier"].read_text())
+    cnn = json.loads(p["cnn_val_metrics"].read_text()).get("image_level", {})
+    det_test = json.loads(p["det_test_metrics"].read_text())
+    heat = json.loads((p["heatmaps"] / "summary.json").read_text())
     il = val.get("image_level", {})
     coco = val.get("coco", {})
     return {
@@ -230,8 +282,12 @@ def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
         "sensitivity": il.get("sensitivity"),
         "specificity": il.get("specificity"),
         "classifier_auc": (clf.get("metrics") or {}).get("auc"),
+        "cnn_auc": cnn.get("auc"),
+        "cnn_auc_macro": cnn.get("auc_macro"),
+        "pointing_game": heat.get("pointing_game"),
         "test_mAP40": test.get("mAP40"),
         "test_auc": (test.get("image_level") or {}).get("auc"),
+        "test_auc_detection": (det_test.get("image_level") or {}).get("auc"),
     }
 
 
@@ -300,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=DemoSettings.size, help="PNG longest side")
     parser.add_argument("--max-iter", type=int, default=DemoSettings.max_iter)
     parser.add_argument("--eval-period", type=int, default=DemoSettings.eval_period)
+    parser.add_argument("--cls-max-iter", type=int, default=DemoSettings.cls_max_iter,
+                        help="iterations of the tiny image classifier")
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
     parser.add_argument("--quiet", action="store_true", help="only the step headers and the final numbers")
     parser.add_argument("--fresh", action="store_true",
@@ -308,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         s = DemoSettings(out=Path(args.out), dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
-                         size=args.size, max_iter=args.max_iter, eval_period=args.eval_period, seed=args.seed)
+                         size=args.size, max_iter=args.max_iter, eval_period=args.eval_period,
+                         cls_max_iter=args.cls_max_iter, seed=args.seed)
         run_demo(s, quiet=args.quiet, fresh=args.fresh)
     except DetxError as e:
         print(f"demo: {e}", file=sys.stderr)
