@@ -101,7 +101,7 @@ def _known(table: pd.DataFrame, image_ids: Iterable[str] | None) -> pd.DataFrame
     """The rows of known readers (of ``image_ids`` when given)."""
     mask = (table["rad_id"].astype(str) != "").to_numpy()
     if image_ids is not None:
-        mask &= table["image_id"].isin(set(map(str, image_ids))).to_numpy()
+        mask = mask & table["image_id"].isin(set(map(str, image_ids))).to_numpy()
     return _subset(table, mask)
 
 
@@ -132,19 +132,23 @@ def reader_scores(
     known = _known(table, image_ids)
     rads = known["rad_id"].astype(str).to_numpy()
     images = known["image_id"].astype(str).to_numpy()
-    n_readers = pd.Series(rads).groupby(images).nunique()
-    shared = set(n_readers.index[n_readers.to_numpy() >= 2])
+    codes, uniques = pd.factorize(images)  # integer image codes: set operations by indexing, not string compares
+    n_readers = pd.Series(rads).groupby(codes).nunique().reindex(range(len(uniques)), fill_value=0).to_numpy()
+    shared = n_readers >= 2
     is_finding = (known["class_name"] != NO_FINDING).to_numpy()
     boxes = known[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
     cids = known["class_id"].to_numpy(dtype=np.int64)
     out: dict[str, ReaderScore] = {}
     for rad in reader_ids(known):
         mine = rads == rad
-        imgs = sorted(set(images[mine]) & shared)
+        scored = np.zeros(len(uniques), bool)
+        scored[codes[mine]] = True
+        scored &= shared
+        imgs = sorted(str(i) for i in uniques[scored])
         if not imgs:
             out[rad] = ReaderScore(rad, 0, None)
             continue
-        on = np.isin(images, imgs)
+        on = scored[codes]
         others = _subset(known, on & ~mine)
         fused = fuse_readers(others, method=fusion, iou_thr=fusion_iou_thr)
         f_find = (fused["class_name"] != NO_FINDING).to_numpy()
