@@ -290,7 +290,7 @@ def test_scripts_print_help(script, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for option in ("--csv", "--dicom-dir", "--out", "--size", "--fusion", "--iou-thr", "--folds", "--seed",
-                   "--workers", "--strict", "--box-masks"):
+                   "--workers", "--strict", "--box-masks", "--exclude-readers", "--reader-weights", "--min-readers"):
         assert option in text
 
 
@@ -453,3 +453,23 @@ def test_reader_options_need_reader_ids(readers_dataset, tmp_path, capsys):
     # without the reader options the same file prepares (its boxes' readers unknown)
     assert _prepare_readers(csv, d, tmp_path / "plain") == 0
     assert pd.read_csv(tmp_path / "plain" / "meta.csv")["readers"].isna().all()
+
+
+def test_spinexr_prepare_excludes_readers(readers_dataset, tmp_path):
+    _, d = readers_dataset
+    chest = pd.read_csv(io.StringIO(READERS_CSV))
+    spine = pd.DataFrame({
+        "image_id": chest["image_id"], "study_id": "st_" + chest["image_id"], "rad_id": chest["rad_id"],
+        "lesion_type": chest["class_name"].map({"Cardiomegaly": "Osteophytes", "Nodule/Mass": "Disc space narrowing",
+                                                "Aortic enlargement": "Surgical implant", "No finding": "No finding"}),
+        "xmin": chest["x_min"], "ymin": chest["y_min"], "xmax": chest["x_max"], "ymax": chest["y_max"]})
+    csv = tmp_path / "train.csv"
+    spine.to_csv(csv, index=False)
+    out = tmp_path / "spine"
+    rc = _cli("prepare_spinexr")(["--csv", str(csv), "--dicom-dir", str(d), "--out", str(out), "--size", "100",
+                                  "--folds", "0", "--workers", "1", "--no-report", "--exclude-readers", "R9"])
+    assert rc == 0
+    _, anns = _anns(out)
+    assert sorted(anns) == ["r1", "r3", "r4", "r5"]
+    assert [(a["bbox"], a["readers"]) for a in anns["r1"]] == [([12, 10, 40, 40], ["R1", "R2"])]
+    assert json.loads((out / "summary.json").read_text())["readers"]["images_dropped_excluded_readers"] == 1

@@ -130,6 +130,9 @@ def evaluate_files(
     images, and evaluate. In lenient mode bad entries are skipped and counted in ``metrics["problems"]``; a
     submission that covers only part of the ground truth is scored by the Kaggle rule with a warning, and
     ``metrics["coverage"]`` (shown beside every number by :func:`format_table`) says how much.
+    ``metrics["human_baseline"]`` is the readers' mean challenge metric against the others' fusion on the ground
+    truth's images (:func:`detx.evaluation.reader_agreement.human_baseline`) for a reader CSV with ``rad_id``,
+    else None.
 
     Raises:
         InputError: an unlabelled ground truth, or a submission sharing no image with it.

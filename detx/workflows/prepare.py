@@ -134,7 +134,7 @@ def format_readers(readers: dict[str, Any]) -> str:
         parts.append(text + f", {readers.get('images_dropped_excluded_readers', 0)} image(s) read only by them "
                      "dropped")
     if readers.get("weights"):
-        parts.append("fusion weights " + ", ".join(f"{r} {w:g}" for r, w in readers["weights"].items()))
+        parts.append("fusion weights " + ", ".join(f"{r} {w:.3g}" for r, w in readers["weights"].items()))
     if readers.get("min_readers", 1) > 1:
         parts.append(f"min readers {readers['min_readers']}: {readers.get('boxes_dropped_min_readers', 0)} fused "
                      "box(es) drawn by fewer dropped")
