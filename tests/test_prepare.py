@@ -416,6 +416,9 @@ def test_min_readers_drops_single_reader_boxes(readers_dataset, tmp_path, capsys
     summary = json.loads((out / "summary.json").read_text())
     assert summary["readers"]["boxes_dropped_min_readers"] == 1 and summary["settings"]["min_readers"] == 2
     assert coco["info"]["min_readers"] == 2
+    # excluding every reader leaves nothing to prepare: refused, naming them
+    assert _prepare_readers(csv, d, tmp_path / "nobody", "--exclude-readers", "R1", "R2", "R3", "R9") == 2
+    assert "leaves no annotation" in capsys.readouterr().err
     # every box is one reader's under --fusion none: refused
     assert _prepare_readers(csv, d, tmp_path / "none", "--min-readers", "2", "--fusion", "none") == 2
     assert "--fusion wbf or nms" in capsys.readouterr().err

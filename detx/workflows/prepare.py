@@ -305,9 +305,14 @@ def prepare_unlocked(
         if exclude_readers:
             table, excluded = remove_readers(table, exclude_readers)
             excluded_only = set(excluded.images_dropped)
+            if excluded.excluded and not len(table):
+                raise InputError(f"--exclude-readers {' '.join(excluded.excluded)} leaves no annotation in {csv}: "
+                                 "every image was read only by excluded readers")
             readers_info.update(excluded=list(excluded.excluded), excluded_not_in_csv=list(excluded.unknown),
                                 images_dropped_excluded_readers=len(excluded.images_dropped))
         weights = read_reader_weights(reader_weights, reader_ids(table)) if reader_weights is not None else None
+        if weights is not None and fusion == "none":
+            logger.warning("--reader-weights has no effect with --fusion none: every reader's box is kept as it is")
     else:
         key = "vindr-cxr-physionet" if dataset == "vindr-cxr" and not kaggle_classes else dataset
         table = make_table([], dataset=key, classes=DATASET_CLASSES[key])
