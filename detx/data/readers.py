@@ -286,8 +286,10 @@ def read_physionet_vindr_cxr(
     return table, log.items
 
 
-def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
-    """PhysioNet ``image_labels_{train,test}.csv`` aggregated to one row per image.
+def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False,
+                                exclude_readers: Iterable[str] = ()) -> tuple[pd.DataFrame, list[Problem]]:
+    """PhysioNet ``image_labels_{train,test}.csv`` aggregated to one row per image (the rows of the readers in
+    ``exclude_readers`` left out first, as prepare's ``--exclude-readers`` does with the boxes).
 
     A label is 1 for an image when any of its readers marked it (the same "any reader" rule as
     :func:`detx.data.fusion.image_labels`). Columns: image_id, n_label_readers, then one int column per
@@ -299,6 +301,9 @@ def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -
     df = _read_csv(path)
     if "image_id" not in df.columns:
         raise InputError(f"{path}: no image_id column; columns are {list(df.columns)}")
+    excluded = {str(r) for r in exclude_readers}
+    if excluded and "rad_id" in df.columns:
+        df = df[~_str_col(df, "rad_id").isin(excluded)].reset_index(drop=True)
     known = _class_lookup(VINDR_CXR_LOCAL_LABELS + VINDR_CXR_GLOBAL_LABELS, GLOBAL_LABEL_ALIASES)
     label_cols = [c for c in df.columns if c not in ("image_id", "rad_id")]
     rename = {c: known.get(_key(c), c) for c in label_cols}

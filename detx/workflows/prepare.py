@@ -295,7 +295,8 @@ def prepare_unlocked(
                                           require_study_id=study_groups and folds >= 2)
         log.items.extend(problems)
         if fmt == "physionet" and image_labels_csv is not None:
-            global_labels, label_problems = read_physionet_image_labels(image_labels_csv, strict=strict)
+            global_labels, label_problems = read_physionet_image_labels(image_labels_csv, strict=strict,
+                                                                        exclude_readers=exclude_readers)
             log.items.extend(label_problems)
             settings["image_labels_csv"] = str(image_labels_csv)
         key = table.attrs["dataset"]
