@@ -16,7 +16,7 @@ from detx.cli import exits, run
 from detx.core.errors import DetxError, InputError, StrictModeError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["tools/train_net.py", "tools/predict.py", "tools/evaluate.py", "tools/fit_classifier.py",
+SCRIPTS = ["tools/train_net.py", "tools/predict.py", "tools/evaluate.py", "tools/fit_classifier.py", "tools/readers.py",
            "datasets/prepare_vindr_cxr.py", "datasets/prepare_spinexr.py"]
 
 

@@ -117,3 +117,102 @@ def test_image_labels_any_and_majority():
     assert maj.loc["y", VINDR_CXR_CLASSES[A]] == 1 and maj.loc["y", VINDR_CXR_CLASSES[B]] == 0
     with pytest.raises(ValueError, match="before fusion"):
         image_labels(fuse_readers(table, "wbf"), rule="majority")
+
+
+# ------------------------------------------------------------------------------ who drew what, weights (issue 14)
+
+
+def test_readers_of_each_fused_box():
+    fused = fuse_readers(_table(ROWS), "wbf", iou_thr=0.4, image_sizes={"img": (100, 100)})
+    img = fused[fused["image_id"] == "img"]
+    a = img[img["class_id"] == A]
+    assert list(a["readers"]) == ["R1|R2|R3", "R1"] and list(a["n_readers"]) == [3, 1]
+    assert list(img.loc[img["class_id"] == B, "readers"]) == ["R2"]
+    assert fused.loc[fused["image_id"] == "nrm", "readers"].tolist() == ["R1|R2"]  # the image's readers
+    assert fused.loc[fused["image_id"] == "one", "readers"].tolist() == ["R7", "R7"]
+    # NMS: the kept box and the boxes it suppressed
+    nms_ = fuse_readers(_table(ROWS), "nms", iou_thr=0.4, image_sizes={"img": (100, 100)})
+    a = nms_[(nms_["image_id"] == "img") & (nms_["class_id"] == A)]
+    assert sorted(a["readers"]) == ["R1", "R1|R2|R3"]
+    # none: each box is its own reader's
+    none = fuse_readers(_table(ROWS), "none")
+    finding = none[none["class_id"] != 14]
+    assert list(finding["readers"]) == list(finding["rad_id"]) and set(finding["n_readers"]) == {1}
+
+
+def test_readers_of_a_box_two_clusters_touch():
+    # R1 and R2 overlap (IoU 0.6), R3 is alone (IoU 0 with both): two fused boxes, R3's drawn by R3 only
+    rows = [("i", "R1", A, (0, 0, 10, 10)), ("i", "R2", A, (0, 0, 10, 6)), ("i", "R3", A, (20, 20, 30, 30))]
+    fused = fuse_readers(_table(rows), "wbf", iou_thr=0.4, image_sizes={"i": (40, 40)})
+    assert list(fused["readers"]) == ["R1|R2", "R3"] and list(fused["n_readers"]) == [2, 1]
+
+
+def test_reader_weights_hand_computed_and_as_ensemble_boxes_per_model_weights():
+    from ensemble_boxes import weighted_boxes_fusion
+
+    rows = [("i", "R1", A, (0, 0, 40, 40)), ("i", "R2", A, (4, 0, 44, 40)), ("i", "R3", A, (2, 6, 42, 46))]
+    weights = {"R1": 2.0, "R2": 1.0, "R3": 1.0}
+    fused = fuse_readers(_table(rows), "wbf", iou_thr=0.4, image_sizes={"i": (100, 100)}, reader_weights=weights)
+    # (2 * (0, 0, 40, 40) + (4, 0, 44, 40) + (2, 6, 42, 46)) / 4
+    np.testing.assert_allclose(_boxes(fused), [[1.5, 1.5, 41.5, 41.5]], atol=1e-3)
+    assert fused["readers"].tolist() == ["R1|R2|R3"]
+    # the reference: ensemble-boxes with one model per reader and its per-model weights
+    ref, _, _ = weighted_boxes_fusion([[[b / 100 for b in r[3]]] for r in rows], [[1.0]] * 3, [[0]] * 3,
+                                      weights=[2, 1, 1], iou_thr=0.4, skip_box_thr=0.0)
+    np.testing.assert_allclose(_boxes(fused), np.asarray(ref) * 100, atol=1e-3)
+    # NMS with weights keeps the highest-weighted reader's box
+    nms_ = fuse_readers(_table(rows), "nms", iou_thr=0.4, reader_weights={"R1": 1.0, "R2": 1.0, "R3": 5.0})
+    np.testing.assert_allclose(_boxes(nms_), [[2, 6, 42, 46]], atol=1e-3)
+    with pytest.raises(ValueError, match="R3"):
+        fuse_readers(_table(rows), "wbf", reader_weights={"R1": 1.0, "R2": 1.0})
+    with pytest.raises(ValueError, match="positive"):
+        fuse_readers(_table(rows), "wbf", reader_weights={"R1": 0.0, "R2": 1.0, "R3": 1.0})
+
+
+def test_keep_min_readers_drops_single_reader_boxes():
+    from detx.data.fusion import keep_min_readers
+
+    fused = fuse_readers(_table(ROWS), "wbf", iou_thr=0.4, image_sizes={"img": (100, 100)})
+    kept, dropped = keep_min_readers(fused, 2)
+    # img: the R1-only A box and the R2-only B box go; "one" (a single reader): both boxes go, image now normal
+    assert dropped == 4
+    img = kept[kept["image_id"] == "img"]
+    assert img["readers"].tolist() == ["R1|R2|R3"]
+    np.testing.assert_allclose(_boxes(img), [[10, 10, 50, 50]], atol=1e-3)
+    one = kept[kept["image_id"] == "one"]
+    assert one["class_name"].tolist() == ["No finding"] and one["readers"].tolist() == ["R7"]
+    assert one["n_readers"].tolist() == [1] and one["rad_id"].tolist() == ["R7"]
+    assert kept.loc[kept["image_id"] == "nrm", "class_name"].tolist() == ["No finding"]
+    labels = image_labels(kept).set_index("image_id")
+    assert labels["abnormal"].to_dict() == {"img": 1, "nrm": 0, "one": 0}
+    assert keep_min_readers(fused, 1) == (fused, 0)
+    with pytest.raises(ValueError, match="at least 1"):
+        keep_min_readers(fused, 0)
+
+
+def test_exclude_readers():
+    from detx.data.readers import exclude_readers
+
+    rows = [*ROWS, ("only9", "R9", A, (0, 0, 5, 5)), ("only9", "R9", B, (0, 0, 5, 5)), ("mix", "R9", A, (1, 1, 4, 4)),
+            ("mix", "R1", 14, NAN4)]
+    out, info = exclude_readers(_table(rows), ["R9", "R42"])
+    assert info.excluded == ("R9",) and info.unknown == ("R42",) and info.images_dropped == ("only9",)
+    assert "R9" not in set(out["rad_id"]) and len(out) == len(ROWS) + 1
+    assert out.loc[out["image_id"] == "mix", "class_name"].tolist() == ["No finding"]  # R1 called it normal
+    assert out.attrs["classes"] == VINDR_CXR_CLASSES
+
+
+def test_read_reader_weights(tmp_path):
+    from detx.data.readers import read_reader_weights
+
+    p = tmp_path / "w.csv"
+    p.write_text("rad_id,weight\nR1,2\nR2,0.5\nR10,1\n")
+    assert read_reader_weights(p, ["R2", "R1"]) == {"R1": 2.0, "R2": 0.5}  # R10 ignored (warned)
+    with pytest.raises(ValueError, match="R3, R4"):
+        read_reader_weights(p, ["R1", "R3", "R4"])
+    p.write_text("rad_id,weight\nR1,-1\n")
+    with pytest.raises(ValueError, match="positive"):
+        read_reader_weights(p, ["R1"])
+    p.write_text("rad_id,w\nR1,1\n")
+    with pytest.raises(ValueError, match="weight"):
+        read_reader_weights(p, ["R1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 from pathlib import Path
 
@@ -289,7 +290,7 @@ def test_scripts_print_help(script, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for option in ("--csv", "--dicom-dir", "--out", "--size", "--fusion", "--iou-thr", "--folds", "--seed",
-                   "--workers", "--strict", "--box-masks"):
+                   "--workers", "--strict", "--box-masks", "--exclude-readers", "--reader-weights", "--min-readers"):
         assert option in text
 
 
@@ -319,3 +320,159 @@ def test_uid_named_extensionless_dicoms_in_nested_folders(tmp_path):
     assert rc == 0
     test = load_prepared_coco(tmp_path / "test" / "annotations" / "test.json")
     assert sorted(test.images) == sorted(uids)
+
+
+# ------------------------------------------------------------------------------------------- readers (issue 14)
+# Five 100x80 images. R9 draws off the others: on r1 a box of IoU 0 with theirs, r2 is read by R9 alone, and on
+# r3 R9 draws a nodule where R1 and R2 saw nothing. r4: a box of R1 alone. r5: three readers agree closely.
+READERS_CSV = HEADER + (
+    "r1,Cardiomegaly,3,R1,10,10,50,50\n"
+    "r1,Cardiomegaly,3,R2,14,10,54,50\n"
+    "r1,Cardiomegaly,3,R9,60,40,95,75\n"
+    "r2,Nodule/Mass,8,R9,20,20,40,40\n"
+    "r3,No finding,14,R1,,,,\n"
+    "r3,No finding,14,R2,,,,\n"
+    "r3,Nodule/Mass,8,R9,30,30,50,50\n"
+    "r4,Nodule/Mass,8,R1,20,20,40,40\n"
+    "r4,No finding,14,R2,,,,\n"
+    "r5,Aortic enlargement,0,R1,5,5,25,25\n"
+    "r5,Aortic enlargement,0,R2,5,5,25,25\n"
+    "r5,Aortic enlargement,0,R3,6,5,26,25\n"
+)
+
+
+@pytest.fixture
+def readers_dataset(tmp_path):
+    d = tmp_path / "dicom"
+    rng = np.random.default_rng(0)
+    for name in ("r1", "r2", "r3", "r4", "r5"):
+        write_dicom(d / f"{name}.dicom", rng.integers(0, 4096, (80, 100)).astype(np.uint16), bits_stored=12)
+    csv = tmp_path / "train.csv"
+    csv.write_text(READERS_CSV)
+    return csv, d
+
+
+def _prepare_readers(csv, d, out, *extra):
+    # --size 100: the PNGs keep the original 100x80 pixels, so COCO boxes are the original coordinates
+    return _cli("prepare_vindr_cxr")(["--csv", str(csv), "--dicom-dir", str(d), "--out", str(out), "--size", "100",
+                                      "--folds", "0", "--workers", "1", "--no-report", *map(str, extra)])
+
+
+def _anns(out):
+    coco = json.loads((out / "annotations" / "all.json").read_text())
+    uid = {im["id"]: im["image_uid"] for im in coco["images"]}
+    by_image: dict[str, list] = {im["image_uid"]: [] for im in coco["images"]}
+    for a in coco["annotations"]:
+        by_image[uid[a["image_id"]]].append(a)
+    return coco, by_image
+
+
+def test_excluding_a_reader_gives_the_hand_computed_fused_boxes(readers_dataset, tmp_path, caplog):
+    csv, d = readers_dataset
+    # with every reader: R9's r1 box is a second Cardiomegaly box, r2 and r3 are abnormal
+    assert _prepare_readers(csv, d, tmp_path / "all") == 0
+    _, every = _anns(tmp_path / "all")
+    assert len(every["r1"]) == 2 and len(every["r2"]) == 1 and len(every["r3"]) == 1
+
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert _prepare_readers(csv, d, out, "--exclude-readers", "R9", "R42") == 0
+    assert any("R42" in r.getMessage() and "--exclude-readers" in r.getMessage() for r in caplog.records)
+    coco, anns = _anns(out)
+    assert sorted(anns) == ["r1", "r3", "r4", "r5"]  # r2, read by R9 alone, dropped
+    # r1: WBF of R1 (10,10,50,50) and R2 (14,10,54,50) = (12,10,52,50) -> COCO [12,10,40,40]
+    assert [a["bbox"] for a in anns["r1"]] == [[12, 10, 40, 40]]
+    assert anns["r1"][0]["n_readers"] == 2 and anns["r1"][0]["readers"] == ["R1", "R2"]
+    # r5: the mean of three boxes, (5+5+6)/3 = 5.333
+    np.testing.assert_allclose(anns["r5"][0]["bbox"], [16 / 3, 5, 20, 20], atol=1e-3)
+    assert anns["r5"][0]["readers"] == ["R1", "R2", "R3"] and anns["r5"][0]["n_readers"] == 3
+    assert anns["r3"] == []  # R1 and R2 called it normal
+    assert [(a["readers"], a["n_readers"]) for a in anns["r4"]] == [(["R1"], 1)]
+    meta = pd.read_csv(out / "meta.csv").set_index("image_id")
+    assert meta["readers"].to_dict() == {"r1": "R1|R2", "r3": "R1|R2", "r4": "R1|R2", "r5": "R1|R2|R3"}
+    assert meta["abnormal"].to_dict() == {"r1": 1, "r3": 0, "r4": 1, "r5": 1}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["problems"] == {}  # r2's DICOM without rows is not a problem: its reader was excluded
+    assert summary["images"] == 4 and summary["settings"]["exclude_readers"] == ["R9", "R42"]
+    r = summary["readers"]
+    assert r["excluded"] == ["R9"] and r["excluded_not_in_csv"] == ["R42"]
+    assert r["images_dropped_excluded_readers"] == 1 and r["readers"] == ["R1", "R2", "R3"]
+    assert r["images_per_reader"] == {"R1": 4, "R2": 4, "R3": 1}
+    assert coco["info"]["exclude_readers"] == ["R9"] and coco["info"]["min_readers"] == 1
+    assert not (out / "images" / "r2.png").exists()
+
+
+def test_min_readers_drops_single_reader_boxes(readers_dataset, tmp_path, capsys):
+    csv, d = readers_dataset
+    out = tmp_path / "out"
+    assert _prepare_readers(csv, d, out, "--exclude-readers", "R9", "--min-readers", "2") == 0
+    assert "min readers 2: 1 fused box(es) drawn by fewer dropped" in capsys.readouterr().out
+    coco, anns = _anns(out)
+    assert anns["r4"] == []  # R1's nodule alone
+    assert [a["bbox"] for a in anns["r1"]] == [[12, 10, 40, 40]] and len(anns["r5"]) == 1
+    assert all(a["n_readers"] >= 2 for a in coco["annotations"])
+    meta = pd.read_csv(out / "meta.csv").set_index("image_id")
+    assert meta.loc["r4", "abnormal"] == 0 and meta.loc["r4", "n_boxes"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["readers"]["boxes_dropped_min_readers"] == 1 and summary["settings"]["min_readers"] == 2
+    assert coco["info"]["min_readers"] == 2
+    # excluding every reader leaves nothing to prepare: refused, naming them
+    assert _prepare_readers(csv, d, tmp_path / "nobody", "--exclude-readers", "R1", "R2", "R3", "R9") == 2
+    assert "leaves no annotation" in capsys.readouterr().err
+    # every box is one reader's under --fusion none: refused
+    assert _prepare_readers(csv, d, tmp_path / "none", "--min-readers", "2", "--fusion", "none") == 2
+    assert "--fusion wbf or nms" in capsys.readouterr().err
+
+
+def test_reader_weights(readers_dataset, tmp_path, capsys):
+    csv, d = readers_dataset
+    weights = tmp_path / "w.csv"
+    weights.write_text("rad_id,weight\nR1,3\nR2,1\nR3,1\n")
+    out = tmp_path / "out"
+    assert _prepare_readers(csv, d, out, "--exclude-readers", "R9", "--reader-weights", weights) == 0
+    _, anns = _anns(out)
+    # r1: (3 * (10,10,50,50) + (14,10,54,50)) / 4 = (11,10,51,50); r5: (3*5 + 5 + 6) / 5 = 5.2
+    np.testing.assert_allclose(anns["r1"][0]["bbox"], [11, 10, 40, 40], atol=1e-3)
+    np.testing.assert_allclose(anns["r5"][0]["bbox"], [5.2, 5, 20, 20], atol=1e-3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["readers"]["weights"] == {"R1": 3.0, "R2": 1.0, "R3": 1.0}
+    coco = json.loads((out / "annotations" / "all.json").read_text())
+    assert coco["info"]["reader_weights"] == {"R1": 3.0, "R2": 1.0, "R3": 1.0}
+
+    weights.write_text("rad_id,weight\nR1,3\n")  # R2 and R3 missing; R9 is excluded, so not needed
+    capsys.readouterr()
+    assert _prepare_readers(csv, d, tmp_path / "bad", "--exclude-readers", "R9", "--reader-weights", weights) == 2
+    err = capsys.readouterr().err
+    assert "no weight for reader(s) R2, R3" in err and "R9" not in err.split("lists")[0]
+
+
+def test_reader_options_need_reader_ids(readers_dataset, tmp_path, capsys):
+    _, d = readers_dataset
+    csv = tmp_path / "no_rad.csv"
+    pd.read_csv(io.StringIO(READERS_CSV)).drop(columns="rad_id").to_csv(csv, index=False)
+    assert _prepare_readers(csv, d, tmp_path / "out", "--exclude-readers", "R9") == 2
+    err = capsys.readouterr().err
+    assert "no reader ids" in err and "--exclude-readers" in err
+    # without the reader options the same file prepares (its boxes' readers unknown)
+    assert _prepare_readers(csv, d, tmp_path / "plain") == 0
+    assert pd.read_csv(tmp_path / "plain" / "meta.csv")["readers"].isna().all()
+
+
+def test_spinexr_prepare_excludes_readers(readers_dataset, tmp_path):
+    _, d = readers_dataset
+    chest = pd.read_csv(io.StringIO(READERS_CSV))
+    spine = pd.DataFrame({
+        "image_id": chest["image_id"], "study_id": "st_" + chest["image_id"], "rad_id": chest["rad_id"],
+        "lesion_type": chest["class_name"].map({"Cardiomegaly": "Osteophytes", "Nodule/Mass": "Disc space narrowing",
+                                                "Aortic enlargement": "Surgical implant", "No finding": "No finding"}),
+        "xmin": chest["x_min"], "ymin": chest["y_min"], "xmax": chest["x_max"], "ymax": chest["y_max"]})
+    csv = tmp_path / "train.csv"
+    spine.to_csv(csv, index=False)
+    out = tmp_path / "spine"
+    rc = _cli("prepare_spinexr")(["--csv", str(csv), "--dicom-dir", str(d), "--out", str(out), "--size", "100",
+                                  "--folds", "0", "--workers", "1", "--no-report", "--exclude-readers", "R9"])
+    assert rc == 0
+    _, anns = _anns(out)
+    assert sorted(anns) == ["r1", "r3", "r4", "r5"]
+    assert [(a["bbox"], a["readers"]) for a in anns["r1"]] == [([12, 10, 40, 40], ["R1", "R2"])]
+    assert json.loads((out / "summary.json").read_text())["readers"]["images_dropped_excluded_readers"] == 1

@@ -89,6 +89,12 @@ def test_physionet_reader_maps_to_kaggle_and_keeps_image_labels(tmp_path):
     assert per_image.loc["p2", "Lung Opacity"] == 0  # an empty cell is "not marked"
     assert [p.kind for p in problems] == ["bad_label"] and "line 5" in problems[0].where
 
+    # excluding R10 (prepare --exclude-readers): p1 loses R10's Lung Opacity and COPD calls
+    without, _ = read_physionet_image_labels(labels, exclude_readers=["R10"])
+    without = without.set_index("image_id")
+    assert without.loc["p1", "COPD"] == 0 and without.loc["p1", "Lung Opacity"] == 0
+    assert without.loc["p1", "Rib fracture"] == 1 and without.loc["p1", "n_label_readers"] == 1
+
     table22, _ = read_physionet_vindr_cxr(ann, kaggle_classes=False)
     assert table22.attrs["dataset"] == "vindr-cxr-physionet"
     assert list(table22["class_name"]) == ["Rib fracture", "Lung Opacity", "No finding"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a submission CSV against ground truth: the VinBigData challenge metric (VOC mAP at IoU > 0.4),
-COCO numbers, FROC and image-level normal/abnormal metrics. Prints a per-class table, writes a JSON.
+COCO numbers, FROC and image-level normal/abnormal metrics. Prints a per-class table, writes a JSON. A reader CSV
+with rad_id also gives the human baseline: each reader's mAP40 against the fusion of the other readers, averaged.
 
     python tools/evaluate.py --gt train.csv --pred submission.csv --out metrics.json --plots plots/
     python tools/evaluate.py --gt OUT/annotations/val_fold0.json --pred submission.csv

@@ -3,7 +3,8 @@
 Layout (DESIGN section 2): ``images`` entries carry ``id`` (int, the same in every split file of a
 dataset), ``file_name`` (``<image_id>.png``), ``width``/``height`` of the PNG, ``image_uid`` (the
 dataset's string image id), ``orig_width``/``orig_height`` of the DICOM, ``study_id`` and ``abnormal``;
-annotations hold ``bbox = [x, y, w, h]`` in PNG pixels, ``category_id`` = 0-based class index. Normal
+annotations hold ``bbox = [x, y, w, h]`` in PNG pixels, ``category_id`` = 0-based class index and, from a fused
+table, ``n_readers`` and ``readers`` (the list of rad_ids who drew the box, :mod:`detx.data.fusion`). Normal
 images are present with no annotations; "No finding" is not a category. ``info`` holds the dataset
 key, the class names and the preparation settings.
 """
@@ -50,7 +51,8 @@ def build_coco(
         meta: meta.csv frame: image_id, orig_width, orig_height, width, height (+ study_id, abnormal, fold).
             Its row order fixes the integer image ids (row i -> id i + 1), so every split file of the
             dataset numbers an image the same way.
-        boxes: normalized (fused) table in original pixels; "No finding" rows are ignored.
+        boxes: normalized (fused) table in original pixels; "No finding" rows are ignored. Its ``n_readers`` and
+            ``readers`` columns, when present, become each annotation's ``n_readers`` and ``readers`` (a list).
         classes: class names; category_id = index.
         info: extra ``info`` entries (dataset, size, fusion, ...).
         image_ids: the images of this split (default: all of ``meta``).
@@ -86,8 +88,10 @@ def build_coco(
     annotations = []
     finding = boxes[(boxes["class_name"] != NO_FINDING) & boxes["image_id"].isin(wanted)]
     finding = finding.assign(_id=finding["image_id"].map(ids)).sort_values(["_id", "class_id"], kind="stable")
-    for uid, cid, x0, y0, x1, y1 in zip(finding["image_id"], finding["class_id"],
-                                        *(finding[c] for c in BOX_COLUMNS)):
+    n_readers = finding["n_readers"].tolist() if "n_readers" in finding.columns else [None] * len(finding)
+    readers = finding["readers"].tolist() if "readers" in finding.columns else [None] * len(finding)
+    for uid, cid, x0, y0, x1, y1, n_read, who in zip(finding["image_id"], finding["class_id"],
+                                                     *(finding[c] for c in BOX_COLUMNS), n_readers, readers):
         if not 0 <= int(cid) < len(classes):
             raise InputError(f"image {uid}: class id {cid} outside the {len(classes)} classes")
         bx0, by0, bx1, by1 = (float(v) for v in rescale_boxes([x0, y0, x1, y1], *frames[uid])[0])
@@ -96,6 +100,10 @@ def build_coco(
             "bbox": [round(bx0, 3), round(by0, 3), round(bx1 - bx0, 3), round(by1 - by0, 3)],
             "area": round((bx1 - bx0) * (by1 - by0), 3), "iscrowd": 0,
         }
+        if n_read is not None:
+            ann["n_readers"] = int(n_read)
+        if who is not None:
+            ann["readers"] = [r for r in str(who).split("|") if r] if who == who else []
         if box_masks:
             ann["segmentation"] = [[round(v, 3) for v in (bx0, by0, bx1, by0, bx1, by1, bx0, by1)]]
         annotations.append(ann)

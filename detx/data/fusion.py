@@ -2,16 +2,23 @@
 
 Fusion works per image and per class with ensemble-boxes (boxes of two classes never fuse):
 
-* ``wbf``: weighted boxes fusion; every reader's box has weight 1 and score 1, so a fused box is the
-  mean of the boxes of its cluster (boxes with IoU > ``iou_thr`` join a cluster);
-* ``nms``: non-maximum suppression; one reader's box survives per cluster, unchanged;
+* ``wbf``: weighted boxes fusion; every reader's box has weight 1 (or its reader's weight, ``reader_weights``),
+  so a fused box is the (weighted) mean of the boxes of its cluster (boxes with IoU > ``iou_thr`` join a cluster);
+* ``nms``: non-maximum suppression; one reader's box survives per cluster, unchanged (with weights: the box of
+  the cluster's highest-weighted reader);
 * ``none``: every reader's box is kept as it is.
+
+Per-reader weights are passed to ensemble-boxes as each box's score, which is what its per-model ``weights``
+come to (a box's confidence there is score x model weight): the fused coordinates are the same.
 
 Images annotated by a single reader (or with an unknown ``rad_id``, such as the PhysioNet test
 consensus) are not fused: their boxes are already one opinion. An image where no box survives gets a
-single "No finding" row. Fused rows have ``rad_id == "fused"`` and ``row == -1``; ``n_readers`` counts
-the distinct readers with a box of the same class at IoU > ``iou_thr`` with the fused box (1 for
-``none``; the number of readers of the image on "No finding" rows).
+single "No finding" row. Fused rows have ``rad_id == "fused"`` and ``row == -1``. Who drew a fused box:
+ensemble-boxes does not say which input boxes formed a cluster, so membership is re-derived: ``readers``
+(``"R1|R5"``) are the distinct readers with a box of the same class at IoU > ``iou_thr`` with the fused box
+(for NMS exactly the boxes it suppressed, plus the kept one), ``n_readers`` their number; a box kept as it is
+(``none``, a single reader) has its own reader. On "No finding" rows both describe the image's readers.
+:func:`keep_min_readers` then keeps only the boxes drawn by at least K readers.
 
 Image-level label when readers disagree (:func:`image_labels`): with the default ``rule="any"`` an
 image is abnormal when at least one reader drew a valid box, i.e. a box that survived validation and
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,17 +41,19 @@ from ensemble_boxes import nms, weighted_boxes_fusion
 from detx.core.boxes import box_iou
 from detx.core.classes import NO_FINDING
 from detx.core.errors import InputError
-from detx.data.readers import BOX_COLUMNS, make_table
+from detx.data.readers import BOX_COLUMNS, join_readers, make_table, reader_sort_key
 
 logger = logging.getLogger(__name__)
 
 FUSION_METHODS: tuple[str, ...] = ("wbf", "nms", "none")
 
 
-def _fuse_class(boxes: np.ndarray, method: str, iou_thr: float, scale: np.ndarray) -> np.ndarray:
-    """Fuse the boxes (original px) of one class of one image; returns fused boxes in original px."""
+def _fuse_class(boxes: np.ndarray, method: str, iou_thr: float, scale: np.ndarray,
+                weights: np.ndarray | None = None) -> np.ndarray:
+    """Fuse the boxes (original px) of one class of one image, each weighted by its reader's weight (default 1);
+    returns fused boxes in original px."""
     norm = np.clip(boxes / scale, 0.0, 1.0)
-    scores = np.ones(len(norm))
+    scores = np.ones(len(norm)) if weights is None else np.asarray(weights, dtype=float)
     labels = np.zeros(len(norm))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ensemble-boxes warns about boxes clipped to [0, 1]
@@ -61,6 +71,7 @@ def fuse_readers(
     method: str = "wbf",
     iou_thr: float = 0.4,
     image_sizes: dict[str, tuple[int, int]] | None = None,
+    reader_weights: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Fuse the readers' boxes per image and class (see the module docstring for the rules).
 
@@ -71,12 +82,26 @@ def fuse_readers(
         image_sizes: image_id -> (width, height), used to normalize boxes for ensemble-boxes; when None
             (or an image is missing) an image's boxes are divided by its largest x and y coordinates
             (IoU and weighted means do not change under axis scaling).
+        reader_weights: rad_id -> positive weight of that reader's boxes in WBF (NMS: the highest-weighted
+            reader's box survives); None: every reader weighs 1. Every reader of a fused image needs one.
 
     Returns:
-        A table with the columns of ``table`` plus ``n_readers``, in original pixels.
+        A table with the columns of ``table`` plus ``n_readers`` and ``readers``, in original pixels.
+
+    Raises:
+        InputError: an unknown method, or a reader without a weight or with one that is not positive.
     """
     if method not in FUSION_METHODS:
         raise InputError(f"unknown fusion method {method!r}; expected one of {FUSION_METHODS}")
+    if reader_weights is not None:
+        bad = sorted((r for r, w in reader_weights.items() if not np.isfinite(w) or w <= 0), key=reader_sort_key)
+        if bad:
+            raise InputError(f"reader weights must be positive; reader(s) {', '.join(bad)} have "
+                             f"{[reader_weights[r] for r in bad]}")
+        known = {str(r) for r in table["rad_id"] if str(r)}
+        missing = sorted(known - set(reader_weights), key=reader_sort_key)
+        if missing and method != "none":
+            raise InputError(f"no fusion weight for reader(s) {', '.join(missing)}")
     classes = table.attrs.get("classes")
     nf_id = len(classes) if classes is not None else None
     # plain numpy arrays, sorted by image then class: pandas indexing per group is far too slow at 15k images
@@ -93,6 +118,7 @@ def fuse_readers(
         nf_id = int(cids[is_nf][0])
     rows: list[tuple] = []
     n_readers_col: list[int] = []
+    readers_col: list[str] = []
     starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(image_ids) else np.zeros(0, int)
     ends = np.r_[starts[1:], len(image_ids)]
     for a, b in zip(starts, ends):
@@ -105,6 +131,7 @@ def fuse_readers(
                 rows.append((image_id, rads[i], names[i], int(cids[i]), *boxes_all[i].tolist(), studies[i],
                              int(lines[i])))
                 n_readers_col.append(1)
+                readers_col.append(rads[i])
         elif len(finding):
             fb = boxes_all[finding]
             if image_sizes is not None and image_id in image_sizes:
@@ -116,21 +143,67 @@ def fuse_readers(
             for cid in np.unique(fc):
                 members = finding[fc == cid]
                 boxes = boxes_all[members]
-                fused = _fuse_class(boxes, method, iou_thr, scale)
-                iou = box_iou(fused, boxes)
                 member_rads = rads[members]
+                weights = None if reader_weights is None else np.array([reader_weights[r] for r in member_rads])
+                fused = _fuse_class(boxes, method, iou_thr, scale, weights)
+                iou = box_iou(fused, boxes)
                 for k, box in enumerate(fused):
-                    n = len(set(member_rads[iou[k] > iou_thr]))
+                    drew = member_rads[iou[k] > iou_thr]
+                    if len(drew) == 0:  # cannot happen with ensemble-boxes' clustering; the closest box's reader
+                        drew = member_rads[[int(np.argmax(iou[k]))]]
                     rows.append((image_id, "fused", names[members[0]], int(cid), *box.tolist(), study, -1))
-                    n_readers_col.append(max(n, 1))
+                    n_readers_col.append(len(set(drew)))
+                    readers_col.append(join_readers(drew))
         if len(finding) == 0:
             rows.append((image_id, "fused" if len(readers) > 1 else next(iter(readers)), NO_FINDING,
                          nf_id if nf_id is not None else -1, np.nan, np.nan, np.nan, np.nan, study, -1))
             n_readers_col.append(len(readers))
+            readers_col.append(join_readers(readers))
     out = make_table(rows, dataset=table.attrs.get("dataset", ""), classes=tuple(classes or ()))
     out["n_readers"] = np.asarray(n_readers_col, dtype=np.int64)
+    out["readers"] = pd.Series(readers_col, dtype=object)
     out.attrs = dict(table.attrs)
     return out
+
+
+def keep_min_readers(fused: pd.DataFrame, min_readers: int) -> tuple[pd.DataFrame, int]:
+    """Keep only the finding boxes of a fused table drawn by at least ``min_readers`` readers (``n_readers``).
+
+    An image left without a box gets a single "No finding" row (its ``readers`` and ``n_readers`` are those of
+    the image), as :func:`fuse_readers` gives an image nobody drew on.
+
+    Returns:
+        (the table, the number of boxes dropped).
+    """
+    if min_readers < 1:
+        raise InputError(f"--min-readers {min_readers} must be at least 1")
+    if "n_readers" not in fused.columns:
+        raise InputError("keep_min_readers needs a fused table (with n_readers); pass fuse_readers' output")
+    finding = (fused["class_name"] != NO_FINDING).to_numpy()
+    drop = finding & (fused["n_readers"].to_numpy() < min_readers)
+    if not drop.any():
+        return fused, 0
+    kept = fused[~drop]
+    emptied = sorted(set(fused["image_id"]) - set(kept.loc[kept["class_name"] != NO_FINDING, "image_id"])
+                     - set(kept.loc[kept["class_name"] == NO_FINDING, "image_id"]))
+    classes = fused.attrs.get("classes") or ()
+    nf_id = len(classes) if classes else -1
+    extra = []
+    for image_id in emptied:
+        rows = fused[fused["image_id"] == image_id]
+        readers = sorted({r for v in rows["readers"] for r in str(v).split("|") if r}, key=reader_sort_key)
+        study = next((v for v in rows["study_id"] if v), "")
+        extra.append({"image_id": image_id, "rad_id": "fused" if len(readers) > 1 else (readers[0] if readers else ""),
+                      "class_name": NO_FINDING, "class_id": nf_id, "x_min": np.nan, "y_min": np.nan,
+                      "x_max": np.nan, "y_max": np.nan, "study_id": study, "row": -1,
+                      "n_readers": len(readers), "readers": "|".join(readers)})
+    out = pd.concat([kept, pd.DataFrame(extra, columns=list(fused.columns))], ignore_index=True) if extra else kept
+    out = out.sort_values(["image_id", "class_id"], kind="stable").reset_index(drop=True)
+    out["n_readers"] = out["n_readers"].astype(np.int64)
+    out["class_id"] = out["class_id"].astype(np.int64)
+    out["row"] = out["row"].astype(np.int64)
+    out.attrs = dict(fused.attrs)
+    return out, int(drop.sum())
 
 
 def image_labels(

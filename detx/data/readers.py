@@ -286,8 +286,10 @@ def read_physionet_vindr_cxr(
     return table, log.items
 
 
-def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
-    """PhysioNet ``image_labels_{train,test}.csv`` aggregated to one row per image.
+def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False,
+                                exclude_readers: Iterable[str] = ()) -> tuple[pd.DataFrame, list[Problem]]:
+    """PhysioNet ``image_labels_{train,test}.csv`` aggregated to one row per image (the rows of the readers in
+    ``exclude_readers`` left out first, as prepare's ``--exclude-readers`` does with the boxes).
 
     A label is 1 for an image when any of its readers marked it (the same "any reader" rule as
     :func:`detx.data.fusion.image_labels`). Columns: image_id, n_label_readers, then one int column per
@@ -299,6 +301,9 @@ def read_physionet_image_labels(path: str | os.PathLike, strict: bool = False) -
     df = _read_csv(path)
     if "image_id" not in df.columns:
         raise InputError(f"{path}: no image_id column; columns are {list(df.columns)}")
+    excluded = {str(r) for r in exclude_readers}
+    if excluded and "rad_id" in df.columns:
+        df = df[~_str_col(df, "rad_id").isin(excluded)].reset_index(drop=True)
     known = _class_lookup(VINDR_CXR_LOCAL_LABELS + VINDR_CXR_GLOBAL_LABELS, GLOBAL_LABEL_ALIASES)
     label_cols = [c for c in df.columns if c not in ("image_id", "rad_id")]
     rename = {c: known.get(_key(c), c) for c in label_cols}
@@ -427,3 +432,112 @@ def check_box_bounds(
     out = out[keep].reset_index(drop=True)
     out.attrs = dict(table.attrs)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ readers
+# Who drew what: the reader ids of a table, excluding readers, and per-reader fusion weights.
+
+
+def reader_sort_key(rad_id: str) -> list:
+    """Natural order of reader ids: R2 before R10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(rad_id))]
+
+
+def reader_ids(table: pd.DataFrame) -> list[str]:
+    """The known reader ids of a normalized table in natural order (rows with an unknown reader, ``""``, left out)."""
+    return sorted({str(r) for r in table["rad_id"] if str(r)}, key=reader_sort_key)
+
+
+def join_readers(rad_ids: Iterable[str]) -> str:
+    """``"R1|R5|R9"``: distinct known reader ids in natural order, as meta.csv and the fused tables hold them."""
+    return "|".join(sorted({str(r) for r in rad_ids if str(r)}, key=reader_sort_key))
+
+
+def require_reader_ids(table: pd.DataFrame, source: str | os.PathLike, what: str) -> None:
+    """Stop when a table says nothing about its readers (no ``rad_id`` column, or an empty one).
+
+    Raises:
+        InputError: naming the file and what needed the readers.
+    """
+    if not reader_ids(table):
+        raise InputError(f"{source} has no reader ids (no rad_id column, or an empty one), so {what} is not "
+                         "possible: it needs to know which radiologist drew each box. The PhysioNet VinDr-CXR test "
+                         "annotations, for one, are a consensus without readers; use a file with rad_id "
+                         "(Kaggle train.csv, PhysioNet annotations_train.csv, VinDr-SpineXR with rad_id)")
+
+
+@dataclass(frozen=True)
+class ExcludedReaders:
+    """What :func:`exclude_readers` did: the readers removed, the ids asked for that the table lacks, and the
+    images dropped because every row of theirs came from an excluded reader."""
+
+    excluded: tuple[str, ...]
+    unknown: tuple[str, ...]
+    images_dropped: tuple[str, ...]
+
+
+def exclude_readers(table: pd.DataFrame, rad_ids: Iterable[str]) -> tuple[pd.DataFrame, ExcludedReaders]:
+    """Remove every row (boxes and "No finding" calls) of the readers ``rad_ids``.
+
+    An image read only by excluded readers leaves the table (it is in ``images_dropped``); an image that keeps
+    at least one other reader keeps that reader's rows, so a reader who called it normal keeps it normal. Ids
+    the table does not have are logged as a warning naming them and returned in ``unknown``.
+    """
+    wanted = [str(r).strip() for r in rad_ids if str(r).strip()]
+    present = set(reader_ids(table))
+    unknown = tuple(sorted({r for r in wanted if r not in present}, key=reader_sort_key))
+    excluded = tuple(sorted({r for r in wanted if r in present}, key=reader_sort_key))
+    if unknown:
+        logger.warning("--exclude-readers: %s not among the readers of this file (%s); nothing to exclude for "
+                       "%s", ", ".join(unknown), ", ".join(sorted(present, key=reader_sort_key)) or "none",
+                       "it" if len(unknown) == 1 else "them")
+    drop = table["rad_id"].isin(excluded).to_numpy()
+    before = set(table["image_id"])
+    out = table[~drop].reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    dropped = tuple(sorted(before - set(out["image_id"])))
+    if excluded:
+        logger.info("excluded readers %s: %d row(s) removed, %d image(s) read only by them dropped",
+                    ", ".join(excluded), int(drop.sum()), len(dropped))
+    return out, ExcludedReaders(excluded, unknown, dropped)
+
+
+def read_reader_weights(path: str | os.PathLike, readers: Iterable[str]) -> dict[str, float]:
+    """Per-reader fusion weights from a CSV ``rad_id,weight`` (a weight is a positive number).
+
+    Args:
+        path: the weights CSV.
+        readers: the readers whose boxes will be fused: each needs a weight. Readers of the file that are not
+            among them are ignored with a warning.
+
+    Raises:
+        InputError: a missing file or column, a duplicate reader, a weight that is not a positive number, or
+            readers of ``readers`` missing from the file (named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"reader weights CSV not found: {path}")
+    df = _read_csv(path)
+    require_columns(df, path, "reader weights (rad_id,weight)", ("rad_id", "weight"))
+    ids = _str_col(df, "rad_id")
+    values = pd.to_numeric(df["weight"], errors="coerce").to_numpy(dtype=float)
+    weights: dict[str, float] = {}
+    for line, (rad, w) in enumerate(zip(ids, values), start=2):
+        if not rad:
+            raise InputError(f"{path} line {line}: empty rad_id")
+        if rad in weights:
+            raise InputError(f"{path} line {line}: reader {rad} appears twice")
+        if not np.isfinite(w) or w <= 0:
+            raise InputError(f"{path} line {line}: the weight of {rad} must be a positive number, got "
+                             f"{df['weight'].iat[line - 2]!r} (to leave a reader out, use --exclude-readers)")
+        weights[rad] = float(w)
+    needed = sorted({str(r) for r in readers if str(r)}, key=reader_sort_key)
+    missing = [r for r in needed if r not in weights]
+    if missing:
+        raise InputError(f"{path} has no weight for reader(s) {', '.join(missing)} (it lists "
+                         f"{', '.join(sorted(weights, key=reader_sort_key)) or 'none'}); give every reader whose "
+                         "boxes are fused a weight, or exclude the reader with --exclude-readers")
+    extra = sorted(set(weights) - set(needed), key=reader_sort_key)
+    if extra:
+        logger.warning("%s: weight(s) for %s, who drew nothing that is fused here; ignored", path, ", ".join(extra))
+    return {r: weights[r] for r in needed}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from detx.core.classes import NO_FINDING
 from detx.core.errors import InputError
@@ -34,6 +35,8 @@ class GroundTruthSet:
     source: str = ""
     problems: list[str] = field(default_factory=list)
     labelled: bool = True  # False for a split prepared without annotations (test.json): no image has a label
+    #: the readers' own boxes (normalized reader table) when the ground truth is a reader CSV, else None
+    table: pd.DataFrame | None = None
 
 
 
@@ -71,4 +74,5 @@ def load_ground_truth(
     for image_id, idx in fused.groupby("image_id", sort=False).indices.items():
         keep = idx[is_finding[idx]]
         gt[str(image_id)] = (boxes[keep].reshape(-1, 4), cls[keep])
-    return GroundTruthSet(gt, classes, str(table.attrs.get("dataset", "")), str(path), [str(p) for p in problems])
+    return GroundTruthSet(gt, classes, str(table.attrs.get("dataset", "")), str(path), [str(p) for p in problems],
+                          table=table)

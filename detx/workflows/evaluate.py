@@ -4,6 +4,10 @@ Ground truth comes from :func:`detx.evaluation.ground_truth.load_ground_truth` (
 and class, or a prepared COCO JSON, boxes in original pixels). The image-level score is P(abnormal) = 1 - the
 submission's No-finding confidence, or its highest finding confidence when it has no No-finding entry
 (:func:`detx.core.image_scores.image_scores_from_predictions`).
+
+A reader CSV with ``rad_id`` also gives the human baseline (:func:`detx.evaluation.reader_agreement.human_baseline`):
+each reader's challenge metric against the fusion of the other readers of its images, averaged over the readers,
+on the ground truth's images, beside the model's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
 from detx.evaluation.froc import froc
 from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
 from detx.evaluation.image_level import classification_metrics, image_level_metrics, per_class_auc
+from detx.evaluation.reader_agreement import human_baseline
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
 
 logger = logging.getLogger(__name__)
@@ -192,6 +197,9 @@ def evaluate_files(
     images, and evaluate. In lenient mode bad entries are skipped and counted in ``metrics["problems"]``; a
     submission that covers only part of the ground truth is scored by the Kaggle rule with a warning, and
     ``metrics["coverage"]`` (shown beside every number by :func:`format_table`) says how much.
+    ``metrics["human_baseline"]`` is the readers' mean challenge metric against the others' fusion on the ground
+    truth's images (:func:`detx.evaluation.reader_agreement.human_baseline`) for a reader CSV with ``rad_id``,
+    else None.
 
     Raises:
         InputError: an unlabelled ground truth, or a submission sharing no image with it.
@@ -223,6 +231,8 @@ def evaluate_files(
     m["coverage"] = cover.to_dict()
     m["pred"] = str(pred_path)
     m["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
+    m["human_baseline"] = (human_baseline(gts.table, iou_thr=iou_thr, fusion=gt_fusion, fusion_iou_thr=fusion_iou_thr,
+                                          image_ids=list(gts.gt)) if gts.table is not None else None)
     m["problems"] = {
         "submission": len(sub.problems),
         "ground_truth": len(gts.problems),
@@ -278,6 +288,10 @@ def format_table(metrics: dict[str, Any]) -> str:
         lines = [lines[0], "", f"WARNING: the submission covers {cov['shared']} of {cov['ground_truth_images']} "
                  f"ground-truth images ({cov['missing']} missing, {cov['extra']} extra dropped)",
                  *(line + note for line in lines[2:])]
+    hb = metrics.get("human_baseline")
+    if hb:
+        lines.append(f"human baseline (mean reader {key} vs the others' fusion, {hb['n_readers']} readers): "
+                     f"{_f(hb[key + '_mean'])}  [model {key}: {_f(metrics[key])}]")
     probs = metrics.get("problems")
     if probs and (probs["submission"] or probs["ground_truth"]):
         lines.append(f"Skipped in lenient mode: {probs['submission']} submission problem(s), "

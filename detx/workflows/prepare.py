@@ -7,7 +7,9 @@
    of whose rows were bad: skipped);
 3. convert the DICOMs to PNG (:mod:`detx.data.dicom`; an undecodable file: skipped);
 4. clip boxes slightly outside their image, drop absurd ones (:func:`~detx.data.readers.check_box_bounds`);
-5. fuse the readers (:mod:`detx.data.fusion`), derive per-image labels, assign folds (:mod:`detx.data.folds`);
+5. fuse the readers (:mod:`detx.data.fusion`; excluded readers' rows were removed at step 1, per-reader weights
+   apply, boxes drawn by fewer than ``min_readers`` readers are dropped), derive per-image labels, assign folds
+   (:mod:`detx.data.folds`);
 6. write ``meta.csv``, ``annotations/{all,train_fold{k},val_fold{k}}.json`` (or ``test.json`` without a
    CSV), ``summary.json``, ``problems.csv`` and the ``report/`` plots.
 
@@ -23,6 +25,7 @@ import argparse
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,15 +39,21 @@ from detx.core.io import atomic_write_text, folder_lock, write_json
 from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms, find_dicoms
 from detx.data.folds import assign_folds
-from detx.data.fusion import FUSION_METHODS, fuse_readers, image_labels
+from detx.data.fusion import FUSION_METHODS, fuse_readers, image_labels, keep_min_readers
 from detx.data.readers import (
     ProblemLog,
     check_box_bounds,
+    join_readers,
     make_table,
     read_physionet_image_labels,
     read_reader_csv,
+    read_reader_weights,
+    reader_ids,
+    reader_sort_key,
+    require_reader_ids,
     sniff_format,
 )
+from detx.data.readers import exclude_readers as remove_readers
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,9 @@ class PrepareSummary:
     boxes_after_fusion: int = 0
     per_class: dict[str, dict[str, int]] = field(default_factory=dict)
     boxes_per_reader: dict[str, int] = field(default_factory=dict)
+    #: who the labels came from: readers kept, excluded (and asked for but absent), images dropped because only
+    #: excluded readers read them, the fusion weights, --min-readers and the boxes it dropped, images per reader
+    readers: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, int] = field(default_factory=dict)
     folds: dict[str, dict[str, int]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
@@ -98,6 +110,8 @@ class PrepareSummary:
             lines.append(f"  {'class':<{width}}  readers  fused  images")
             for name, c in self.per_class.items():
                 lines.append(f"  {name:<{width}}  {c['before']:>7}  {c['after']:>5}  {c['images']:>6}")
+            if self.readers:
+                lines.append("  " + format_readers(self.readers))
         if self.problems:
             detail = ", ".join(f"{k} {n}" for k, n in self.problems.items())
             lines.append(f"  skipped: {self.skipped} ({detail}); see problems.csv")
@@ -107,6 +121,24 @@ class PrepareSummary:
             lines.append("  folds: " + ", ".join(f"{k}: {v['train']} train / {v['val']} val"
                                                   for k, v in self.folds.items()))
         return "\n".join(lines)
+
+
+def format_readers(readers: dict[str, Any]) -> str:
+    """One line on who the labels came from (the ``readers`` entry of the summary)."""
+    kept = readers.get("readers") or []
+    parts = [f"readers: {len(kept)}" + (f" ({', '.join(kept)})" if len(kept) <= 20 else "")]
+    if readers.get("excluded") or readers.get("excluded_not_in_csv"):
+        text = f"excluded {', '.join(readers['excluded']) or 'none'}"
+        if readers.get("excluded_not_in_csv"):
+            text += f" (not in the CSV: {', '.join(readers['excluded_not_in_csv'])})"
+        parts.append(text + f", {readers.get('images_dropped_excluded_readers', 0)} image(s) read only by them "
+                     "dropped")
+    if readers.get("weights"):
+        parts.append("fusion weights " + ", ".join(f"{r} {w:.3g}" for r, w in readers["weights"].items()))
+    if readers.get("min_readers", 1) > 1:
+        parts.append(f"min readers {readers['min_readers']}: {readers.get('boxes_dropped_min_readers', 0)} fused "
+                     "box(es) drawn by fewer dropped")
+    return "; ".join(parts)
 
 
 def _subset(table: pd.DataFrame, mask) -> pd.DataFrame:
@@ -169,6 +201,9 @@ def prepare_unlocked(
     clip_tolerance: float = 0.05,
     label_rule: str = "any",
     study_groups: bool = True,
+    exclude_readers: Sequence[str] | None = None,
+    reader_weights: str | os.PathLike | None = None,
+    min_readers: int = 1,
     report: bool = True,
     progress: bool = True,
 ) -> PrepareSummary:
@@ -195,6 +230,11 @@ def prepare_unlocked(
         label_rule: per-image label rule, "any" or "majority" (:func:`detx.data.fusion.image_labels`).
         study_groups: SpineXR: folds keep a study's images together, so the CSV must have ``study_id``;
             False splits image by image (an explicit opt-out).
+        exclude_readers: rad_ids whose boxes and "No finding" calls leave the labels; an image read only by them
+            is dropped (counted in the summary); ids the CSV lacks are named in a warning.
+        reader_weights: CSV ``rad_id,weight``: each reader's weight in WBF (NMS: the highest-weighted reader's box
+            survives); every reader whose boxes are fused needs one.
+        min_readers: keep only fused boxes drawn by at least this many readers (``n_readers``).
         report: write ``report/eda.png``.
         progress: tqdm bars.
     """
@@ -214,6 +254,17 @@ def prepare_unlocked(
         raise InputError(f"--folds {folds} must be >= 0 (0 or 1: no folds)")
     if not 0.0 <= clip_tolerance < 1.0:
         raise InputError(f"--clip-tolerance {clip_tolerance} must be in [0, 1)")
+    if min_readers < 1:
+        raise InputError(f"--min-readers {min_readers} must be at least 1")
+    if min_readers > 1 and fusion == "none":
+        raise InputError(f"--min-readers {min_readers} needs --fusion wbf or nms: with --fusion none every box is "
+                         "one reader's, so all would be dropped")
+    exclude_readers = [str(r) for r in exclude_readers or []]
+    reader_options = [o for o, given in (("--exclude-readers", bool(exclude_readers)),
+                                         ("--reader-weights", reader_weights is not None),
+                                         ("--min-readers", min_readers > 1)) if given]
+    if reader_options and csv is None:
+        raise InputError(f"{' and '.join(reader_options)} need(s) --csv: a test set has no readers' boxes")
     out = Path(out)
     dicom_dir = Path(dicom_dir)
     log = ProblemLog(strict)
@@ -221,10 +272,15 @@ def prepare_unlocked(
         "csv": str(csv) if csv else None, "dicom_dir": str(dicom_dir), "size": size, "fusion": fusion,
         "iou_thr": iou_thr, "folds": folds, "seed": seed, "box_masks": box_masks, "bit_depth": bit_depth,
         "clip_tolerance": clip_tolerance, "label_rule": label_rule, "study_groups": study_groups,
+        "exclude_readers": exclude_readers, "reader_weights": str(reader_weights) if reader_weights else None,
+        "min_readers": min_readers,
     }
 
     # 1. annotations
     global_labels: pd.DataFrame | None = None
+    readers_info: dict[str, Any] = {}
+    excluded_only: set[str] = set()  # images read only by excluded readers: dropped, not a problem
+    weights: dict[str, float] | None = None
     if csv is not None:
         csv = Path(csv)
         fmt = sniff_format(csv) if fmt == "auto" else fmt
@@ -239,11 +295,25 @@ def prepare_unlocked(
                                           require_study_id=study_groups and folds >= 2)
         log.items.extend(problems)
         if fmt == "physionet" and image_labels_csv is not None:
-            global_labels, label_problems = read_physionet_image_labels(image_labels_csv, strict=strict)
+            global_labels, label_problems = read_physionet_image_labels(image_labels_csv, strict=strict,
+                                                                        exclude_readers=exclude_readers)
             log.items.extend(label_problems)
             settings["image_labels_csv"] = str(image_labels_csv)
         key = table.attrs["dataset"]
         settings["format"] = fmt
+        if reader_options:
+            require_reader_ids(table, csv, " and ".join(reader_options))
+        if exclude_readers:
+            table, excluded = remove_readers(table, exclude_readers)
+            excluded_only = set(excluded.images_dropped)
+            if excluded.excluded and not len(table):
+                raise InputError(f"--exclude-readers {' '.join(excluded.excluded)} leaves no annotation in {csv}: "
+                                 "every image was read only by excluded readers")
+            readers_info.update(excluded=list(excluded.excluded), excluded_not_in_csv=list(excluded.unknown),
+                                images_dropped_excluded_readers=len(excluded.images_dropped))
+        weights = read_reader_weights(reader_weights, reader_ids(table)) if reader_weights is not None else None
+        if weights is not None and fusion == "none":
+            logger.warning("--reader-weights has no effect with --fusion none: every reader's box is kept as it is")
     else:
         key = "vindr-cxr-physionet" if dataset == "vindr-cxr" and not kaggle_classes else dataset
         table = make_table([], dataset=key, classes=DATASET_CLASSES[key])
@@ -260,6 +330,8 @@ def prepare_unlocked(
             log.add("missing_dicom", f"image {image_id}",
                     f"listed in {csv.name} but no DICOM file {image_id}.dicom under {dicom_dir}", image_id)
         for image_id in sorted(set(dicoms) - csv_images):
+            if image_id in excluded_only:
+                continue
             if image_id in bad_row_images:
                 log.add("no_valid_rows", f"image {image_id}", f"every row of image {image_id} in {csv.name} "
                         "was invalid; image skipped", image_id)
@@ -313,12 +385,21 @@ def prepare_unlocked(
     info = {"dataset": key, "size": size, "fusion": fusion if csv is not None else None, "iou_thr": iou_thr,
             "bit_depth": bit_depth, "box_masks": box_masks}
     if csv is not None:
-        fused = fuse_readers(table, fusion, iou_thr, sizes)
+        fused = fuse_readers(table, fusion, iou_thr, sizes, reader_weights=weights)
         labels = image_labels(table, classes, rule=label_rule).set_index("image_id").reindex(final_ids)
+        boxes_dropped = 0
+        if min_readers > 1:
+            fused, boxes_dropped = keep_min_readers(fused, min_readers)
+            # an image keeps a class only where a box of it survived: no label without a box
+            kept = image_labels(fused, classes, rule="any").set_index("image_id").reindex(final_ids)
+            for c in classes:
+                labels[c] = labels[c] & kept[c]
+            labels["abnormal"] = labels[list(classes)].any(axis=1).astype(np.int64)
         study = table.groupby("image_id")["study_id"].agg(lambda s: next((v for v in s if v), "")).reindex(final_ids)
         finding_fused = fused[fused["class_name"] != NO_FINDING]
         meta["study_id"] = study.to_numpy()
         meta["n_readers"] = labels["n_readers"].to_numpy()
+        meta["readers"] = table.groupby("image_id")["rad_id"].agg(join_readers).reindex(final_ids).fillna("").to_numpy()
         meta["n_boxes"] = finding_fused.groupby("image_id").size().reindex(final_ids, fill_value=0).to_numpy()
         meta["abnormal"] = labels["abnormal"].to_numpy()
         class_matrix = labels[list(classes)].to_numpy()
@@ -336,7 +417,9 @@ def prepare_unlocked(
             meta["fold"] = assign_folds(class_matrix, folds, seed=seed, groups=groups)
         else:
             meta["fold"] = -1
-        coco_info = {**info, "label_rule": label_rule, "folds": folds, "seed": seed}
+        coco_info = {**info, "label_rule": label_rule, "folds": folds, "seed": seed,
+                     "exclude_readers": readers_info.get("excluded", []), "reader_weights": weights,
+                     "min_readers": min_readers}
         write_coco(ann_dir / "all.json", build_coco(meta, fused, classes, {**coco_info, "split": "all"},
                                                     box_masks=box_masks, image_labels=extra_labels))
         written.add("all.json")
@@ -360,6 +443,13 @@ def prepare_unlocked(
         per_reader = table[table["class_name"] != NO_FINDING]["rad_id"].replace("", "(unknown)").value_counts()
         natural = sorted(per_reader.index, key=lambda r: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", r)])
         summary.boxes_per_reader = {str(k): int(per_reader[k]) for k in natural}
+        per_image = table[table["rad_id"] != ""].groupby("rad_id")["image_id"].nunique()
+        kept_readers = sorted(per_image.index, key=reader_sort_key)
+        summary.readers = {
+            "readers": kept_readers, "excluded": [], "excluded_not_in_csv": [], "images_dropped_excluded_readers": 0,
+            **readers_info, "weights": weights, "min_readers": min_readers, "boxes_dropped_min_readers": boxes_dropped,
+            "images_per_reader": {r: int(per_image[r]) for r in kept_readers},
+        }
         summary.images_abnormal = int(meta["abnormal"].sum())
         summary.images_normal = len(meta) - summary.images_abnormal
     else:
@@ -426,6 +516,13 @@ def add_prepare_arguments(parser, dataset: str) -> None:
         parser.add_argument("--no-study-groups", action="store_true",
                             help="prepare a CSV without study_id: folds split image by image (a study's images may "
                                  "then sit in both train and val)")
+    parser.add_argument("--exclude-readers", nargs="+", default=[], metavar="R",
+                        help="readers (rad_id) whose boxes and No-finding calls leave the labels, e.g. R8 R9 R10; an "
+                             "image read only by them is dropped (counted in the summary)")
+    parser.add_argument("--reader-weights", default=None, metavar="CSV",
+                        help="CSV rad_id,weight: each reader's weight in WBF (every fused reader needs one)")
+    parser.add_argument("--min-readers", type=int, default=1, metavar="K",
+                        help="keep only fused boxes drawn by at least K readers (default 1: all)")
     parser.add_argument("--no-report", action="store_true", help="skip the report/ plots")
 
 
@@ -440,5 +537,6 @@ def prepare_from_args(args, dataset: str) -> PrepareSummary:
         dataset=dataset, csv=args.csv, dicom_dir=args.dicom_dir, out=args.out, size=args.size,
         fusion=args.fusion, iou_thr=args.iou_thr, folds=args.folds, seed=args.seed, workers=args.workers,
         strict=args.strict, box_masks=args.box_masks, bit_depth=args.bit_depth,
-        clip_tolerance=args.clip_tolerance, label_rule=args.label_rule, report=not args.no_report, **extra,
+        clip_tolerance=args.clip_tolerance, label_rule=args.label_rule, exclude_readers=args.exclude_readers,
+        reader_weights=args.reader_weights, min_readers=args.min_readers, report=not args.no_report, **extra,
     )

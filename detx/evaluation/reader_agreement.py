@@ -1,0 +1,376 @@
+"""Agreement between readers: each reader scored against the other readers of the same images, the human baseline,
+pairwise Cohen's kappa on normal/abnormal, and the outlier readers.
+
+**A reader against the others** (:func:`reader_scores`). On every image a reader read together with at least one
+other reader, the ground truth is the fusion of the *other* readers' boxes (:func:`detx.data.fusion.fuse_readers`,
+WBF at IoU 0.4 by default; the image is normal when they drew nothing), and the reader's "submission" is its own
+boxes, each with confidence 1, plus ``<nf> 1 0 0 1 1`` on each image where it drew no box. That is scored with
+the challenge metric (:func:`detx.evaluation.vinbigdata.vinbigdata_map`: VOC matching at IoU > 0.4, "No finding"
+a class, the mean over the classes with ground truth) and gives ``mAP40_vs_others``.
+
+**Ties.** Every box of a reader has the same confidence, so a reader is one operating point and the order of its
+tied detections, which the ranking would otherwise take from the file, must not decide the score. A class's AP is
+therefore the area the all-point precision envelope encloses when the tied detections are taken together (as
+``sklearn.metrics.average_precision_score`` does with tied scores): precision x recall over the reader's images,
+where the VOC matching (each box to the single highest-IoU ground-truth box, each ground-truth box taken once)
+counts the true positives. A reader identical to the others' fusion scores 1; one who draws nothing where they
+do scores 0 on those classes.
+
+**The human baseline** is the mean of ``mAP40_vs_others`` over the readers (:func:`human_baseline`): what a
+radiologist scores on the challenge metric against their colleagues, on the user's own images.
+
+**Outliers** (:func:`robust_outliers`): the robust z-score of ``mAP40_vs_others``, z = 0.6745 (x - median) / MAD
+with MAD the median absolute deviation from the median; where MAD is 0, z = (x - median) / (1.2533 MeanAD) with
+MeanAD the mean absolute deviation from the median; a reader is an outlier when z < -3.5 (only the low side: the
+readers who disagree). With fewer than 4 scored readers, or when every score is the same, no one is flagged.
+
+**Kappa** (:func:`pairwise_kappa`): for every pair of readers who read images in common, Cohen's kappa of their
+normal/abnormal calls there (abnormal: the reader drew a box); undefined (None) when chance agreement is 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detx.core.classes import NO_FINDING
+from detx.core.errors import InputError
+from detx.core.predictions import WHOLE_IMAGE_BOX, Predictions
+from detx.data.fusion import fuse_readers
+from detx.data.readers import BOX_COLUMNS, reader_ids, reader_sort_key, require_reader_ids
+from detx.evaluation.vinbigdata import map_key, vinbigdata_map
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ReaderScore", "ReaderAgreement", "reader_scores", "reader_agreement", "human_baseline", "robust_z",
+    "robust_outliers", "cohen_kappa", "pairwise_kappa", "operating_point_ap",
+]
+
+#: a reader is an outlier when its robust z-score is below this
+OUTLIER_Z = -3.5
+#: with fewer scored readers than this, no one is flagged
+MIN_READERS_FOR_OUTLIERS = 4
+OUTLIER_RULE = ("robust z-score of mAP_vs_others: z = 0.6745 (x - median) / MAD (MAD = median absolute deviation "
+                "from the median; where MAD is 0: z = (x - median) / (1.2533 x mean absolute deviation from the "
+                f"median)); outlier when z < {OUTLIER_Z} (low side only); no one is flagged with fewer than "
+                f"{MIN_READERS_FOR_OUTLIERS} scored readers or when all scores are equal")
+
+
+def _subset(table: pd.DataFrame, mask: Any) -> pd.DataFrame:
+    out = table[mask].reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def operating_point_ap(result: Mapping[str, Any]) -> dict[int, float | None]:
+    """AP per class of a :func:`vinbigdata_map` result whose detections all share one confidence: precision x
+    recall after the last detection (None where the class has no ground truth, 0 where nothing was predicted)."""
+    out: dict[int, float | None] = {}
+    for c, ap in result["AP_per_class"].items():
+        if ap is None:
+            out[c] = None
+            continue
+        curve = result["curves"].get(c)
+        if curve is None or len(curve["precision"]) == 0:
+            out[c] = 0.0
+        else:
+            out[c] = float(curve["precision"][-1] * curve["recall"][-1])
+    return out
+
+
+@dataclass
+class ReaderScore:
+    """One reader against the fusion of the others: ``mAP`` (None when it shares no image with another reader),
+    ``ap_per_class`` (class id -> AP, None without ground truth; id ``num_classes`` is "No finding") and the
+    number of images scored."""
+
+    rad_id: str
+    images: int
+    mAP: float | None
+    ap_per_class: dict[int, float | None] = field(default_factory=dict)
+
+
+def _known(table: pd.DataFrame, image_ids: Iterable[str] | None) -> pd.DataFrame:
+    """The rows of known readers (of ``image_ids`` when given)."""
+    mask = (table["rad_id"].astype(str) != "").to_numpy()
+    if image_ids is not None:
+        mask = mask & table["image_id"].isin(set(map(str, image_ids))).to_numpy()
+    return _subset(table, mask)
+
+
+def reader_scores(
+    table: pd.DataFrame,
+    iou_thr: float = 0.4,
+    fusion: str = "wbf",
+    fusion_iou_thr: float | None = None,
+    image_ids: Iterable[str] | None = None,
+) -> dict[str, ReaderScore]:
+    """Each reader's challenge metric against the fusion of the other readers of its images (module docstring).
+
+    Args:
+        table: normalized reader table (:mod:`detx.data.readers`); rows with an unknown reader are left out.
+        iou_thr: the metric's matching IoU.
+        fusion: how the other readers' boxes become one ground truth: "wbf", "nms" or "none".
+        fusion_iou_thr: the fusion's IoU (default ``iou_thr``).
+        image_ids: score only these images (default: all).
+
+    Returns:
+        rad_id -> :class:`ReaderScore`, readers in natural order.
+    """
+    classes = tuple(table.attrs.get("classes") or ())
+    if not classes:
+        raise InputError("reader_scores needs the class names (a table read by detx.data.readers)")
+    k = len(classes)
+    fusion_iou_thr = iou_thr if fusion_iou_thr is None else fusion_iou_thr
+    known = _known(table, image_ids)
+    rads = known["rad_id"].astype(str).to_numpy()
+    images = known["image_id"].astype(str).to_numpy()
+    codes, uniques = pd.factorize(images)  # integer image codes: set operations by indexing, not string compares
+    n_readers = pd.Series(rads).groupby(codes).nunique().reindex(range(len(uniques)), fill_value=0).to_numpy()
+    shared = n_readers >= 2
+    is_finding = (known["class_name"] != NO_FINDING).to_numpy()
+    boxes = known[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
+    cids = known["class_id"].to_numpy(dtype=np.int64)
+    out: dict[str, ReaderScore] = {}
+    for rad in reader_ids(known):
+        mine = rads == rad
+        scored = np.zeros(len(uniques), bool)
+        scored[codes[mine]] = True
+        scored &= shared
+        imgs = sorted(str(i) for i in uniques[scored])
+        if not imgs:
+            out[rad] = ReaderScore(rad, 0, None)
+            continue
+        on = scored[codes]
+        others = _subset(known, on & ~mine)
+        fused = fuse_readers(others, method=fusion, iou_thr=fusion_iou_thr)
+        f_find = (fused["class_name"] != NO_FINDING).to_numpy()
+        f_boxes = fused[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
+        f_cls = fused["class_id"].to_numpy(dtype=np.int64)
+        gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in imgs}
+        for image_id, idx in fused.groupby("image_id", sort=False).indices.items():
+            keep = idx[f_find[idx]]
+            gt[str(image_id)] = (f_boxes[keep], f_cls[keep])
+        by_image: dict[str, list[int]] = {}
+        for i in np.flatnonzero(on & mine & is_finding):
+            by_image.setdefault(images[i], []).append(i)
+        preds = {i: Predictions(boxes[rows], np.ones(len(rows)), cids[rows]) for i, rows in by_image.items()}
+        for image_id in imgs:
+            if image_id not in preds:  # the reader drew nothing: its "No finding" call
+                preds[image_id] = Predictions([WHOLE_IMAGE_BOX], [1.0], [k])
+        result = vinbigdata_map(gt, preds, num_classes=k, iou_thr=iou_thr)
+        ap = operating_point_ap(result)
+        valid = [v for v in ap.values() if v is not None]
+        out[rad] = ReaderScore(rad, len(imgs), float(np.mean(valid)) if valid else None, ap)
+    return out
+
+
+def human_baseline(
+    table: pd.DataFrame,
+    iou_thr: float = 0.4,
+    fusion: str = "wbf",
+    fusion_iou_thr: float | None = None,
+    image_ids: Iterable[str] | None = None,
+) -> dict[str, Any] | None:
+    """The readers' mean ``mAP40_vs_others`` on ``image_ids``: ``{"mAP40_mean", "n_readers", "per_reader"}`` (the
+    key follows ``iou_thr``), or None when the table has no reader ids or no image read by two readers."""
+    if not reader_ids(table):
+        return None
+    scores = reader_scores(table, iou_thr, fusion, fusion_iou_thr, image_ids)
+    per_reader = {r: s.mAP for r, s in scores.items() if s.mAP is not None}
+    if not per_reader:
+        return None
+    return {f"{map_key(iou_thr)}_mean": float(np.mean(list(per_reader.values()))), "n_readers": len(per_reader),
+            "per_reader": per_reader}
+
+
+def robust_z(values: Mapping[str, float]) -> dict[str, float]:
+    """The robust z-score of each value (module docstring); {} for no values, 0 for all when they are all equal."""
+    names = list(values)
+    x = np.asarray([values[n] for n in names], dtype=np.float64)
+    if len(x) == 0:
+        return {}
+    med = float(np.median(x))
+    dev = np.abs(x - med)
+    mad = float(np.median(dev))
+    if mad > 0:
+        z = 0.6745 * (x - med) / mad
+    else:
+        mean_ad = float(np.mean(dev))
+        z = (x - med) / (1.2533 * mean_ad) if mean_ad > 0 else np.zeros_like(x)
+    return {n: float(v) for n, v in zip(names, z)}
+
+
+def robust_outliers(values: Mapping[str, float], threshold: float = OUTLIER_Z,
+                    min_readers: int = MIN_READERS_FOR_OUTLIERS) -> tuple[dict[str, float], list[str]]:
+    """(robust z per reader, the readers with z < ``threshold``); nobody is flagged below ``min_readers`` values."""
+    z = robust_z(values)
+    if len(z) < min_readers:
+        return z, []
+    return z, sorted((n for n, v in z.items() if v < threshold), key=reader_sort_key)
+
+
+def cohen_kappa(a: Iterable[int], b: Iterable[int]) -> float | None:
+    """Cohen's kappa of two raters' binary calls on the same items; None when chance agreement is 1 (both
+    raters always gave the same single answer) or there are no items."""
+    a = np.asarray(list(a), dtype=bool)
+    b = np.asarray(list(b), dtype=bool)
+    if len(a) != len(b):
+        raise ValueError(f"cohen_kappa: {len(a)} and {len(b)} calls")
+    if len(a) == 0:
+        return None
+    po = float(np.mean(a == b))
+    pa, pb = float(a.mean()), float(b.mean())
+    pe = pa * pb + (1 - pa) * (1 - pb)
+    if pe >= 1.0:
+        return None
+    return (po - pe) / (1 - pe)
+
+
+def abnormal_calls(table: pd.DataFrame) -> pd.DataFrame:
+    """image_id x rad_id: 1 where the reader drew a box, 0 where it read the image and drew none, NaN where it did
+    not read it (known readers only)."""
+    known = _known(table, None)
+    finding = (known["class_name"] != NO_FINDING).astype(np.int64)
+    calls = finding.groupby([known["image_id"].astype(str), known["rad_id"].astype(str)]).max()
+    wide = calls.unstack("rad_id")
+    return wide[sorted(wide.columns, key=reader_sort_key)]
+
+
+def pairwise_kappa(table: pd.DataFrame) -> pd.DataFrame:
+    """Cohen's kappa of every pair of readers on the images both read: columns ``rad_a, rad_b, images, kappa``."""
+    wide = abnormal_calls(table)
+    rows = []
+    values = wide.to_numpy(dtype=np.float64)
+    for (i, a), (j, b) in combinations(enumerate(wide.columns), 2):
+        both = ~np.isnan(values[:, i]) & ~np.isnan(values[:, j])
+        n = int(both.sum())
+        if n:
+            rows.append((a, b, n, cohen_kappa(values[both, i], values[both, j])))
+    return pd.DataFrame(rows, columns=["rad_a", "rad_b", "images", "kappa"])
+
+
+@dataclass
+class ReaderAgreement:
+    """Everything :func:`reader_agreement` finds; ``readers`` has one row per rad_id (see :meth:`to_dict`)."""
+
+    key: str
+    iou_thr: float
+    fusion: str
+    fusion_iou_thr: float
+    classes: tuple[str, ...]
+    readers: pd.DataFrame
+    ap_per_class: dict[str, dict[str, float | None]]
+    class_mix: dict[str, dict[str, int]]
+    kappa: pd.DataFrame
+    outliers: list[str]
+    human_baseline: float | None
+    num_images: int
+    num_images_shared: int
+
+    @property
+    def score_column(self) -> str:
+        """``mAP40_vs_others`` (the key follows the IoU threshold)."""
+        return f"{self.key}_vs_others"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: settings, the human baseline, the outlier rule and outliers, one entry per reader, kappas."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, (np.bool_, bool)):
+                return bool(v)
+            if isinstance(v, (np.integer,)):
+                return int(v)
+            if isinstance(v, (float, np.floating)):
+                return None if not np.isfinite(v) else float(v)
+            return v
+
+        per_class = {f"AP{self.key[3:]}_{n}" for n in (*self.classes, NO_FINDING)} | {f"boxes_{n}" for n in self.classes}
+        readers = []
+        for rec in self.readers.to_dict("records"):
+            entry = {c: plain(v) for c, v in rec.items() if c not in per_class}
+            entry["AP_per_class"] = self.ap_per_class.get(rec["rad_id"], {})
+            entry["class_mix"] = self.class_mix.get(rec["rad_id"], {})
+            readers.append(entry)
+        scored = self.readers[self.score_column].dropna()
+        return {
+            "iou_thr": self.iou_thr, "fusion": self.fusion, "fusion_iou_thr": self.fusion_iou_thr,
+            "classes": list(self.classes), "num_images": self.num_images,
+            "num_images_shared": self.num_images_shared, "num_readers": len(self.readers),
+            "human_baseline": {f"{self.key}_mean": self.human_baseline, "n_readers": int(len(scored)),
+                               "per_reader": {r: plain(v) for r, v in
+                                              zip(self.readers.loc[scored.index, "rad_id"], scored)}},
+            "outlier_rule": OUTLIER_RULE, "outliers": list(self.outliers),
+            "readers": readers,
+            "kappa": [{k: plain(v) for k, v in rec.items()} for rec in self.kappa.to_dict("records")],
+        }
+
+
+def reader_agreement(
+    table: pd.DataFrame,
+    iou_thr: float = 0.4,
+    fusion: str = "wbf",
+    fusion_iou_thr: float | None = None,
+    image_ids: Iterable[str] | None = None,
+    source: str = "the annotations",
+) -> ReaderAgreement:
+    """Who the readers are and how much they agree (module docstring): per reader the images read, boxes per
+    image, class mix, share of images called normal, ``mAP40_vs_others`` (overall and per class), its robust
+    z-score and outlier flag, and its image-weighted mean kappa with the others; the pairwise kappas.
+
+    Raises:
+        InputError: a table without reader ids (``source`` names the file), or no image read by two readers.
+    """
+    require_reader_ids(table, source, "reader agreement")
+    fusion_iou_thr = iou_thr if fusion_iou_thr is None else fusion_iou_thr
+    key = map_key(iou_thr)
+    classes = tuple(table.attrs["classes"])
+    names = [*classes, NO_FINDING]
+    known = _known(table, image_ids)
+    per_image = known.groupby("image_id")["rad_id"].nunique()
+    if not (per_image >= 2).any():
+        raise InputError(f"{source}: no image was read by two readers, so there is no agreement to measure")
+    scores = reader_scores(known, iou_thr, fusion, fusion_iou_thr)
+    col = f"{key}_vs_others"
+    z, outliers = robust_outliers({r: s.mAP for r, s in scores.items() if s.mAP is not None})
+    kappa = pairwise_kappa(known)
+    finding = known[known["class_name"] != NO_FINDING]
+    calls = abnormal_calls(known)
+    rows = []
+    ap_per_class: dict[str, dict[str, float | None]] = {}
+    class_mix: dict[str, dict[str, int]] = {}
+    for rad, s in scores.items():
+        read = calls[rad].dropna()
+        mine = finding[finding["rad_id"] == rad]
+        counts = mine["class_name"].value_counts()
+        class_mix[rad] = {c: int(counts.get(c, 0)) for c in classes}
+        ap_per_class[rad] = {names[c]: v for c, v in s.ap_per_class.items()} if s.mAP is not None else {}
+        pairs = kappa[((kappa["rad_a"] == rad) | (kappa["rad_b"] == rad)) & kappa["kappa"].notna()]
+        kappa_mean = (float(np.average(pairs["kappa"].astype(float), weights=pairs["images"]))
+                      if len(pairs) else None)
+        row: dict[str, Any] = {
+            "rad_id": rad, "images": int(len(read)), "images_scored": s.images, "boxes": int(len(mine)),
+            "boxes_per_image": len(mine) / len(read) if len(read) else None,
+            "normal_share": float((read == 0).mean()) if len(read) else None,
+            col: s.mAP, "robust_z": z.get(rad), "outlier": rad in outliers, "kappa_vs_others": kappa_mean,
+        }
+        for name in names:
+            row[f"AP{key[3:]}_{name}"] = ap_per_class[rad].get(name)
+        for name in classes:
+            row[f"boxes_{name}"] = class_mix[rad][name]
+        rows.append(row)
+    readers = pd.DataFrame(rows)
+    scored = readers[col].dropna()
+    baseline = float(scored.mean()) if len(scored) else None
+    if outliers:
+        logger.info("outlier readers (robust z < %g): %s", OUTLIER_Z, ", ".join(outliers))
+    return ReaderAgreement(key, float(iou_thr), fusion, float(fusion_iou_thr), classes, readers, ap_per_class,
+                           class_mix, kappa, outliers, baseline, int(known["image_id"].nunique()),
+                           int((per_image >= 2).sum()))
