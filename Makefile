@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m detx.workflows.demo --dataset $(DATASET) --out output/demo$(if $(filter spinexr,$(DATASET)),-spinexr,)
+	$(PY) -m detx.workflows.demo --dataset $(DATASET) --out output/demo$(if $(filter-out vindr-cxr,$(DATASET)),-$(DATASET),)
 
 bench: install
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -81,3 +81,18 @@ def test_demo_steps_point_at_real_scripts_and_configs(tmp_path, dataset):
     files = [a for st in steps for a in st.cmd if a.endswith((".py", ".yaml")) and not a.startswith(str(tmp_path))]
     assert files and all((REPO / f).exists() for f in files if not f.startswith("/")), files
     assert any(f.endswith(f"{dataset.replace('-', '_')}_tiny.yaml") for f in files)
+
+
+@pytest.mark.slow
+def test_mura_demo_reports_study_level_auc_and_kappa(tmp_path, capsys):
+    s = DemoSettings(out=tmp_path / "mura", dataset="mura", n_train=24, n_test=12, min_size=64, max_size=96,
+                     size=64, folds=2, cls_max_iter=4, eval_period=4, workers=1)
+    result = run_demo(s, quiet=True)
+    p = paths(s)
+    m = json.loads(p["valid_metrics"].read_text())
+    assert result["numbers"]["study_auc"] == m["study_level"]["auc"]
+    assert result["numbers"]["study_kappa"] == m["study_level"]["kappa"]
+    report = p["report"].read_text()
+    assert "Per body part" in report and "study-level Cohen's kappa" in report
+    out = capsys.readouterr().out
+    assert any(line.startswith("study_kappa ") for line in out.splitlines())

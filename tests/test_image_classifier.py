@@ -370,3 +370,25 @@ def test_explain_refuses_an_unknown_class_and_a_detector(trained_cls_dir, tiny_r
     args = ["--config-file", det_cfg, "--weights", str(det_w), "--input", val, "--out", str(tmp_path / "p")]
     assert explain_tool.main(explain_tool.parse_args(args)) == 2
     assert "not an image classifier" in capsys.readouterr().err
+
+
+def test_physionet_image_labels_as_the_multi_label_target():
+    from detx.core.classes import VINDR_CXR_GLOBAL_LABELS, VINDR_CXR_LOCAL_LABELS
+    from detx.core.prepared import image_level_targets
+    from detx.engine.config import get_detx_cfg
+    from detx.engine.mapper import DetxDatasetMapper
+
+    cfg = get_detx_cfg(str(ROOT / "configs/classification/vindr_cxr_physionet_labels_R_50.yaml"))
+    names = list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS)
+    assert names == [*VINDR_CXR_LOCAL_LABELS, *VINDR_CXR_GLOBAL_LABELS] and cfg.MODEL.CLASSIFIER.NUM_CLASSES == 28
+    record = {"image_uid": "a", "abnormal": 1, "image_labels": {"COPD": 1, "Pneumonia": 0, "Lung tumor": 1},
+              "annotations": [{"category_id": 3, "bbox": [0, 0, 2, 2], "bbox_mode": 1}]}
+    t = image_level_targets(record, 28, names)
+    expected = np.zeros(29, np.float32)
+    expected[0] = 1
+    expected[1 + names.index("COPD")] = expected[1 + names.index("Lung tumor")] = 1  # boxes do not count here
+    np.testing.assert_array_equal(t, expected)
+    with pytest.raises(Exception, match="has no image_labels"):
+        image_level_targets({"abnormal": 0}, 28, names)
+    mapper = DetxDatasetMapper(cfg, is_train=True)
+    assert mapper.label_names == names and mapper.image_targets == 28

@@ -84,10 +84,16 @@ SPINEXR_CLASSES: tuple[str, ...] = (
     "Other lesions",
 )
 
+# MURA v1.1: musculoskeletal radiographs labelled normal/abnormal per study; no box classes.
+MURA_BODY_PARTS: tuple[str, ...] = (
+    "XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST",
+)
+
 DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "vindr-cxr": VINDR_CXR_CLASSES,
     "vindr-cxr-physionet": VINDR_CXR_LOCAL_LABELS,
     "spinexr": SPINEXR_CLASSES,
+    "mura": (),
 }
 
 

@@ -29,7 +29,8 @@ IMAGES_DIR = "images"
 ANNOTATIONS_DIR = "annotations"
 META_CSV = "meta.csv"
 #: image keys of a prepared COCO JSON that detectron2's ``load_coco_json`` drops and detx keeps
-IMAGE_KEYS: tuple[str, ...] = ("image_uid", "orig_width", "orig_height", "study_id", "abnormal")
+IMAGE_KEYS: tuple[str, ...] = ("image_uid", "orig_width", "orig_height", "study_id", "abnormal", "body_part",
+                               "patient_id", "image_labels")
 
 
 class PreparedDatasetError(InputError):
@@ -67,11 +68,14 @@ def has_image_labels(record: dict[str, Any]) -> bool:
     return record.get("abnormal") is not None
 
 
-def image_level_targets(record: dict[str, Any], num_classes: int = 0) -> np.ndarray:
+def image_level_targets(record: dict[str, Any], num_classes: int = 0,
+                        label_names: Sequence[str] | None = None) -> np.ndarray:
     """The image-level targets of a prepared image: ``[abnormal, present(class 0), ..., present(class K-1)]``.
 
     ``abnormal`` is the image's recorded label (the preparation's label rule); a class is present when the image
-    has a (fused) box of it, read from ``annotations`` (detectron2 dicts) before any augmentation.
+    has a (fused) box of it, read from ``annotations`` (detectron2 dicts) before any augmentation. With
+    ``label_names`` the K targets are instead the image's recorded ``image_labels`` of those names (PhysioNet
+    VinDr-CXR's local and global labels; a label the image does not record counts as 0).
 
     Raises:
         PreparedDatasetError: the image has no ``abnormal`` label (see :func:`has_image_labels`).
@@ -81,6 +85,14 @@ def image_level_targets(record: dict[str, Any], num_classes: int = 0) -> np.ndar
                                    "label ('abnormal'); was the dataset prepared without --csv?")
     out = np.zeros(1 + num_classes, np.float32)
     out[0] = float(record["abnormal"])
+    if label_names:
+        labels = record.get("image_labels")
+        if labels is None:
+            raise PreparedDatasetError(f"image {record.get('image_uid', record.get('file_name', '?'))} has no "
+                                       "image_labels (prepare PhysioNet VinDr-CXR with its image_labels_*.csv)")
+        for k, name in enumerate(list(label_names)[:num_classes]):
+            out[1 + k] = float(labels.get(name, 0) > 0)
+        return out
     for a in record.get("annotations", []):
         c = int(a["category_id"])
         if 0 <= c < num_classes:

@@ -25,7 +25,7 @@ from detx.core.prepared import rescale_boxes
 from detx.data.readers import BOX_COLUMNS
 
 #: image-level columns of meta.csv copied into the COCO image entries when present
-IMAGE_EXTRA_KEYS: tuple[str, ...] = ("study_id", "abnormal", "fold")
+IMAGE_EXTRA_KEYS: tuple[str, ...] = ("study_id", "abnormal", "fold", "body_part", "patient_id", "split")
 
 
 def _plain(v: Any) -> Any:

@@ -320,8 +320,44 @@ def _exit_with(main_pid: int, period: float = 0.5) -> None:
             os._exit(1)
 
 
+def convert_png(image_id: str, src: str | os.PathLike, dst: str | os.PathLike, size: int | None,
+                bit_depth: int = 8) -> ConvertResult:
+    """Convert one 8- or 16-bit PNG (grayscale, BGR or BGRA, e.g. MURA's radiographs) to the prepared grayscale PNG
+    (longest side ``size``, aspect kept, area interpolation); failures are returned in ``error``, never raised."""
+    try:
+        key = conversion_key(src, size, bit_depth)
+        img = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
+        if img is None or img.size == 0:
+            return ConvertResult(image_id, error=f"{src}: cannot read the image (missing, truncated or not a PNG)")
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        if channels == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        elif channels == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
+        elif channels != 1:
+            return ConvertResult(image_id, error=f"{src}: {channels} channels; expected grayscale, BGR or BGRA")
+        if img.dtype == np.uint8:
+            img16 = img.astype(np.uint16) * 257
+        elif img.dtype == np.uint16:
+            img16 = img
+        else:
+            return ConvertResult(image_id, error=f"{src}: pixel type {img.dtype}; expected 8 or 16 bit")
+        h, w = img16.shape[:2]
+        small = resize_longest(img16, size)
+        out = to_uint8(small) if bit_depth == 8 else small
+        write_png(dst, out)
+        return ConvertResult(image_id, w, h, out.shape[1], out.shape[0], key, attributes={"channels": channels},
+                             png_bytes=os.path.getsize(dst), png_crc32=file_crc32(dst))
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop a worker pool
+        return ConvertResult(image_id, error=f"{src}: {type(e).__name__}: {e}")
+
+
+#: what :func:`convert_dicoms` can convert from
+CONVERTERS: dict[str, Callable[..., ConvertResult]] = {"dicom": convert_dicom, "png": convert_png}
+
+
 def _convert_job(args: tuple) -> ConvertResult:
-    return convert_dicom(*args)
+    return CONVERTERS[args[0]](*args[1:])
 
 
 class ConversionJournal:
@@ -383,11 +419,13 @@ def convert_dicoms(
     journal: str | os.PathLike | None = None,
     on_error: Callable[[ConvertResult], None] | None = None,
     progress: bool = True,
+    source: str = "dicom",
 ) -> dict[str, ConvertResult]:
     """Convert ``(image_id, dicom_path, png_path)`` jobs, in ``workers`` processes.
 
     Args:
         jobs: what to convert.
+        source: ``"dicom"`` (:func:`convert_dicom`) or ``"png"`` (:func:`convert_png`, radiographs already in PNG).
         size: longest side of the PNGs (None: original resolution).
         bit_depth: 8 or 16.
         workers: processes (1: in this process).
@@ -400,6 +438,8 @@ def convert_dicoms(
     Returns:
         image_id -> result (failed ones have ``error`` set).
     """
+    if source not in CONVERTERS:
+        raise InputError(f"unknown image source {source!r}; expected one of {sorted(CONVERTERS)}")
     log = ConversionJournal(journal) if journal is not None else None
     results: dict[str, ConvertResult] = {}
     todo = []
@@ -413,7 +453,7 @@ def convert_dicoms(
             if prev is not None:
                 results[image_id] = prev
                 continue
-        todo.append((image_id, str(src), str(dst), size, bit_depth))
+        todo.append((source, image_id, str(src), str(dst), size, bit_depth))
     if results:
         logger.info("%d of %d images already converted with the same settings; skipped", len(results), len(jobs))
 

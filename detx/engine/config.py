@@ -67,6 +67,10 @@ def add_detx_config(cfg: CfgNode) -> None:
     cfg.MODEL.CLASSIFIER.IN_FEATURE = "res5"  # the backbone output that is pooled
     # 0: normal/abnormal only; K > 0: also one output per finding class (multi-label, the dataset's K classes)
     cfg.MODEL.CLASSIFIER.NUM_CLASSES = 0
+    # the targets of the class outputs: [] = the dataset's box classes (present when the image has a fused box of
+    # it); a list of names = the image-level labels preparation recorded per image (PhysioNet VinDr-CXR's 22 local
+    # and 6 global labels, ``image_labels`` in the COCO image entries); NUM_CLASSES must then be their count
+    cfg.MODEL.CLASSIFIER.IMAGE_LABELS = []
     # BCE positive-class weight per output ("abnormal" first, then the classes); [] = 1 for all
     cfg.MODEL.CLASSIFIER.POS_WEIGHT = []
     cfg.MODEL.CLASSIFIER.DROPOUT = 0.0

@@ -69,6 +69,8 @@ def load_prepared_dicts(json_file: str | os.PathLike, image_root: str | os.PathL
         coco_logger.removeFilter(noise)
     for d in dicts:
         d.update(extras.get(d["image_id"], {}))
+        if dataset_name is None and not d.get("annotations"):
+            d.pop("annotations", None)  # a box-free dataset: no instances (detectron2 would tabulate 0 classes)
     return dicts
 
 
@@ -105,7 +107,10 @@ def register_prepared_dataset(root: str | os.PathLike) -> list[str]:
         extras = image_extras(data)
         classes = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
         DatasetCatalog.register(
-            name, lambda p=str(path), r=str(image_root), n=name, e=extras: load_prepared_dicts(p, r, n, e))
+            # detectron2's load_coco_json cannot read an empty category list (box-free datasets such as MURA):
+            # its metadata step is skipped then; the metadata is set below either way
+            name, lambda p=str(path), r=str(image_root), n=name if classes else None, e=extras:
+            load_prepared_dicts(p, r, n, e))
         MetadataCatalog.get(name).set(
             thing_classes=classes,
             dataset=dataset,

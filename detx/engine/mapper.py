@@ -87,7 +87,8 @@ class DetxDatasetMapper(DatasetMapper):
     @configurable
     def __init__(self, is_train: bool, *, augmentations: list, album: A.Compose | None, image_format: str,
                  use_instance_mask: bool = False, instance_mask_format: str = "polygon",
-                 box_masks: bool = False, keep_annotations: bool | None = None, image_targets: int | None = None):
+                 box_masks: bool = False, keep_annotations: bool | None = None, image_targets: int | None = None,
+                 label_names: list[str] | None = None):
         """
         Args:
             is_train: training (annotations kept, random augmentation) or inference.
@@ -107,6 +108,7 @@ class DetxDatasetMapper(DatasetMapper):
         self.box_masks = box_masks
         self.keep_annotations = is_train if keep_annotations is None else keep_annotations
         self.image_targets = image_targets
+        self.label_names = label_names or None
         self._seeded_pid: int | None = None
 
     @classmethod
@@ -128,6 +130,7 @@ class DetxDatasetMapper(DatasetMapper):
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
             "box_masks": cfg.DETX.BOX_MASKS,
             "image_targets": int(cfg.MODEL.CLASSIFIER.NUM_CLASSES) if is_classifier(cfg) else None,
+            "label_names": list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS),
         }
 
     def _seed_album(self) -> None:
@@ -147,7 +150,8 @@ class DetxDatasetMapper(DatasetMapper):
                 f"cannot read training image {dataset_dict['file_name']}: {type(e).__name__}: {e}; run the "
                 "preparation again (it converts damaged images again) or remove the image") from e
         if self.image_targets is not None:  # the classifier: image-level labels, read before any augmentation
-            targets = image_level_targets(dataset_dict, self.image_targets) if self.keep_annotations else None
+            targets = image_level_targets(dataset_dict, self.image_targets, self.label_names) \
+                if self.keep_annotations else None
             dataset_dict.pop("annotations", None)
         utils.check_image_size(dataset_dict, image)
         annos = dataset_dict.pop("annotations", []) if self.keep_annotations else []

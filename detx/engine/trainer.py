@@ -100,7 +100,8 @@ class Trainer(DefaultTrainer):
         out = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference")
         if is_classifier(cfg):
             return ClassificationEvaluator(dataset_name, int(cfg.MODEL.CLASSIFIER.NUM_CLASSES), output_dir=out,
-                                           n_boot=int(cfg.DETX.EVAL.BOOTSTRAP))
+                                           n_boot=int(cfg.DETX.EVAL.BOOTSTRAP),
+                                           label_names=list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS))
         return VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR, output_dir=out)
 
     def build_hooks(self) -> list:
@@ -179,6 +180,8 @@ def check_datasets(cfg: CfgNode, train: bool = True) -> None:
         _check_classifier_datasets(cfg, names)
         if not cfg.MODEL.CLASSIFIER.NUM_CLASSES:
             return  # normal/abnormal only: any class vocabulary will do
+        if cfg.MODEL.CLASSIFIER.IMAGE_LABELS:
+            return  # image-level labels, checked by _check_classifier_datasets
     elif cfg.MODEL.META_ARCHITECTURE not in ("GeneralizedRCNN", "RetinaNet"):
         return
     want, key = num_classes(cfg), num_classes_key(cfg)
@@ -281,8 +284,22 @@ def plain_log_files(names: tuple[str, ...] = ("detectron2", "fvcore", "")) -> No
 
 def _check_classifier_datasets(cfg: CfgNode, names: list[str]) -> None:
     """The image classifier learns image-level labels: every image of its datasets must carry one."""
+    wanted = list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS)
+    if wanted and len(wanted) != int(cfg.MODEL.CLASSIFIER.NUM_CLASSES):
+        raise TrainingSetupError(f"MODEL.CLASSIFIER.IMAGE_LABELS names {len(wanted)} labels but "
+                                 f"MODEL.CLASSIFIER.NUM_CLASSES is {cfg.MODEL.CLASSIFIER.NUM_CLASSES}")
     for name in names:
         dicts = DatasetCatalog.get(name)
+        if wanted:
+            missing = [d.get("image_uid", d["image_id"]) for d in dicts if d.get("image_labels") is None]
+            if missing:
+                raise TrainingSetupError(
+                    f"MODEL.CLASSIFIER.IMAGE_LABELS needs per-image labels, but {len(missing)} images of {name} have "
+                    f"none (e.g. {missing[:3]}): prepare PhysioNet VinDr-CXR with its image_labels_*.csv")
+            known = set().union(*(d["image_labels"] for d in dicts))
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                logger.warning("no image of %s records the label(s) %s: their targets are all 0", name, unknown)
         unlabelled = [d.get("image_uid", d["image_id"]) for d in dicts if not has_image_labels(d)]
         if unlabelled:
             raise TrainingSetupError(

@@ -47,7 +47,7 @@ class ClassificationEvaluator(DatasetEvaluator):
     """Image-level metrics of ``DetxClassifier`` on a registered dataset (see the module docstring)."""
 
     def __init__(self, dataset_name: str, num_classes: int, output_dir: str | None = None, n_boot: int = 1000,
-                 distributed: bool = True):
+                 distributed: bool = True, label_names: list[str] | None = None):
         """
         Args:
             dataset_name: a name in ``DatasetCatalog`` whose metadata has ``thing_classes``.
@@ -56,13 +56,16 @@ class ClassificationEvaluator(DatasetEvaluator):
                 (:mod:`detx.core.classification_csv`; image ids from ``image_uid``, label at the Youden threshold).
             n_boot: bootstrap resamples for the 95% intervals (0: none).
             distributed: gather predictions from all processes to the main one.
+            label_names: the image-level labels the class outputs learn (``MODEL.CLASSIFIER.IMAGE_LABELS``), instead
+                of the dataset's box classes.
         """
         self._dataset_name = dataset_name
         self._num_classes = int(num_classes)
         self._output_dir = output_dir
         self._n_boot = int(n_boot)
         self._distributed = distributed
-        classes = list(MetadataCatalog.get(dataset_name).thing_classes)
+        self._label_names = list(label_names or [])
+        classes = self._label_names or list(MetadataCatalog.get(dataset_name).thing_classes)
         self._names = ["abnormal", *classes[: self._num_classes]]
         self._probs: list[tuple[str, np.ndarray]] = []
 
@@ -91,7 +94,7 @@ class ClassificationEvaluator(DatasetEvaluator):
         unknown = [i for i in ids if i not in records]
         if unknown:
             raise ValueError(f"predictions for image ids {unknown[:5]} that are not in dataset {self._dataset_name}")
-        labels = np.stack([image_level_targets(records[i], self._num_classes) for i in ids])
+        labels = np.stack([image_level_targets(records[i], self._num_classes, self._label_names or None) for i in ids])
         p = np.stack([v for _, v in probs])
         m = classification_metrics(labels, p, self._names, n_boot=self._n_boot)
         logger.info("Classification on %d images of %s: AUC %s (95%% CI %s), macro AUC %s", len(ids),

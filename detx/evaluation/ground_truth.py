@@ -35,6 +35,10 @@ class GroundTruthSet:
     source: str = ""
     problems: list[str] = field(default_factory=list)
     labelled: bool = True  # False for a split prepared without annotations (test.json): no image has a label
+    # per image, from a prepared JSON's image entries when they carry them (MURA: labels without boxes)
+    image_labels: dict[str, int] | None = None
+    studies: dict[str, str] = field(default_factory=dict)
+    body_parts: dict[str, str] = field(default_factory=dict)
     #: the readers' own boxes (normalized reader table) when the ground truth is a reader CSV, else None
     table: pd.DataFrame | None = None
 
@@ -58,11 +62,20 @@ def load_ground_truth(
     if path.suffix.lower() == ".json":
         pc = load_prepared_coco(path)
         has_boxes = any(len(c) for _, c in pc.gt.values())
-        labelled = has_boxes or pc.info.get("fusion") is not None  # prepared from a reader CSV
-        if labelled and not has_boxes:
+        entries = pc.images
+        image_labels = {i: int(e["abnormal"]) for i, e in entries.items() if e.get("abnormal") is not None}
+        if len(image_labels) != len(entries):
+            image_labels = None
+        # prepared from a reader CSV, or labelled per image (MURA)
+        labelled = has_boxes or pc.info.get("fusion") is not None or image_labels is not None
+        if labelled and not has_boxes and image_labels is None:
             logger.warning("%s has no annotations: every image counts as normal", path)
+        studies = {i: str(e["study_id"]) for i, e in entries.items() if e.get("study_id")}
+        parts = {i: str(e["body_part"]) for i, e in entries.items() if e.get("body_part")}
         return GroundTruthSet(dict(pc.gt), tuple(pc.classes), str(pc.info.get("dataset", "")), str(path),
-                              labelled=labelled)
+                              labelled=labelled, image_labels=image_labels,
+                              studies=studies if len(studies) == len(entries) else {},
+                              body_parts=parts if len(parts) == len(entries) else {})
 
     table, problems = read_reader_csv(path, strict=strict)
     classes = tuple(table.attrs["classes"])
@@ -74,5 +87,7 @@ def load_ground_truth(
     for image_id, idx in fused.groupby("image_id", sort=False).indices.items():
         keep = idx[is_finding[idx]]
         gt[str(image_id)] = (boxes[keep].reshape(-1, 4), cls[keep])
+    study = table.groupby("image_id", sort=False)["study_id"].first()
+    studies = {str(i): str(v) for i, v in study.items() if v}
     return GroundTruthSet(gt, classes, str(table.attrs.get("dataset", "")), str(path), [str(p) for p in problems],
-                          table=table)
+                          table=table, studies=studies if len(studies) == len(gt) else {})

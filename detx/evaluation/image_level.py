@@ -56,7 +56,8 @@ def image_level_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float
         threshold: the operating point; None: Youden-optimal on these data (0.5 when only one class occurs).
 
     Returns:
-        ``{"auc", "threshold", "threshold_method" ("given" | "youden" | "default"), "f1", "sensitivity",
+        ``{"auc", "threshold", "threshold_method" ("given" | "youden" | "default"), "kappa" (Cohen's, of the
+        calls at the threshold against the labels), "f1", "sensitivity",
         "specificity", "accuracy", "precision", "num_abnormal", "num_normal", "tp", "fp", "tn", "fn"}``; a
         ratio whose denominator is 0 (e.g. AUC with one class only) is None.
     """
@@ -82,8 +83,12 @@ def image_level_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float
     fp = int(np.sum(pred & (y == 0)))
     tn = int(np.sum(~pred & (y == 0)))
     fn = int(np.sum(~pred & (y == 1)))
+    n = len(y)
+    p_obs = (tp + tn) / n if n else None
+    p_exp = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / (n * n) if n else None
+    kappa = None if p_obs is None or p_exp == 1.0 else (p_obs - p_exp) / (1.0 - p_exp)
     return {
-        "auc": auc, "threshold": float(threshold), "threshold_method": method,
+        "auc": auc, "threshold": float(threshold), "threshold_method": method, "kappa": kappa,
         "f1": _ratio(2 * tp, 2 * tp + fp + fn), "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp), "accuracy": _ratio(tp + tn, len(y)), "precision": _ratio(tp, tp + fp),
         "num_abnormal": int(np.sum(y == 1)), "num_normal": int(np.sum(y == 0)), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
@@ -165,4 +170,51 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, names: Sequenc
     out["auc_per_class"] = per_class
     defined = [v for v in per_class.values() if v is not None]
     out["auc_macro"] = float(np.mean(defined)) if defined else None
+    return out
+
+
+def study_level_metrics(labels: np.ndarray, probs: np.ndarray, study_ids: Sequence[str],
+                        body_parts: Sequence[str] | None = None, threshold: float | None = None,
+                        n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The MURA protocol: a study's probability is the mean of its images', its label the (shared) image label.
+
+    Args:
+        labels, probs: (N,) per image, 0/1 and P(abnormal).
+        study_ids: (N,) the study of each image.
+        body_parts: (N,) optional body part of each image (a study lies in one).
+        threshold: the operating point on the study probability; None: Youden-optimal over all studies.
+        n_boot: bootstrap resamples (of studies) for the 95% intervals.
+
+    Returns:
+        ``{"overall": metrics, "per_body_part": {part: metrics}, "num_studies": n}`` where metrics are
+        :func:`image_level_metrics` of the studies (AUC, F1, sensitivity, specificity, kappa at the threshold) plus
+        ``ci``; every body part is scored at the overall threshold.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    p = np.asarray(probs, np.float64).ravel()
+    sid = np.asarray([str(s) for s in study_ids])
+    if not (len(y) == len(p) == len(sid)):
+        raise ValueError(f"{len(y)} labels, {len(p)} probabilities and {len(sid)} study ids")
+    studies, inv = np.unique(sid, return_inverse=True)
+    s_prob = np.bincount(inv, weights=p) / np.bincount(inv)
+    s_label = np.zeros(len(studies), np.int64)
+    np.maximum.at(s_label, inv, y)
+    overall = image_level_metrics(s_label, s_prob, threshold)
+    if n_boot > 0:
+        ci = bootstrap_ci(s_label, s_prob, overall["threshold"], n_boot, seed)
+        overall["ci"] = {k: (list(v) if v is not None else None) for k, v in ci.items()}
+    out: dict[str, Any] = {"overall": overall, "per_body_part": {}, "num_studies": len(studies)}
+    if body_parts is not None:
+        part_of = {}
+        for s, bp in zip(sid, body_parts):
+            part_of.setdefault(s, str(bp))
+        s_part = np.array([part_of[s] for s in studies])
+        for bp in sorted(set(s_part)):
+            m = s_part == bp
+            part = image_level_metrics(s_label[m], s_prob[m], overall["threshold"])
+            if n_boot > 0:
+                ci = bootstrap_ci(s_label[m], s_prob[m], overall["threshold"], n_boot, seed)
+                part["ci"] = {k: (list(v) if v is not None else None) for k, v in ci.items()}
+            part["num_studies"] = int(m.sum())
+            out["per_body_part"][bp] = part
     return out

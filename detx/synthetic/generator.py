@@ -469,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m detx.synthetic",
         description="Write a synthetic X-ray dataset (DICOM + reader CSVs) in the VinBigData or VinDr-SpineXR layout.")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--dataset", default="vindr-cxr", help="vindr-cxr (Kaggle layout) or spinexr")
+    parser.add_argument("--dataset", default="vindr-cxr",
+                        help="vindr-cxr (Kaggle layout), spinexr, or mura (MURA v1.1 PNGs; --n-test is the valid split)")
     parser.add_argument("--n-train", type=int, required=True, help="number of train images")
     parser.add_argument("--n-test", type=int, required=True, help="number of test images")
     parser.add_argument("--seed", type=int, default=0)
@@ -481,6 +482,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.dataset == "mura":
+        from detx.synthetic.mura import generate_mura
+
+        try:
+            summary = generate_mura(args.out, n_train=args.n_train, n_valid=args.n_test, seed=args.seed,
+                                    min_size=args.min_size, max_size=args.max_size, progress=not args.no_progress)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {summary['images']['train']} train and {summary['images']['valid']} valid images "
+              f"({summary['studies']['train']} + {summary['studies']['valid']} studies, "
+              f"{summary['abnormal_studies']['train']} + {summary['abnormal_studies']['valid']} abnormal) in the MURA "
+              f"v1.1 layout to {summary['out']}")
+        return 0
     try:
         summary = generate_dataset(args.out, dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
                                    seed=args.seed, min_size=args.min_size, max_size=args.max_size,

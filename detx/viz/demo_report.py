@@ -32,6 +32,11 @@ NUMBER_LABELS = {
     "test_mAP40": "challenge mAP@0.4 on the synthetic test set",
     "test_auc": "image-level AUC on the synthetic test set (No finding from the CNN)",
     "test_auc_detection": "image-level AUC on the test set, P(abnormal) from the detections instead",
+    "image_auc": "image-level ROC AUC (official valid split)",
+    "study_auc": "study-level ROC AUC (a study's P = mean of its images')",
+    "study_sensitivity": "study-level sensitivity (Youden threshold)",
+    "study_specificity": "study-level specificity",
+    "study_kappa": "study-level Cohen's kappa",
 }
 
 
@@ -120,6 +125,40 @@ def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str
               f"`{_rel(Path(p['cls_train']), base)}/`",
               f"- training: `{_rel(Path(p['train']), base)}/` (metrics.json, model_best.pth, model_final.pth)",
               "", "## Step timings", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {secs:.0f}{' (reused)' if secs == 0 else ''} |" for name, secs in timings.items()]
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report
+
+
+def write_mura_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str, float | None],
+                      timings: Mapping[str, float]) -> Path:
+    """``report.md`` of the MURA demo: the numbers, per body part, the ROC and the training curves."""
+    report: Path = p["report"]
+    base = report.parent
+    metrics = json.loads(Path(p["valid_metrics"]).read_text())
+    lines = [
+        "# detx demo report (MURA layout, synthetic)", "",
+        f"{settings.n_train} training images ({settings.folds} folds grouped by patient, trained on fold 0), "
+        f"{settings.n_test} images in the official valid split, {settings.cls_max_iter} iterations of the tiny "
+        "classifier on the CPU. A study is scored by the mean of its images' probabilities (the MURA protocol).",
+        "", "| number | value |", "|---|---|",
+    ]
+    for k, v in numbers.items():
+        lines.append(f"| {NUMBER_LABELS.get(k, k)} | {'n/a' if v is None else f'{v:.3f}'} |")
+    parts = metrics.get("per_body_part") or {}
+    if parts:
+        lines += ["", "## Per body part (study level)", "", "| body part | studies | AUC | sensitivity | specificity | "
+                  "kappa |", "|---|---|---|---|---|---|"]
+        for bp, m in parts.items():
+            cells = ["n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in ("auc", "sensitivity", "specificity",
+                                                                          "kappa")]
+            lines.append(f"| {bp} | {m['num_studies']} | " + " | ".join(cells) + " |")
+    roc = Path(p["valid_plots"]) / "roc.png"
+    curves = Path(p["cls_train"]) / "curves.png"
+    for path, title in ((roc, "Image-level ROC"), (curves, "Training")):
+        if path.exists():
+            lines += ["", f"## {title}", "", f"![{title}]({_rel(path, base)})"]
+    lines += ["", "## Step timings", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {secs:.0f}{' (reused)' if secs == 0 else ''} |" for name, secs in timings.items()]
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report

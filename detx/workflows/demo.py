@@ -28,7 +28,7 @@ from typing import Any
 
 from detx.core.errors import DetxError, InputError
 from detx.core.io import write_json
-from detx.viz.demo_report import write_demo_report
+from detx.viz.demo_report import write_demo_report, write_mura_report
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ DATASETS: dict[str, dict[str, str]] = {
         "config": "configs/quick_schedules/spinexr_tiny.yaml",
         "cls_config": "configs/quick_schedules/vindr_cxr_cls_tiny.yaml",  # the same tiny net, 7 class outputs
         "cls_classes": "7",
+    },
+    # box-free: synthetic MURA v1.1 radiographs, the tiny normal/abnormal classifier, study-level evaluation
+    "mura": {
+        "prepare": "datasets/prepare_mura.py",
+        "cls_config": "configs/quick_schedules/mura_cls_tiny.yaml",
+        "cls_classes": "0",
     },
 }
 
@@ -142,12 +148,55 @@ def paths(s: DemoSettings) -> dict[str, Path]:
         "test_metrics": o / "test_metrics.json",
         "det_submission": o / "test_detection_only" / "submission.csv",
         "det_test_metrics": o / "test_detection_only" / "metrics.json",
+        "valid_cls": o / "valid" / "classification.csv",
+        "valid_metrics": o / "valid" / "metrics.json",
+        "valid_plots": o / "valid" / "plots",
         "report": o / "report.md",
     }
 
 
+def mura_steps(s: DemoSettings) -> list[Step]:
+    """The MURA demo: synthetic radiographs -> prepare -> the tiny classifier on fold 0 -> the official valid split
+    classified and evaluated per image, per study (the MURA protocol) and per body part."""
+    d = DATASETS["mura"]
+    p = paths(s)
+    py = s.python
+    raw, prepared, cls_train = p["raw"], p["prepared"], p["cls_train"]
+    cls_cmd = [
+        py, "tools/train_net.py", "--config-file", d["cls_config"], "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0",
+        "OUTPUT_DIR", str(cls_train), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", str(s.cls_max_iter),
+        "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
+    ]
+    if (cls_train / "last_checkpoint").exists() and not (cls_train / "model_final.pth").exists():
+        cls_cmd.insert(4, "--resume")
+    return [
+        Step("generate synthetic radiographs in the MURA v1.1 layout",
+             [py, "-m", "detx.synthetic", "--dataset", "mura", "--out", str(raw), "--n-train", str(s.n_train),
+              "--n-test", str(s.n_test), "--seed", str(s.seed), "--min-size", str(s.min_size), "--max-size",
+              str(s.max_size)],
+             [raw / "MURA-v1.1" / "valid_labeled_studies.csv"]),
+        Step("prepare: PNGs, meta.csv, folds grouped by patient, the valid split apart",
+             [py, d["prepare"], "--root", str(raw), "--out", str(prepared), "--size", str(s.size), "--folds",
+              str(s.folds), "--seed", str(s.seed), "--workers", str(s.workers)],
+             [prepared / "annotations" / "valid.json"]),
+        Step("train the tiny normal/abnormal classifier on fold 0 (CPU)", cls_cmd,
+             [cls_train / "model_final.pth", cls_train / "model_best.pth"], console_filter=TRAIN_CONSOLE),
+        Step("classify the official valid split",
+             [py, "tools/predict.py", "--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
+              str(cls_train / "model_best.pth"), "--tta", *s.tta, "--input", str(prepared / "annotations" / "valid.json"),
+              "--classification-out", str(p["valid_cls"])],
+             [p["valid_cls"]]),
+        Step("evaluate per image, per study (mean of its images) and per body part",
+             [py, "tools/evaluate.py", "--gt", str(prepared / "annotations" / "valid.json"), "--pred",
+              str(p["valid_cls"]), "--out", str(p["valid_metrics"]), "--plots", str(p["valid_plots"])],
+             [p["valid_metrics"]]),
+    ]
+
+
 def build_steps(s: DemoSettings) -> list[Step]:
     """The demo's commands, in order, with the files that mark each as done."""
+    if s.dataset == "mura":
+        return mura_steps(s)
     d = DATASETS[s.dataset]
     p = paths(s)
     py = s.python
@@ -261,6 +310,14 @@ def run_step(step: Step, log_path: Path, quiet: bool = False) -> float:
     return time.monotonic() - t0
 
 
+def mura_numbers(p: dict[str, Path]) -> dict[str, float | None]:
+    """The MURA demo's numbers: image- and study-level AUC, study-level sensitivity, specificity and kappa."""
+    m = json.loads(p["valid_metrics"].read_text())
+    il, st = m.get("image_level", {}), m.get("study_level", {})
+    return {"image_auc": il.get("auc"), "study_auc": st.get("auc"), "study_sensitivity": st.get("sensitivity"),
+            "study_specificity": st.get("specificity"), "study_kappa": st.get("kappa")}
+
+
 def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
     """The numbers printed at the end and put at the top of the report."""
     val = json.loads(p["val_metrics"].read_text())
@@ -338,8 +395,12 @@ def run_demo(s: DemoSettings, quiet: bool = False, fresh: bool = False) -> dict[
             timings[step.name] = 0.0
             continue
         timings[step.name] = run_step(step, log_path, quiet=quiet)
-    numbers = key_numbers(p)
-    write_demo_report(s, p, numbers, timings)
+    if s.dataset == "mura":
+        numbers = mura_numbers(p)
+        write_mura_report(s, p, numbers, timings)
+    else:
+        numbers = key_numbers(p)
+        write_demo_report(s, p, numbers, timings)
     numbers_total = time.monotonic() - t_start
     print(f"\nreport: {p['report']}\nsubmission: {p['submission']}\ntotal time: {numbers_total:.0f} s\n")
     for k, v in numbers.items():

@@ -30,7 +30,12 @@ from detx.core.submission import align_to, coverage, read_submission
 from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
 from detx.evaluation.froc import froc
 from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
-from detx.evaluation.image_level import classification_metrics, image_level_metrics, per_class_auc
+from detx.evaluation.image_level import (
+    classification_metrics,
+    image_level_metrics,
+    per_class_auc,
+    study_level_metrics,
+)
 from detx.evaluation.reader_agreement import human_baseline
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
 
@@ -151,7 +156,7 @@ def evaluate_classification(gts: GroundTruthSet, table: ClassificationTable, thr
     probs = np.zeros_like(labels, dtype=np.float64)
     for r, i in enumerate(ids):
         present = set(np.asarray(gts.gt[i][1]).tolist())
-        labels[r, 0] = int(bool(present))
+        labels[r, 0] = gts.image_labels[i] if gts.image_labels is not None else int(bool(present))
         probs[r, 0] = table.p_abnormal[i]
         for k, c in enumerate(scored):
             labels[r, 1 + k] = int(classes.index(c) in present)
@@ -159,7 +164,14 @@ def evaluate_classification(gts: GroundTruthSet, table: ClassificationTable, thr
     m = classification_metrics(labels, probs, ["abnormal", *scored], threshold, n_boot=n_boot)
     metrics = {"kind": "classification", "gt": gts.source, "dataset": gts.dataset, "num_images": len(ids),
                "image_level": m, "coverage": cover.to_dict()}
-    return EvaluationResult(metrics, {"roc": (labels[:, 0], probs[:, 0], m["threshold"])})
+    curves = {"roc": (labels[:, 0], probs[:, 0], m["threshold"])}
+    if gts.studies and len({gts.studies[i] for i in ids}) < len(ids):  # studies of several images exist
+        parts = [gts.body_parts[i] for i in ids] if gts.body_parts else None
+        st = study_level_metrics(labels[:, 0], probs[:, 0], [gts.studies[i] for i in ids], parts, threshold,
+                                 n_boot=n_boot)
+        metrics["study_level"] = st["overall"] | {"num_studies": st["num_studies"]}
+        metrics["per_body_part"] = st["per_body_part"]
+    return EvaluationResult(metrics, curves)
 
 
 def format_classification(metrics: dict[str, Any]) -> str:
@@ -180,7 +192,22 @@ def format_classification(metrics: dict[str, Any]) -> str:
     lines.append(
         f"Image level ({il['num_abnormal']} abnormal / {il['num_normal']} normal): AUC {with_ci('auc')}; at threshold "
         f"{il['threshold']:.4f} ({il['threshold_method']}): F1 {with_ci('f1')}, sensitivity {with_ci('sensitivity')},"
-        f" specificity {with_ci('specificity')} [95% bootstrap intervals]")
+        f" specificity {with_ci('specificity')}, kappa {_f(il['kappa'])} [95% bootstrap intervals]")
+    st = metrics.get("study_level")
+    if st:
+        ci = st.get("ci") or {}
+        lines.append(
+            f"Study level ({st['num_studies']} studies, P = mean of its images; {st['num_abnormal']} abnormal / "
+            f"{st['num_normal']} normal): AUC {_f(st['auc'])}"
+            + (f" ({_f(ci['auc'][0])}-{_f(ci['auc'][1])})" if ci.get("auc") else "")
+            + f"; at threshold {st['threshold']:.4f} ({st['threshold_method']}): F1 {_f(st['f1'])}, sensitivity "
+            f"{_f(st['sensitivity'])}, specificity {_f(st['specificity'])}, Cohen's kappa {_f(st['kappa'])}")
+    parts = metrics.get("per_body_part") or {}
+    if parts:
+        rows = [[bp, m["num_studies"], _f(m["auc"]), _f(m["sensitivity"]), _f(m["specificity"]), _f(m["kappa"])]
+                for bp, m in parts.items()]
+        lines += ["", tabulate(rows, headers=["body part", "studies", "AUC", "sensitivity", "specificity", "kappa"],
+                               tablefmt="github", disable_numparse=True)]
     return "\n".join(lines)
 
 

@@ -191,11 +191,12 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     cls_cfgs = _load_cfgs(options.classifier_configs, options.classifier_weights, options.opts,
                           "--classifier-config", "--classifier-weights") if options.classifier_weights else []
     cls_k = model_num_classes(cls_cfgs[0]) if cls_cfgs else 0
-    num_classes = model_num_classes(det_cfgs[0]) if det_cfgs else cls_k
-    if det_cfgs and cls_k and cls_k != num_classes:
+    cls_labels = list(cls_cfgs[0].MODEL.CLASSIFIER.IMAGE_LABELS) if cls_cfgs else []
+    num_classes = model_num_classes(det_cfgs[0]) if det_cfgs else (0 if cls_labels else cls_k)
+    if det_cfgs and cls_k and not cls_labels and cls_k != num_classes:
         raise InputError(f"the image classifier has {cls_k} class outputs (MODEL.CLASSIFIER.NUM_CLASSES) but the "
                          f"detector {num_classes} classes ({num_classes_key(det_cfgs[0])})")
-    if options.score_scaling and not cls_k:
+    if options.score_scaling and (not cls_k or cls_labels):
         raise InputError("--score-scaling needs an image classifier with one output per class "
                          "(MODEL.CLASSIFIER.NUM_CLASSES > 0); this one only predicts normal/abnormal")
     nf_id = num_classes
@@ -258,7 +259,8 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
     cls_path = Path(options.classification_out or Path(options.out).parent / "classification.csv")
     per_class = {i: cnn[i][1:] for i in ok_ids} if cls_k else \
         {i: class_max_scores(fused[i], num_classes) for i in ok_ids} if predictors else {}
-    write_classification_csv(cls_path, image_ids, p_abn, per_class, classes if per_class else (), threshold,
+    columns = cls_labels[:cls_k] if cls_labels else classes
+    write_classification_csv(cls_path, image_ids, p_abn, per_class, columns if per_class else (), threshold,
                              run.failures)
     vis = []
     if options.vis_dir and predictors:
