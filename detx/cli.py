@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,20 @@ def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--version`` (prints ``<prog> (detx X.Y.Z)``)."""
     parser.add_argument("--version", action="version", version=f"%(prog)s (detx {detx.__version__})")
     return parser
+
+
+#: a detectron2/detx config key (``MODEL.DEVICE``, ``DETX.AUG.HFLIP_PROB``), the start of the ``KEY VALUE`` overrides
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with the trailing ``KEY VALUE`` config overrides split off first (list options such as
+    ``--weights W [W ...]`` would otherwise swallow them); they end up in ``args.opts``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = next((i for i, t in enumerate(argv) if CONFIG_KEY.match(t)), len(argv))
+    args = parser.parse_args(argv[:cut])
+    args.opts = list(getattr(args, "opts", None) or []) + argv[cut:]
+    return args
 
 
 def setup_logging(level: int = logging.WARNING) -> None:

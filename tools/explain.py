@@ -14,14 +14,11 @@ class; null without ground truth). Exit status: 0 done, 2 bad arguments or input
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
-from detx.cli import add_version, exits, setup_logging
+from detx.cli import add_version, exits, parse_with_overrides, setup_logging
 from detx.inference.attribution import METHODS
 from detx.workflows.explain import ExplainOptions, run_explain
-
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,11 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cut = next((i for i, t in enumerate(argv) if _CONFIG_KEY.match(t)), len(argv))
-    args = get_parser().parse_args(argv[:cut])
-    args.opts = list(args.opts) + argv[cut:]
-    return args
+    return parse_with_overrides(get_parser(), argv)
 
 
 @exits

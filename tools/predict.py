@@ -19,10 +19,9 @@ exit 1). Exit status: 0 done, 1 an unreadable image with --strict, 2 bad argumen
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
-from detx.cli import add_version, exits, setup_logging
+from detx.cli import add_version, exits, parse_with_overrides, setup_logging
 from detx.core.image_scores import RULES
 from detx.inference.ensemble import CONF_TYPES
 from detx.workflows.predict import PredictOptions, run_predict
@@ -91,17 +90,8 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse, with the ``KEY VALUE`` overrides split off first: the list options (--weights ...) would
-    otherwise swallow them."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cut = next((i for i, t in enumerate(argv) if _CONFIG_KEY.match(t)), len(argv))
-    args = get_parser().parse_args(argv[:cut])
-    args.opts = list(args.opts) + argv[cut:]
-    return args
+    return parse_with_overrides(get_parser(), argv)
 
 
 @exits

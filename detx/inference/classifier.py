@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from detx.core.classification_csv import read_classification_csv
 from detx.core.errors import InputError
 from detx.core.image_scores import RULES, class_max_scores, p_abnormal_rule
 from detx.core.predictions import Predictions
@@ -192,30 +193,14 @@ def fit_classifier(
 
 
 def read_probability_csv(path: str | os.PathLike, image_ids: Sequence[str] | None = None) -> dict[str, float]:
-    """Read external ``image_id,p_abnormal`` probabilities (any 2-class model).
+    """Read external ``image_id,p_abnormal`` probabilities (any 2-class model; the classification CSV format,
+    :func:`detx.core.classification_csv.read_classification_csv`).
 
     Raises:
-        ValueError: a missing column, a probability that is not a number in [0, 1], a duplicate image,
+        InputError: a missing column, a probability that is not a number in [0, 1], a duplicate image,
             or (when ``image_ids`` is given) an image without a probability; the message names them.
     """
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str})
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read classifier CSV {path}: {e}") from e
-    for col in ("image_id", "p_abnormal"):
-        if col not in df.columns:
-            raise InputError(f"{path}: no {col!r} column (columns: {list(df.columns)})")
-    p = pd.to_numeric(df["p_abnormal"], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(p) | (p < 0) | (p > 1)
-    if bad.any():
-        rows = [f"{df['image_id'].iloc[i]}={df['p_abnormal'].iloc[i]}" for i in np.flatnonzero(bad)[:5]]
-        raise InputError(f"{path}: {bad.sum()} p_abnormal value(s) not a number in [0, 1]: {', '.join(rows)}")
-    dup = df["image_id"][df["image_id"].duplicated()].tolist()
-    if dup:
-        raise InputError(f"{path}: duplicate image_id(s) {dup[:5]}")
-    out = dict(zip(df["image_id"].astype(str), p.tolist()))
+    out = read_classification_csv(path).p_abnormal
     if image_ids is not None:
         missing = [i for i in image_ids if i not in out]
         if missing:
