@@ -335,7 +335,8 @@ def test_an_operator_onnx_cannot_export_is_named_and_torchscript_still_works(tmp
 
 
 @pytest.mark.slow
-def test_bad_export_and_exported_inputs_exit_2(tiny_random_checkpoint, trained_cls_dir, png_dir, tmp_path, capsys):
+def test_bad_export_and_exported_inputs_exit_2(tiny_random_checkpoint, trained_cls_dir, png_dir, tmp_path, capsys,
+                                                monkeypatch):
     from conftest import save_random_checkpoint
 
     cfg_file, weights = tiny_random_checkpoint
@@ -358,6 +359,15 @@ def test_bad_export_and_exported_inputs_exit_2(tiny_random_checkpoint, trained_c
                    "--out", out, "MODEL.DEVICE", "cpu") == 2
     assert "image classifier's checkpoint" in capsys.readouterr().err
     assert not out.exists()
+    # a written file that disagrees with the eager model on the sample is not kept
+    import detx.workflows.export as export_workflow
+
+    with monkeypatch.context() as m:
+        m.setattr(export_workflow, "verify_export", lambda *a: {"reference": 5, "exported": 4, "unmatched": 1,
+                                                                "max_box_diff": 0.0, "max_score_diff": 0.0})
+        assert _export("--config-file", cfg_file, "--weights", weights, "--format", "torchscript", "--out", out,
+                       "MODEL.DEVICE", "cpu") == 2
+    assert "differs from the eager model" in capsys.readouterr().err and not out.exists()
     # files that are not exported detx models, given to predict --exported
     random_file = tmp_path / "random.onnx"
     random_file.write_bytes(np.random.default_rng(1).bytes(1000))
