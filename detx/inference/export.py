@@ -24,6 +24,7 @@ from elsewhere, or any other file is refused with :class:`NotExportedModelError`
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -358,13 +359,26 @@ def export_model(model: torch.nn.Module, info: ExportedModelInfo, out: str | os.
     adapter = TracingAdapter(model, [{"image": sample}], graph_function(info.kind)).eval()
     what = f"this {info.meta_architecture} {info.kind}"
     out = Path(out)
+    fx_log = logging.getLogger("torch.fx._symbolic_trace")  # a torch note about is_fx_tracing, on every export
+    level = fx_log.level
+    fx_log.setLevel(logging.ERROR)
+    try:
+        _trace_and_save(adapter, info, out, sample, what)
+    finally:
+        fx_log.setLevel(level)
+
+
+def _trace_and_save(adapter: torch.nn.Module, info: ExportedModelInfo, out: Path, sample: torch.Tensor,
+                    what: str) -> None:
     with torch.no_grad():
         if info.format == "torchscript":
             with warnings.catch_warnings():
                 # the tracer's warnings about Python values it keeps constant; torch 2.14 deprecates TorchScript
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(adapter, (sample,), check_trace=False)
-                torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_EXTRA: info.to_json()})
+                buffer = io.BytesIO()  # saved through memory: the archive's folder is then "archive", not a temp name
+                torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_EXTRA: info.to_json()})
+            out.write_bytes(buffer.getvalue())
         else:
             import onnx
 
