@@ -245,6 +245,20 @@ def test_predict_exported_equals_eager(exported_det, exported_cls, tiny_random_c
 
 
 @pytest.mark.slow
+def test_exported_and_checkpoint_mixed_fuse_like_two_checkpoints(exported_det, tiny_random_checkpoint, png_dir,
+                                                                 tmp_path):
+    cfg_file, weights = tiny_random_checkpoint
+    common = ["--input", png_dir, "--batch-size", 1, "MODEL.DEVICE", "cpu"]
+    assert _predict("--config-file", cfg_file, "--weights", weights, weights, "--out", tmp_path / "two.csv",
+                    *common) == 0
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--exported", exported_det["torchscript"],
+                    "--model-weights", 1, 1, "--out", tmp_path / "mixed.csv", *common) == 0
+    two, mixed = read_submission(tmp_path / "two.csv"), read_submission(tmp_path / "mixed.csv")
+    for i in two:
+        match(two[i].boxes, two[i].scores, two[i].classes, mixed[i].boxes, mixed[i].scores, mixed[i].classes)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_readme_contract_without_detx(exported_det, png_dir, tmp_path, fmt):
     """What the README tells someone calling the file from another language, done with PIL, NumPy and the runtime

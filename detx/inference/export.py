@@ -20,6 +20,10 @@ The graph's contract (also in the metadata, see :meth:`ExportedModelInfo.to_dict
 
 A file is "an exported detx model" exactly when it carries that metadata: a checkpoint, a TorchScript or ONNX file
 from elsewhere, or any other file is refused with :class:`NotExportedModelError`.
+
+This lives in ``detx.inference``, not ``detx.engine``: what an exported file promises is an inference contract (the
+test-time resize, pixel format, score threshold, the frame of the boxes), shared with the predictors beside it
+(:func:`~detx.inference.predictor.model_input`) and read back by the runner (:mod:`detx.inference.exported`).
 """
 
 from __future__ import annotations
