@@ -443,3 +443,39 @@ def test_two_processes_write_the_single_process_files_and_the_cache_resumes(tiny
     monkeypatch.setattr(BatchedClassifier, "__call__", forbidden)
     assert _predict(*common, "--out", tmp_path / "again" / "sub.csv", "--cache-dir", cache, "MODEL.DEVICE", "cpu") == 0
     assert (tmp_path / "again" / "sub.csv").read_bytes() == (one / "sub.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_process_that_stops_reports_its_error_and_exit_status(tiny_random_checkpoint, five_pngs, tmp_path,
+                                                                 monkeypatch, capsys):
+    """The launched processes' errors reach the command: here launch is replaced by a stand-in that runs process 1
+    of 2 in this process (its share holds a damaged PNG, --strict) and fails the way torch's spawn does."""
+    import shutil
+
+    import detectron2.engine
+    from detectron2.utils import comm
+
+    folder = tmp_path / "images"
+    shutil.copytree(five_pngs, folder)
+    (folder / "im3.png").write_bytes(b"not a png")  # image 3: process 1's share (images 1 and 3)
+
+    def fake_launch(main_func, num_gpus, num_machines=1, machine_rank=0, dist_url=None, args=()):
+        assert (num_gpus, num_machines, dist_url) == (2, 1, "auto")
+        monkeypatch.setattr(comm, "get_rank", lambda: 1)
+        monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+        try:
+            main_func(*args)
+        except Exception as e:
+            raise RuntimeError("process 1 terminated with an exception") from e
+
+    monkeypatch.setattr(detectron2.engine, "launch", fake_launch)
+    cfg_file, weights = tiny_random_checkpoint
+    out = tmp_path / "sub.csv"
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--input", folder, "--out", out, "--num-gpus", 2,
+                    "--strict", "MODEL.DEVICE", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "error (--strict): process 1: image im3" in err and not out.exists()
+    # bad input is refused before any process starts
+    assert _predict("--config-file", cfg_file, "--weights", tmp_path / "nope.pth", "--input", folder, "--out", out,
+                    "--num-gpus", 2, "MODEL.DEVICE", "cpu") == 2
+    assert "nope.pth does not exist" in capsys.readouterr().err

@@ -134,6 +134,8 @@ def main(args: argparse.Namespace) -> int:
     summary = run_predict(options, LaunchOptions(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url))
     failed = summary["failed"]
     cnn = f", {summary['classifiers']} image classifier(s)" if summary["classifiers"] else ""
+    if summary.get("processes", 1) > 1:
+        cnn += f", {summary['processes']} processes"
     if summary["classification"] is None:
         print(f"machine {args.machine_rank} predicted its share of {summary['num_images']} images; machine 0 "
               "writes the outputs")
