@@ -17,6 +17,7 @@ from detx.core.errors import DetxError, InputError, StrictModeError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["tools/train_net.py", "tools/predict.py", "tools/evaluate.py", "tools/fit_classifier.py", "tools/readers.py",
+           "tools/export.py",
            "datasets/prepare_vindr_cxr.py", "datasets/prepare_spinexr.py"]
 
 

@@ -334,9 +334,9 @@ def test_cache_dir_resumes_without_predicting_again(tiny_random_checkpoint, png_
     seen = []
     original = BatchedPredictor.__call__
 
-    def counting(self, images, orig_sizes, view=None):
+    def counting(self, images, orig_sizes, view=None, fmt=None):
         seen.append(len(images))
-        return original(self, images, orig_sizes, view)
+        return original(self, images, orig_sizes, view, fmt)
 
     monkeypatch.setattr(BatchedPredictor, "__call__", counting)
     assert _predict(*common, "--out", second) == 0

@@ -7,6 +7,8 @@ detectron2 checkpoints, test-time augmentation and WBF ensembling, plus an image
         --input data/vindr_cxr_1024/annotations/test.json --out submission.csv --tta hflip
     python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv \\
         --classifier classifier.json --nofinding-low 0.05 --nofinding-high 0.95 MODEL.DEVICE cuda
+    python tools/predict.py --exported model_fold0.ts model_fold1.onnx --input dicoms/ --out submission.csv
+    python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv --num-gpus 4
 
 Every row carries the No-finding entry `<len(classes)> p 0 0 1 1` with p = 1 - P(abnormal). The 2-class
 filter on P = P(abnormal): P < --nofinding-low -> the row is only `<nf> 1 0 0 1 1`; low <= P <
@@ -24,7 +26,7 @@ import sys
 from detx.cli import add_version, exits, parse_with_overrides, setup_logging
 from detx.core.image_scores import RULES
 from detx.inference.ensemble import CONF_TYPES
-from detx.workflows.predict import PredictOptions, run_predict
+from detx.workflows.predict import LaunchOptions, PredictOptions, run_predict
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="image classifier checkpoint(s); their probabilities are averaged (and over --tta views). "
                         "Its P(abnormal) gives the No-finding entry and drives the 2-class filter; without a "
                         "detector only --classification-out is written")
+    p.add_argument("--exported", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="files written by tools/export.py (TorchScript or ONNX; detectors and/or image classifiers, "
+                        "told apart by their metadata); may be repeated and mixed with checkpoints. Detectors are "
+                        "WBF-fused with the --weights ones, classifiers averaged with the --classifier-weights ones")
     p.add_argument("--score-scaling", action="store_true",
                    help="multiply each box's confidence by the classifier's probability of its class")
     p.add_argument("--input", required=True,
@@ -82,6 +88,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="save each batch's raw predictions here; a rerun skips images already predicted by every "
                         "model and view (resume an interrupted run)")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="prediction processes per machine (detectron2 launch; on the CPU, processes over gloo): the "
+                        "images are shared out and the main process writes the outputs (default 1)")
+    p.add_argument("--num-machines", type=int, default=1, help="machines (default 1)")
+    p.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (default 0)")
+    p.add_argument("--dist-url", default="auto",
+                   help="rendezvous of the processes, tcp://HOST:PORT of machine 0 (default auto: a free local port, "
+                        "one machine only)")
     p.add_argument("--strict", action="store_true", help="stop (exit 1) at the first image that cannot be read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_version(p)
@@ -106,11 +120,16 @@ def main(args: argparse.Namespace) -> int:
         vis_score=args.vis_score, dicom_size=args.dicom_size, num_workers=args.workers, amp=not args.no_amp,
         strict=args.strict, progress=not args.quiet, cache_dir=args.cache_dir,
         classifier_configs=args.classifier_config, classifier_weights=args.classifier_weights,
-        score_scaling=args.score_scaling)
-    summary = run_predict(options)
+        score_scaling=args.score_scaling, exported=args.exported)
+    summary = run_predict(options, LaunchOptions(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url))
     failed = summary["failed"]
     cnn = f", {summary['classifiers']} image classifier(s)" if summary["classifiers"] else ""
-    if summary["out"]:
+    if summary.get("processes", 1) > 1:
+        cnn += f", {summary['processes']} processes"
+    if summary["classification"] is None:
+        print(f"machine {args.machine_rank} predicted its share of {summary['num_images']} images; machine 0 "
+              "writes the outputs")
+    elif summary["out"]:
         print(f"wrote {summary['out']} ({summary['num_images']} images, {len(summary['sets'])} prediction set(s) "
               f"fused: {', '.join(summary['sets'])}{cnn}) and {summary['classification']}")
     else:

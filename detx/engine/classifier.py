@@ -113,7 +113,9 @@ class DetxClassifier(nn.Module):
         else:
             mask = torch.zeros(fmap.shape[0], 1, *fmap.shape[2:], device=fmap.device, dtype=fmap.dtype)
             for i, (h, w) in enumerate(image_sizes):
-                mask[i, :, : -(-h // self.stride), : -(-w // self.stride)] = 1
+                # ceil(h / stride) written for positive numbers only: ONNX's integer Div truncates, so the usual
+                # -(-h // stride) would cover one cell less in an exported graph
+                mask[i, :, : (h + self.stride - 1) // self.stride, : (w + self.stride - 1) // self.stride] = 1
             pooled = (fmap * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1)
         return self.head(self.dropout(pooled))
 

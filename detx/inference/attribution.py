@@ -20,8 +20,7 @@ import torch
 from detectron2.config import CfgNode
 from torch import nn
 
-from detx.inference.predictor import BatchedClassifier
-from detx.inference.tta import TTAView
+from detx.inference.predictor import BatchedClassifier, inference_resize, model_input
 
 METHODS: tuple[str, ...] = ("gradcam", "deeplift", "integrated-gradients")
 
@@ -63,10 +62,8 @@ class Explainer(BatchedClassifier):
                          "Grad-CAM; use --method integrated-gradients")
 
     def _tensor(self, image: np.ndarray, fmt: str | None) -> torch.Tensor:
-        if fmt is not None and fmt != self.input_format:
-            image = image[:, :, ::-1]
-        x = self._resize(TTAView()).get_transform(image).apply_image(image)
-        t = torch.as_tensor(np.ascontiguousarray(x.transpose(2, 0, 1))).float().to(self.device)
+        resize = inference_resize(self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST)
+        t = model_input(image, resize, self.input_format, fmt=fmt).to(self.device)
         return ((t - self.model.pixel_mean) / self.model.pixel_std)[None]
 
     def explain(self, image: np.ndarray, targets: Sequence[int], fmt: str | None = None

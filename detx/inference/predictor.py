@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -211,6 +211,41 @@ def iter_batches(records: Sequence[InputImage], fmt: str, dicom_size: int, batch
 
 # ----------------------------------------------------------------------------------------- model
 
+def inference_resize(min_size: int, max_size: int, view: TTAView | None = None):
+    """detectron2's test-time resize (``ResizeShortestEdge([min, min], max)``, as ``DefaultPredictor``) for a view:
+    a ``scale=N`` view takes shortest edge N and keeps the config's max/min ratio."""
+    from detectron2.data import transforms as T
+
+    if view is not None and view.min_size is not None:
+        max_size = int(round(max_size * view.min_size / min_size))
+        min_size = view.min_size
+    return T.ResizeShortestEdge([min_size, min_size], max_size)
+
+
+def model_input(image: np.ndarray, resize: Any, model_format: str, view: TTAView | None = None,
+                fmt: str | None = None) -> torch.Tensor:
+    """The tensor a model is fed: an HWC uint8 image in ``fmt`` swapped to ``model_format`` (BGR <-> RGB),
+    resized by ``resize`` (:func:`inference_resize`), as CHW float32 in 0-255, mirrored for a flipped view."""
+    if fmt is not None and fmt != model_format:
+        image = image[:, :, ::-1]
+    x = resize.get_transform(image).apply_image(image)
+    t = torch.as_tensor(np.ascontiguousarray(x.transpose(2, 0, 1))).float()
+    return hflip_image(t) if view is not None and view.hflip else t
+
+
+class ImageModel(Protocol):
+    """What :func:`predict_all` runs: a detector (returning :class:`Predictions` in original pixels) or an image
+    classifier (returning probabilities), eager (:class:`BatchedPredictor`, :class:`BatchedClassifier`) or exported
+    (:mod:`detx.inference.exported`)."""
+
+    input_format: str
+
+    def cache_key(self, view: TTAView, dicom_size: int) -> str: ...
+
+    def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
+                 view: TTAView | None = None, fmt: str | None = None) -> list[Any]: ...
+
+
 class _BatchedModel:
     """One checkpoint of a config, run on several images per forward pass: loading and checking the weights,
     the device, AMP on CUDA, detectron2's test-time resize and the TTA views (shared by detector and classifier)."""
@@ -238,30 +273,13 @@ class _BatchedModel:
         return "|".join([os.path.abspath(self.weights), str(st.st_size), str(st.st_mtime_ns), self.cfg.dump(),
                          view.name, str(dicom_size), str(self.amp)])
 
-    def _resize(self, view: TTAView):
-        from detectron2.data import transforms as T
-
-        min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-        if view.min_size is not None:  # keep the config's max/min ratio at another scale
-            max_size = int(round(max_size * view.min_size / min_size))
-            min_size = view.min_size
-        return T.ResizeShortestEdge([min_size, min_size], max_size)
-
     @torch.no_grad()
     def _run(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]], view: TTAView,
              fmt: str | None) -> list[dict[str, Any]]:
         """The model's outputs for a batch of HWC uint8 images in ``fmt`` (default: this model's format)."""
-        resize = self._resize(view)
-        swap = fmt is not None and fmt != self.input_format  # RGB <-> BGR
-        inputs = []
-        for image, (ow, oh) in zip(images, orig_sizes):
-            if swap:
-                image = image[:, :, ::-1]
-            x = resize.get_transform(image).apply_image(image)
-            t = torch.as_tensor(np.ascontiguousarray(x.transpose(2, 0, 1))).float()
-            if view.hflip:
-                t = hflip_image(t)
-            inputs.append({"image": t, "height": int(oh), "width": int(ow)})
+        resize = inference_resize(self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST, view)
+        inputs = [{"image": model_input(image, resize, self.input_format, view, fmt), "height": int(oh),
+                   "width": int(ow)} for image, (ow, oh) in zip(images, orig_sizes)]
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
             return self.model(inputs)
 
@@ -412,6 +430,20 @@ class PredictionRun:
     order: list[str]
     cls_sets: list[dict[str, np.ndarray]] = field(default_factory=list)
 
+    @classmethod
+    def merge(cls, runs: Sequence[PredictionRun], order: Sequence[str]) -> PredictionRun:
+        """The runs of disjoint shares of the images (one per process) as one run over ``order``: each set keyed in
+        input order, whichever process predicted an image, so what follows is the same as after one process."""
+        first = runs[0]
+
+        def ordered(dicts):
+            merged = {k: v for d in dicts for k, v in d.items()}
+            return {i: merged[i] for i in order if i in merged}
+
+        return cls([ordered([r.sets[k] for r in runs]) for k in range(len(first.sets))], list(first.names),
+                   list(first.set_weights), ordered([r.orig_sizes for r in runs]), ordered([r.failures for r in runs]),
+                   list(order), [ordered([r.cls_sets[k] for r in runs]) for k in range(len(first.cls_sets))])
+
     def cls_probs(self) -> dict[str, np.ndarray]:
         """image_id -> the classifiers' probabilities averaged over classifiers and views (fusion by mean)."""
         if not self.cls_sets:
@@ -421,7 +453,7 @@ class PredictionRun:
 
 
 def predict_all(
-    predictors: Sequence[BatchedPredictor],
+    predictors: Sequence[ImageModel],
     records: Sequence[InputImage],
     views: Sequence[TTAView] | None = None,
     batch_size: int = 4,
@@ -431,9 +463,12 @@ def predict_all(
     strict: bool = False,
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    classifiers: Sequence[BatchedClassifier] = (),
+    classifiers: Sequence[ImageModel] = (),
 ) -> PredictionRun:
     """Run every detector, classifier and view on every image, decoding each batch once.
+
+    ``predictors`` and ``classifiers`` are eager checkpoints (:class:`BatchedPredictor`, :class:`BatchedClassifier`)
+    or exported files (:class:`~detx.inference.exported.ExportedPredictor`, ``ExportedClassifier``), mixed freely.
 
     Images whose original size is known up front (a prepared JSON, a PNG folder with meta.csv) are
     batched in order of aspect ratio, so a batch pads less; results are keyed by image id. With
@@ -455,7 +490,8 @@ def predict_all(
         raise InputError(f"{len(weights)} model weights for {len(predictors)} models")
     views = list(views) if views else [TTAView()]
     det_pairs = [(m, v) for m in range(len(predictors)) for v in views]
-    jobs: list[tuple[_BatchedModel, TTAView]] = [(predictors[m], v) for m, v in det_pairs]
+    n_det = len(det_pairs)
+    jobs: list[tuple[ImageModel, TTAView]] = [(predictors[m], v) for m, v in det_pairs]
     jobs += [(c, v) for c in classifiers for v in views]
     fmt = jobs[0][0].input_format
     sets: list[dict[str, Predictions]] = [{} for _ in jobs]
@@ -493,7 +529,7 @@ def predict_all(
         orig = [g.orig_size for g in good]
         for k, (mdl, view) in enumerate(jobs):
             out = mdl(images, orig, view, fmt)
-            preds = out if isinstance(mdl, BatchedPredictor) else [_probs_as_entries(p) for p in out]
+            preds = out if k < n_det else [_probs_as_entries(p) for p in out]
             for g, p in zip(good, preds):
                 sets[k][g.record.image_id] = p
             if cache is not None and good:
@@ -501,7 +537,6 @@ def predict_all(
                            orig)
         bar.update(len(batch))
     bar.close()
-    n_det = len(det_pairs)
     cls_sets = [{i: p.scores for i, p in s.items()} for s in sets[n_det:]]
     return PredictionRun(sets[:n_det], [f"m{m}:{v.name}" for m, v in det_pairs], [weights[m] for m, _ in det_pairs],
                          sizes, failures, [r.image_id for r in records], cls_sets)

@@ -1,10 +1,11 @@
 """``tools/predict.py``'s whole job as one call: models -> TTA -> WBF -> P(abnormal) -> 2-class filter -> CSVs.
 
-:func:`run_predict` loads the configs and checkpoints, predicts every input image with every model and
-TTA view (:mod:`detx.inference.predictor`), fuses them with WBF (:mod:`detx.inference.ensemble`), scores
-each image's P(abnormal) (a rule, a fitted classifier JSON or an external CSV), writes the submission
-(class ``len(classes)`` entry ``p 0 0 1 1`` with p = 1 - P(abnormal) in every row, after the 2-class
-filter) and ``classification.csv``, and optionally overlays.
+:func:`run_predict` loads the configs and checkpoints (or exported files, :mod:`detx.inference.exported`),
+predicts every input image with every model and TTA view (:mod:`detx.inference.predictor`), fuses them with WBF
+(:mod:`detx.inference.ensemble`), scores each image's P(abnormal) (a rule, a fitted classifier JSON or an external
+CSV), writes the submission (class ``len(classes)`` entry ``p 0 0 1 1`` with p = 1 - P(abnormal) in every row,
+after the 2-class filter) and ``classification.csv``, and optionally overlays. With several processes
+(:class:`LaunchOptions`, detectron2's ``launch``) the images are shared out and gathered on the main process.
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ from detectron2.config import CfgNode
 
 from detx.core.classes import SPINEXR_CLASSES, VINDR_CXR_CLASSES
 from detx.core.classification_csv import write_classification_csv
-from detx.core.errors import InputError
+from detx.core.errors import DetxError, InputError
 from detx.core.image_scores import RULES, class_max_scores
 from detx.core.io import write_png
 from detx.core.predictions import Predictions, no_finding_entry
 from detx.core.submission import write_submission
+from detx.engine.checkpoint import check_checkpoint
 from detx.engine.config import get_detx_cfg, num_classes_key
 from detx.engine.config import num_classes as model_num_classes
 from detx.inference.classifier import ImageClassifier, apply_nofinding_filter, read_probability_csv
 from detx.inference.ensemble import CONF_TYPES, ensemble_predictions
+from detx.inference.export import ExportedModelInfo, read_exported_info
+from detx.inference.exported import ExportedClassifier, ExportedPredictor
 from detx.inference.predictor import (
     BatchedClassifier,
     BatchedPredictor,
+    ImageModel,
     InputSet,
+    PredictionRun,
     collect_inputs,
     load_image,
     predict_all,
@@ -82,6 +88,7 @@ class PredictOptions:
     classifier_configs: list[str] = field(default_factory=list)
     classifier_weights: list[str] = field(default_factory=list)
     score_scaling: bool = False
+    exported: list[str] = field(default_factory=list)
 
 
 def class_names_for(num_classes: int, from_input: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -111,12 +118,15 @@ def _load_cfgs(config_files: list[str], weights: list[str], opts: list[str], wha
     return cfgs
 
 
-def decode_size(cfgs: Sequence[CfgNode], requested: int | None, inputs: InputSet) -> int:
+def decode_size(cfgs: Sequence[CfgNode], requested: int | None, inputs: InputSet,
+                exported: Sequence[ExportedModelInfo] = ()) -> int:
     """The longest side DICOMs are decoded to: ``requested`` (``--dicom-size``), else the size the model was
-    trained on (``DETX.IMAGE_SIZE``, recorded from the prepared dataset), else, for a config that does not
-    record one, the test resize's longest side. Warns when the models, the request or a prepared input
-    disagree with it, since a model fed images at another scale than it learnt loses accuracy silently."""
-    trained = sorted({int(c.DETX.IMAGE_SIZE) for c in cfgs if int(c.DETX.IMAGE_SIZE) > 0})
+    trained on (``DETX.IMAGE_SIZE``, recorded from the prepared dataset; an exported file carries it as
+    ``image_size``), else, for a config that does not record one, the test resize's longest side. Warns when the
+    models, the request or a prepared input disagree with it, since a model fed images at another scale than it
+    learnt loses accuracy silently."""
+    trained = sorted({int(c.DETX.IMAGE_SIZE) for c in cfgs if int(c.DETX.IMAGE_SIZE) > 0}
+                     | {int(i.image_size) for i in exported if int(i.image_size) > 0})
     if len(trained) > 1:
         logger.warning("the models were trained on images of different sizes %s; DICOMs are decoded once, at %d",
                        trained, requested or trained[0])
@@ -127,10 +137,14 @@ def decode_size(cfgs: Sequence[CfgNode], requested: int | None, inputs: InputSet
         size = int(requested)
     elif trained:
         size = trained[0]
-    else:
+    elif cfgs:
         size = int(max(cfgs[0].INPUT.MAX_SIZE_TEST, cfgs[0].INPUT.MIN_SIZE_TEST))
         logger.warning("the config records no DETX.IMAGE_SIZE (trained before detx recorded it?): DICOMs are "
                        "decoded to %d px (INPUT.MAX_SIZE_TEST); pass --dicom-size to choose", size)
+    else:
+        size = int(max(exported[0].max_size_test, exported[0].min_size_test))
+        logger.warning("the exported file records no image size (DETX.IMAGE_SIZE): DICOMs are decoded to %d px "
+                       "(its MAX_SIZE_TEST); pass --dicom-size to choose", size)
     if inputs.size is not None and trained and inputs.size != trained[0]:
         logger.warning("input %s was prepared at --size %d but the model was trained on %d px images",
                        inputs.source, inputs.size, trained[0])
@@ -147,67 +161,122 @@ def _check_options(o: PredictOptions) -> None:
     high = o.nofinding_low if o.nofinding_high is None else o.nofinding_high
     if not 0.0 <= o.nofinding_low <= high <= 1.0:
         raise InputError(f"--nofinding-low/--nofinding-high need 0 <= low <= high <= 1, got {o.nofinding_low}, {high}")
-    if o.model_weights is not None and len(o.model_weights) != len(o.weights):
+    if o.model_weights is not None and not o.exported and len(o.model_weights) != len(o.weights):
         raise InputError(f"{len(o.model_weights)} --model-weights for {len(o.weights)} --weights")
     if bool(o.weights) != bool(o.config_files):
         raise InputError("a detector needs both --config-file and --weights")
     if bool(o.classifier_weights) != bool(o.classifier_configs):
         raise InputError("an image classifier needs both --classifier-config and --classifier-weights")
-    if not o.weights and not o.classifier_weights:
+    if not o.weights and not o.classifier_weights and not o.exported:
         raise InputError("nothing to predict with: give a detector (--config-file, --weights), an image classifier "
-                         "(--classifier-config, --classifier-weights) or both")
-    if o.classifier_weights and (o.classifier or o.classifier_csv):
-        raise InputError("one source of P(abnormal): --classifier-config/--classifier-weights, --classifier or "
-                         "--classifier-csv, not several")
-    if o.score_scaling and not (o.weights and o.classifier_weights):
+                         "(--classifier-config, --classifier-weights), exported files (--exported) or several")
+
+
+def _check_models(o: PredictOptions, n_det: int, n_cls: int) -> None:
+    """The checks that depend on what the models are (an exported file's kind is known once its metadata is read)."""
+    if o.model_weights is not None and len(o.model_weights) != n_det:
+        raise InputError(f"{len(o.model_weights)} --model-weights for {n_det} detectors (--weights, then the "
+                         "exported detectors)")
+    if not n_det and not n_cls:
+        raise InputError("nothing to predict with")
+    if n_cls and (o.classifier or o.classifier_csv):
+        raise InputError("one source of P(abnormal): an image classifier (--classifier-config/--classifier-weights "
+                         "or an exported one), --classifier or --classifier-csv, not several")
+    if o.score_scaling and not (n_det and n_cls):
         raise InputError("--score-scaling multiplies a detector's box confidences by an image classifier's class "
                          "probabilities: it needs both")
-    if not o.weights and not o.classification_out:
+    if not n_det and not o.classification_out:
         raise InputError("without a detector only the classification CSV is written: give --classification-out")
-    if o.weights and not o.out:
+    if n_det and not o.out:
         raise InputError("give --out, the submission CSV to write")
 
 
-def run_predict(options: PredictOptions) -> dict[str, Any]:
-    """Predict, fuse, classify and write the submission, ``classification.csv`` and overlays.
+@dataclass
+class LaunchOptions:
+    """How many prediction processes (detectron2's ``launch``): ``num_gpus`` per machine (processes on the CPU),
+    ``num_machines``, this machine's rank, and the rendezvous URL (``auto``: a free local port, one machine only)."""
 
-    Detectors (``config_files``/``weights``) give the boxes, fused with WBF over models and views. P(abnormal) of
-    each image comes from the image classifiers when given (``classifier_configs``/``classifier_weights``, their
-    probabilities averaged over checkpoints and views), else from ``classifier`` (a fitted JSON),
-    ``classifier_csv`` or the ``rule`` on the detections; it gives the No-finding entry and drives the 2-class
-    filter. With ``score_scaling`` each box's confidence is multiplied by the classifiers' probability of its class.
-    Without a detector only the classification CSV is written.
+    num_gpus: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    dist_url: str = "auto"
 
-    Returns:
-        A summary: ``num_images``, ``failed`` (image_id -> reason), ``out`` (None without a detector),
-        ``classification``, ``sets`` (the detector/view names fused), ``classifiers`` (how many), ``vis``.
+    @property
+    def world_size(self) -> int:
+        return self.num_gpus * self.num_machines
 
-    Raises:
-        DetxError (InputError, PredictionInputError, CheckpointError, ...): bad input, named in the message;
-        nothing is written then. UnreadableImageError in strict mode.
-    """
+
+@dataclass
+class _Plan:
+    """Everything decided before a model runs: configs, exported files, inputs, classes, decode size."""
+
+    det_cfgs: list[CfgNode]
+    cls_cfgs: list[CfgNode]
+    det_files: list[str]
+    cls_files: list[str]
+    num_classes: int
+    cls_k: int
+    inputs: InputSet
+    classes: tuple[str, ...]
+    external: dict[str, float] | None
+    clf: ImageClassifier
+    dicom_size: int
+    workers: int
+    max_dets: int
+    cls_labels: list[str] = field(default_factory=list)  # MODEL.CLASSIFIER.IMAGE_LABELS of the classifier
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [r.image_id for r in self.inputs.images]
+
+    @property
+    def n_det(self) -> int:
+        return len(self.det_cfgs) + len(self.det_files)
+
+
+def _plan(options: PredictOptions) -> _Plan:
+    """Read and check everything but the weights themselves (cheap: run once more in each process)."""
     _check_options(options)
     det_cfgs = _load_cfgs(options.config_files, options.weights, options.opts) if options.weights else []
     cls_cfgs = _load_cfgs(options.classifier_configs, options.classifier_weights, options.opts,
                           "--classifier-config", "--classifier-weights") if options.classifier_weights else []
-    cls_k = model_num_classes(cls_cfgs[0]) if cls_cfgs else 0
+    infos = {f: read_exported_info(f) for f in options.exported}
+    det_files = [f for f in options.exported if infos[f].is_detector]
+    cls_files = [f for f in options.exported if not infos[f].is_detector]
+    _check_models(options, len(det_cfgs) + len(det_files), len(cls_cfgs) + len(cls_files))
+    # each model's class count, named as the user gave it
+    det_counts = {f"{num_classes_key(c)} of {f}": model_num_classes(c)
+                  for c, f in zip(det_cfgs, options.config_files * len(det_cfgs))}
+    det_counts.update({f"the exported {f}": infos[f].num_classes for f in det_files})
+    cls_counts = {f"{num_classes_key(c)} of {f}": model_num_classes(c)
+                  for c, f in zip(cls_cfgs, options.classifier_configs * len(cls_cfgs))}
+    cls_counts.update({f"the exported {f}": infos[f].num_classes for f in cls_files})
+    for what, counts in (("detectors", det_counts), ("image classifiers", cls_counts)):
+        if len(set(counts.values())) > 1:
+            raise InputError(f"the {what} disagree on the number of classes: "
+                             + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    cls_k = next(iter(cls_counts.values()), 0)
+    # a classifier of image-level labels (MODEL.CLASSIFIER.IMAGE_LABELS) has no box classes to agree with
     cls_labels = list(cls_cfgs[0].MODEL.CLASSIFIER.IMAGE_LABELS) if cls_cfgs else []
-    num_classes = model_num_classes(det_cfgs[0]) if det_cfgs else (0 if cls_labels else cls_k)
-    if det_cfgs and cls_k and not cls_labels and cls_k != num_classes:
+    num_classes = next(iter(det_counts.values()), 0 if cls_labels else cls_k)
+    if det_counts and cls_k and not cls_labels and cls_k != num_classes:
         raise InputError(f"the image classifier has {cls_k} class outputs (MODEL.CLASSIFIER.NUM_CLASSES) but the "
-                         f"detector {num_classes} classes ({num_classes_key(det_cfgs[0])})")
+                         f"detector {num_classes} classes ({next(iter(det_counts))})")
     if options.score_scaling and (not cls_k or cls_labels):
         raise InputError("--score-scaling needs an image classifier with one output per class "
                          "(MODEL.CLASSIFIER.NUM_CLASSES > 0); this one only predicts normal/abnormal")
-    nf_id = num_classes
     inputs = collect_inputs(options.input)
     if inputs.classes is not None and num_classes and len(inputs.classes) != num_classes:
-        key = num_classes_key(det_cfgs[0] if det_cfgs else cls_cfgs[0])
-        raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the config {key} is "
-                         f"{num_classes}")
+        raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the model "
+                         f"({next(iter(det_counts or cls_counts))}) has {num_classes}")
     classes = class_names_for(num_classes, inputs.classes)
+    exported_names = [tuple(infos[f].class_names) for f in det_files + cls_files]
+    if exported_names and not (inputs.classes is not None and len(inputs.classes) == num_classes):
+        classes = exported_names[0]  # the names the exported file carries
+    elif exported_names and exported_names[0] != tuple(classes):
+        logger.warning("the exported file's class names %s differ from the input's %s: the input's are used",
+                       list(exported_names[0]), list(classes))
     image_ids = [r.image_id for r in inputs.images]
-
     external = read_probability_csv(options.classifier_csv, image_ids) if options.classifier_csv else None
     clf = ImageClassifier(kind=options.rule, num_classes=max(num_classes, 1))
     if options.classifier:
@@ -215,19 +284,89 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
         if clf.num_classes != num_classes:
             raise InputError(f"classifier {options.classifier} was fitted for {clf.num_classes} classes, the model "
                              f"has {num_classes}")
+    dicom_size = decode_size(det_cfgs + cls_cfgs, options.dicom_size, inputs, [infos[f] for f in options.exported])
+    cfg = (det_cfgs or cls_cfgs or [None])[0]
+    workers = options.num_workers if options.num_workers is not None else \
+        int(cfg.DATALOADER.NUM_WORKERS) if cfg is not None else 0
+    if options.max_dets:
+        max_dets = options.max_dets
+    elif det_cfgs:
+        max_dets = int(det_cfgs[0].TEST.DETECTIONS_PER_IMAGE)
+    else:
+        max_dets = int(infos[det_files[0]].detections_per_image or 100) if det_files else 100
+    return _Plan(det_cfgs, cls_cfgs, det_files, cls_files, num_classes, cls_k, inputs, classes, external, clf,
+                 dicom_size, workers, max_dets, cls_labels)
 
-    predictors = [BatchedPredictor(cfg, w, amp=options.amp) for cfg, w in zip(det_cfgs, options.weights)]
-    cnns = [BatchedClassifier(cfg, w, amp=options.amp) for cfg, w in zip(cls_cfgs, options.classifier_weights)]
-    views = parse_tta(options.tta)
-    cfg = (det_cfgs or cls_cfgs)[0]
-    dicom_size = decode_size(det_cfgs + cls_cfgs, options.dicom_size, inputs)
-    workers = cfg.DATALOADER.NUM_WORKERS if options.num_workers is None else options.num_workers
-    run = predict_all(predictors, inputs.images, views, options.batch_size, options.model_weights, dicom_size,
-                      workers, options.strict, options.progress, options.cache_dir, classifiers=cnns)
+
+def _build_models(plan: _Plan, options: PredictOptions) -> tuple[list[ImageModel], list[ImageModel]]:
+    """The detectors (eager checkpoints, then exported files) and the image classifiers (likewise)."""
+    predictors: list[ImageModel] = [BatchedPredictor(c, w, amp=options.amp)
+                                    for c, w in zip(plan.det_cfgs, options.weights)]
+    predictors += [ExportedPredictor(f) for f in plan.det_files]
+    cnns: list[ImageModel] = [BatchedClassifier(c, w, amp=options.amp)
+                              for c, w in zip(plan.cls_cfgs, options.classifier_weights)]
+    cnns += [ExportedClassifier(f) for f in plan.cls_files]
+    return predictors, cnns
+
+
+def run_predict(options: PredictOptions, launch: LaunchOptions | None = None) -> dict[str, Any]:
+    """Predict, fuse, classify and write the submission, ``classification.csv`` and overlays.
+
+    Detectors (``config_files``/``weights``, and exported detectors among ``exported``) give the boxes, fused with
+    WBF over models and views. P(abnormal) of each image comes from the image classifiers when given
+    (``classifier_configs``/``classifier_weights`` and exported classifiers, their probabilities averaged over
+    models and views), else from ``classifier`` (a fitted JSON), ``classifier_csv`` or the ``rule`` on the
+    detections; it gives the No-finding entry and drives the 2-class filter. With ``score_scaling`` each box's
+    confidence is multiplied by the classifiers' probability of its class. Without a detector only the
+    classification CSV is written.
+
+    With ``launch`` of more than one process (detectron2's ``launch``: gloo on the CPU, NCCL on GPUs) the images are
+    dealt out by rank (image k to process k mod N), each process predicts its share (with its own entries in
+    ``cache_dir``), and the main process gathers them and does the rest: the same files as one process writes.
+
+    Returns:
+        A summary: ``num_images``, ``failed`` (image_id -> reason), ``out`` (None without a detector),
+        ``classification``, ``sets`` (the detector/view names fused), ``classifiers`` (how many), ``vis``,
+        ``processes``. On a machine other than the main one: ``out`` and ``classification`` are None.
+
+    Raises:
+        DetxError (InputError, PredictionInputError, CheckpointError, ...): bad input, named in the message;
+        nothing is written then. UnreadableImageError in strict mode.
+    """
+    if launch is None or launch.world_size <= 1:
+        return _predict(options)
+    return _predict_launched(options, launch)
+
+
+def _predict(options: PredictOptions, rank: int = 0, world: int = 1) -> dict[str, Any] | None:
+    """One process's part: all of it (``world`` 1), or the share ``images[rank::world]``, gathered on rank 0 (which
+    returns the summary; the others return None)."""
+    plan = _plan(options)
+    predictors, cnns = _build_models(plan, options)
+    records = plan.inputs.images if world == 1 else plan.inputs.images[rank::world]
+    run = predict_all(predictors, records, parse_tta(options.tta), options.batch_size, options.model_weights,
+                      plan.dicom_size, plan.workers, options.strict, options.progress and rank == 0,
+                      options.cache_dir, classifiers=cnns)
+    if world > 1:
+        from detectron2.utils import comm
+
+        runs = comm.gather(run, dst=0)
+        if rank != 0:
+            return None
+        run = PredictionRun.merge(runs, plan.image_ids)
+    summary = _write_outputs(plan, run, options, len(cnns), bool(predictors))
+    summary["processes"] = world
+    return summary
+
+
+def _write_outputs(plan: _Plan, run: PredictionRun, options: PredictOptions, n_cnns: int, has_detector: bool
+                   ) -> dict[str, Any]:
+    """Fusion, P(abnormal), the 2-class filter and the files, from every image's raw predictions."""
+    image_ids, nf_id, num_classes = plan.image_ids, plan.num_classes, plan.num_classes
     cnn = run.cls_probs()
     fused: dict[str, Predictions] = {}
-    if predictors:
-        max_dets = options.max_dets or int(cfg.TEST.DETECTIONS_PER_IMAGE)
+    if has_detector:
+        max_dets = plan.max_dets
         if len(run.sets) == 1:
             fused = {i: p.select(np.argsort(-p.scores, kind="stable")[:max_dets]) for i, p in run.sets[0].items()}
         else:
@@ -239,15 +378,16 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
             fused = {i: scale_scores(p, cnn[i]) for i, p in fused.items()}
 
     ok_ids = [i for i in image_ids if i not in run.failures]
+    clf = plan.clf
     threshold = clf.threshold
-    if cnns:
+    if n_cnns:
         p_abn = {i: float(cnn[i][0]) for i in ok_ids}
         threshold = CNN_THRESHOLD
-    elif external is not None:
-        p_abn = {i: external[i] for i in ok_ids}
+    elif plan.external is not None:
+        p_abn = {i: plan.external[i] for i in ok_ids}
     else:
         p_abn = dict(zip(ok_ids, clf.predict_proba([fused[i] for i in ok_ids]).tolist()))
-    if predictors:
+    if has_detector:
         rows: dict[str, Predictions] = {}
         for i in image_ids:
             if i in run.failures:
@@ -257,21 +397,87 @@ def run_predict(options: PredictOptions) -> dict[str, Any]:
                                                  options.nofinding_high)
         write_submission(options.out, rows)
     cls_path = Path(options.classification_out or Path(options.out).parent / "classification.csv")
-    per_class = {i: cnn[i][1:] for i in ok_ids} if cls_k else \
-        {i: class_max_scores(fused[i], num_classes) for i in ok_ids} if predictors else {}
-    columns = cls_labels[:cls_k] if cls_labels else classes
+    per_class = {i: cnn[i][1:] for i in ok_ids} if plan.cls_k else \
+        {i: class_max_scores(fused[i], num_classes) for i in ok_ids} if has_detector else {}
+    columns = plan.cls_labels[:plan.cls_k] if plan.cls_labels else plan.classes
     write_classification_csv(cls_path, image_ids, p_abn, per_class, columns if per_class else (), threshold,
                              run.failures)
     vis = []
-    if options.vis_dir and predictors:
-        vis = write_overlays(options.vis_dir, inputs, fused, classes, run.failures, options.vis_num,
-                             options.vis_score, dicom_size)
+    if options.vis_dir and has_detector:
+        vis = write_overlays(options.vis_dir, plan.inputs, fused, plan.classes, run.failures, options.vis_num,
+                             options.vis_score, plan.dicom_size)
     if run.failures:
         logger.warning("%d of %d image(s) could not be read and were written as '%d 1 0 0 1 1': %s",
                        len(run.failures), len(image_ids), nf_id, list(run.failures)[:5])
     return {"num_images": len(image_ids), "failed": dict(run.failures),
-            "out": str(options.out) if predictors else None, "classification": str(cls_path), "sets": run.names,
-            "classifiers": len(cnns), "vis": [str(v) for v in vis]}
+            "out": str(options.out) if has_detector else None, "classification": str(cls_path), "sets": run.names,
+            "classifiers": n_cnns, "vis": [str(v) for v in vis]}
+
+
+class WorkerError(DetxError):
+    """A prediction process stopped on a detx error: its message, and its exit status."""
+
+    def __init__(self, message: str, exit_status: int = DetxError.exit_status):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def _check_weights(plan: _Plan, options: PredictOptions) -> None:
+    """The checkpoint checks prediction makes, run once on the CPU before any process starts."""
+    from detectron2.modeling import build_model
+
+    for cfg, w in [*zip(plan.det_cfgs, options.weights), *zip(plan.cls_cfgs, options.classifier_weights)]:
+        cpu = cfg.clone()
+        cpu.defrost()
+        cpu.MODEL.DEVICE = "cpu"
+        check_checkpoint(build_model(cpu), w, model_num_classes(cfg), num_classes_key(cfg))
+
+
+def _predict_launched(options: PredictOptions, launch: LaunchOptions) -> dict[str, Any]:
+    import json
+    import tempfile
+
+    from detectron2.engine import launch as d2_launch
+
+    if launch.num_gpus < 1 or launch.num_machines < 1 or not 0 <= launch.machine_rank < launch.num_machines:
+        raise InputError(f"--num-gpus {launch.num_gpus} --num-machines {launch.num_machines} --machine-rank "
+                         f"{launch.machine_rank}: need at least one process and machine, and 0 <= rank < machines")
+    if launch.dist_url == "auto" and launch.num_machines > 1:
+        raise InputError("--dist-url auto works on one machine only: give tcp://HOST:PORT of machine 0")
+    plan = _plan(options)  # fail here, once, before any process starts
+    _check_weights(plan, options)
+    with tempfile.TemporaryDirectory(prefix="detx-predict-") as tmp:
+        result = Path(tmp) / "summary.json"
+        try:
+            d2_launch(_predict_worker, launch.num_gpus, num_machines=launch.num_machines,
+                      machine_rank=launch.machine_rank, dist_url=launch.dist_url, args=(options, str(result)))
+        except Exception as e:
+            errors = sorted(Path(tmp).glob("error_rank*.json"))
+            if errors:
+                err = json.loads(errors[0].read_text())
+                raise WorkerError(f"process {err['rank']}: {err['message']}", int(err["exit_status"])) from None
+            raise RuntimeError(f"a prediction process failed: {e}") from e
+        if launch.machine_rank != 0:
+            return {"num_images": len(plan.image_ids), "failed": {}, "out": None, "classification": None,
+                    "sets": [], "classifiers": 0, "vis": [], "processes": launch.world_size}
+        return json.loads(result.read_text())
+
+
+def _predict_worker(options: PredictOptions, result: str) -> None:
+    """One launched process: its share of the images; rank 0 also writes the outputs and the summary ``result``."""
+    from detectron2.utils import comm
+
+    from detx.core.io import write_json
+
+    rank = comm.get_rank()
+    try:
+        summary = _predict(options, rank, comm.get_world_size())
+    except DetxError as e:
+        write_json(Path(result).parent / f"error_rank{rank}.json",
+                   {"rank": rank, "message": str(e), "exit_status": e.exit_status})
+        raise
+    if summary is not None:
+        write_json(result, summary)
 
 
 def scale_scores(pred: Predictions, probs: np.ndarray) -> Predictions:
