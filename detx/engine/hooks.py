@@ -116,7 +116,12 @@ class ValidationLoss(EvalHook):
 
 class PersistentBestCheckpointer(BestCheckpointer):
     """detectron2's ``BestCheckpointer`` (``model_best.pth`` on the best value of a metric) that also
-    records the best value in ``model_best.json``, so a resumed run only replaces a better model."""
+    records the best value in ``model_best.json``, so a resumed run only replaces a better model.
+
+    Saving ``model_best.pth`` leaves ``last_checkpoint`` where the periodic checkpointer put it: detectron2's would
+    point it at ``model_best.pth``, which after the final evaluation carries the iteration ``MAX_ITER`` (one past
+    the last trained one), so a ``--resume`` would skip an iteration.
+    """
 
     def __init__(self, eval_period: int, checkpointer, val_metric: str, mode: str = "max",
                  file_prefix: str = "model_best"):
@@ -137,7 +142,11 @@ class PersistentBestCheckpointer(BestCheckpointer):
 
     def _best_checking(self) -> None:
         before = (self.best_metric, self.best_iter)
+        ckpt = self._checkpointer
+        tagged = Path(ckpt.get_checkpoint_file()).name if ckpt.has_checkpoint() else None
         super()._best_checking()
+        if tagged is not None and comm.is_main_process() and Path(ckpt.get_checkpoint_file()).name != tagged:
+            ckpt.tag_last_checkpoint(tagged)
         changed = (self.best_metric, self.best_iter) != before and self.best_metric is not None
         if changed and comm.is_main_process():
             write_json(self._record, {"metric": self._val_metric, "value": self.best_metric,
