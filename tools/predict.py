@@ -7,6 +7,9 @@ detectron2 checkpoints, test-time augmentation and WBF ensembling, plus an image
         --input data/vindr_cxr_1024/annotations/test.json --out submission.csv --tta hflip
     python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv \\
         --classifier classifier.json --nofinding-low 0.05 --nofinding-high 0.95 MODEL.DEVICE cuda
+    python tools/predict.py --config-file faster/config.yaml retinanet/config.yaml cascade/config.yaml \\
+        --weights faster/model_best.pth retinanet/model_best.pth cascade/model_best.pth --model-weights 2 1 1 \\
+        --input test.json --out submission.csv --tta hflip      # different detectors, fused with WBF
 
 Every row carries the No-finding entry `<len(classes)> p 0 0 1 1` with p = 1 - P(abnormal). The 2-class
 filter on P = P(abnormal): P < --nofinding-low -> the row is only `<nf> 1 0 0 1 1`; low <= P <
@@ -31,7 +34,8 @@ from detx.workflows.predict import PredictOptions, run_predict
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", nargs="+", required=True, metavar="CFG",
-                   help="detectron2/detx yaml: one for all --weights, or one per weights file")
+                   help="detectron2/detx yaml: one for all --weights, or one per weights file, in the same order "
+                        "(different detectors, e.g. Faster R-CNN, RetinaNet and Cascade R-CNN, may be mixed)")
     p.add_argument("--weights", nargs="+", required=True, metavar="W", help="checkpoint(s) (.pth); several are WBF-fused")
     p.add_argument("--input", required=True,
                    help="a prepared COCO JSON (original sizes from its images), a DICOM folder (searched recursively: "
