@@ -4,11 +4,14 @@
 1. Prediction throughput (images/s) of the tiny config on the CPU: ``BatchedPredictor`` (several
    images per forward pass) against detectron2's ``DefaultPredictor`` called image by image. The model
    is random-init (speed does not depend on the weights).
-2. Ensembling 5 models x hflip (10 prediction sets) of 100 boxes each on 3,000 images with WBF:
+2. The other detectors' prediction throughput: ``BatchedPredictor`` on the tiny RetinaNet and the tiny Cascade
+   R-CNN against the tiny Faster R-CNN, same images, same run (with CUDA also RetinaNet R101-FPN and Cascade
+   R-CNN R50-FPN against Faster R-CNN R50-FPN at 1024 px).
+3. Ensembling 5 models x hflip (10 prediction sets) of 100 boxes each on 3,000 images with WBF:
    ``weighted_boxes_fusion_batched`` (all images in one call) against ``ensemble_boxes.weighted_boxes_fusion``
    called image by image; both outputs are checked equal.
 
-    python benchmarks/bench_inference.py [--quick] [--json OUT.json]
+    python benchmarks/bench_inference.py [--quick] [--json OUT.json] [--cases predictor detectors wbf]
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ import torch
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs/quick_schedules/vindr_cxr_tiny.yaml")
 R50_CONFIG = str(Path(__file__).resolve().parent.parent / "configs/vindr_cxr/faster_rcnn_R_50_FPN.yaml")
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+#: (name, config) of the other detectors, and the Faster R-CNN each is timed against: tiny ones on the CPU, real
+#: ones on CUDA
+TINY_DETECTORS = [("tiny RetinaNet", str(CONFIGS / "quick_schedules/vindr_cxr_retinanet_tiny.yaml")),
+                  ("tiny Cascade R-CNN", str(CONFIGS / "quick_schedules/vindr_cxr_cascade_tiny.yaml"))]
+REAL_DETECTORS = [("RetinaNet R101-FPN", str(CONFIGS / "vindr_cxr/retinanet_R_101_FPN.yaml")),
+                  ("Cascade R-CNN R50-FPN", str(CONFIGS / "vindr_cxr/cascade_rcnn_R_50_FPN.yaml"))]
 
 
 def bench_predictor(n_images: int, batch_size: int, config: str = CONFIG, device: str = "cpu",
@@ -72,6 +82,59 @@ def bench_predictor(n_images: int, batch_size: int, config: str = CONFIG, device
     return [{"case": f"{name} {where} predict, batch {batch_size} ({n_images} images, {size} px)", "value": ips_b,
              "unit": "images/s", "baseline": "detectron2 DefaultPredictor, one image at a time",
              "baseline_value": ips_s, "ratio": ips_b / ips_s}]
+
+
+def _random_predictor(config: str, device: str, size: int, tmp: str):
+    """A BatchedPredictor of ``config`` with random-init weights (speed does not depend on them)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from detx.engine.config import get_detx_cfg
+    from detx.inference.predictor import BatchedPredictor
+
+    cfg = get_detx_cfg(config, ["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", str(size),
+                                "INPUT.MAX_SIZE_TEST", str(size)])
+    torch.manual_seed(0)
+    name = Path(config).stem
+    DetectionCheckpointer(build_model(cfg), save_dir=tmp).save(name)
+    return BatchedPredictor(cfg, f"{tmp}/{name}.pth")
+
+
+def bench_detectors(n_images: int, batch_size: int, detectors: list[tuple[str, str]], baseline: tuple[str, str],
+                    device: str = "cpu", size: int = 256, rounds: int = 2) -> list[dict]:
+    """Images/s of ``BatchedPredictor`` for each detector against the Faster R-CNN ``baseline``, in alternating
+    rounds on the same images (best round each)."""
+    rng = np.random.default_rng(0)
+    h, w = size // 8, size * 3 // 32
+    images = [np.repeat(np.kron((rng.random((h, w)) * 255).astype(np.uint8), np.ones((8, 8), np.uint8))[:, :, None],
+                        3, axis=2) for _ in range(n_images)]
+    sizes = [(1920, 2560)] * n_images
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {name: _random_predictor(cfg, device, size, tmp) for name, cfg in [baseline, *detectors]}
+    best = dict.fromkeys(models, float("inf"))
+    for pred in models.values():
+        pred(images[:batch_size], sizes[:batch_size])  # warm-up
+    for r in range(rounds):
+        for name in list(models) if r % 2 == 0 else list(models)[::-1]:
+            sync()
+            t = time.perf_counter()
+            for i in range(0, n_images, batch_size):
+                models[name](images[i:i + batch_size], sizes[i:i + batch_size])
+            sync()
+            best[name] = min(best[name], time.perf_counter() - t)
+    ips = {name: n_images / t for name, t in best.items()}
+    where = f"CUDA {torch.cuda.get_device_name(0)}, AMP" if device.startswith("cuda") else \
+        f"CPU ({torch.get_num_threads()} threads)"
+    base = baseline[0]
+    print(f"BatchedPredictor batch {batch_size}, {where}, {n_images} images {size}x{size * 3 // 4}:")
+    rows = []
+    for name, _ in detectors:
+        print(f"  {name}: {ips[name]:7.2f} img/s   {base}: {ips[base]:7.2f} img/s   ratio {ips[name] / ips[base]:.2f}x")
+        rows.append({"case": f"{name} {where} predict, batch {batch_size} ({n_images} images, {size} px)",
+                     "value": ips[name], "unit": "images/s", "baseline": f"{base}, BatchedPredictor (same run)",
+                     "baseline_value": ips[base], "ratio": ips[name] / ips[base]})
+    return rows
 
 
 def make_sets(n_images: int, n_sets: int, n_boxes: int, seed: int = 0):
@@ -134,21 +197,36 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     p.add_argument("--json", default=None, help="write the results JSON here")
+    p.add_argument("--cases", nargs="+", default=["predictor", "detectors", "wbf"],
+                   choices=["predictor", "detectors", "wbf"], help="what to run (default: all)")
     args = p.parse_args()
-    rows = bench_predictor(8 if args.quick else 24, 4 if args.quick else 8)
-    if torch.cuda.is_available():  # the issue's GPU case: R50-FPN at 1024 px, batched + AMP
-        rows += bench_predictor(16 if args.quick else 64, 8, R50_CONFIG, "cuda", 1024)
-    rows += bench_wbf(300 if args.quick else 3000)
+    rows = []
+    if "predictor" in args.cases:
+        rows += bench_predictor(8 if args.quick else 24, 4 if args.quick else 8)
+        if torch.cuda.is_available():  # the issue's GPU case: R50-FPN at 1024 px, batched + AMP
+            rows += bench_predictor(16 if args.quick else 64, 8, R50_CONFIG, "cuda", 1024)
+    if "detectors" in args.cases:
+        rows += bench_detectors(8 if args.quick else 24, 4 if args.quick else 8, TINY_DETECTORS,
+                                ("tiny Faster R-CNN", CONFIG), rounds=1 if args.quick else 2)
+        if torch.cuda.is_available():
+            rows += bench_detectors(16 if args.quick else 64, 8, REAL_DETECTORS, ("Faster R-CNN R50-FPN", R50_CONFIG),
+                                    "cuda", 1024, rounds=1 if args.quick else 2)
+    if "wbf" in args.cases:
+        rows += bench_wbf(300 if args.quick else 3000)
     if args.json:
         from detx.core.io import write_json
 
-        write_json(args.json, {"name": "inference", "title": "Batched prediction and WBF ensembling",
-                               "rows": rows,
-                               "notes": ("" if torch.cuda.is_available() else
-                                         "No CUDA in this run: the R50-FPN 1024 px GPU/AMP case was not measured. ")
-                               + "Random-init models (speed does not depend on weights). WBF outputs checked "
-                                 "equal to ensemble-boxes."}, indent=2)
-
+        notes = [] if torch.cuda.is_available() else \
+            ["No CUDA in this run: the R50-FPN / R101-FPN 1024 px GPU/AMP cases were not measured."]
+        if {"predictor", "detectors"} & set(args.cases):
+            notes.append("Random-init models (speed does not depend on weights).")
+        if "detectors" in args.cases:
+            notes.append("Detectors: best of alternating rounds on the same images; ratio < 1: slower than the "
+                         "Faster R-CNN.")
+        if "wbf" in args.cases:
+            notes.append("WBF outputs checked equal to ensemble-boxes.")
+        write_json(args.json, {"name": "inference", "title": "Batched prediction and WBF ensembling; RetinaNet and "
+                               "Cascade R-CNN vs Faster R-CNN", "rows": rows, "notes": " ".join(notes)}, indent=2)
 
 if __name__ == "__main__":
     main()

@@ -93,19 +93,23 @@ def prepared_spinexr_dir(synthetic_spinexr_dir, tmp_path_factory):
 TINY_CONFIG = str(Path(__file__).resolve().parent.parent / "configs/quick_schedules/vindr_cxr_tiny.yaml")
 
 
-def save_random_checkpoint(out_dir, name: str = "model_random", opts=()):
-    """Build the tiny config's model with seed 0 and save it with DetectionCheckpointer; returns the .pth."""
+def save_random_checkpoint(out_dir, name: str = "model_random", opts=(), config: str = TINY_CONFIG):
+    """Build a tiny config's model (default: the Faster R-CNN one) with seed 0 and save it with
+    DetectionCheckpointer; returns the .pth."""
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
     from detx.engine.config import get_detx_cfg
 
-    cfg = get_detx_cfg(TINY_CONFIG, ["MODEL.DEVICE", "cpu", *opts])
+    cfg = get_detx_cfg(config, ["MODEL.DEVICE", "cpu", *opts])
     torch.manual_seed(0)
     model = build_model(cfg)
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.mul_(0.02)
+    # Faster / Mask R-CNN: roi_heads.box_predictor.cls_score; RetinaNet: head.cls_score (its bias holds the 0.01 prior)
+    head = getattr(getattr(model, "roi_heads", None), "box_predictor", None) or getattr(model, "head", None)
+    if isinstance(getattr(head, "cls_score", None), torch.nn.Module):
+        with torch.no_grad():
+            head.cls_score.weight.mul_(0.02)
     DetectionCheckpointer(model, save_dir=str(out_dir)).save(name)
     return out_dir / f"{name}.pth"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detx.engine.config import ConfigKeyError, closest_key, get_detx_cfg
+from detx.engine.config import ConfigKeyError, closest_key, get_detx_cfg, num_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
@@ -19,6 +19,9 @@ def test_all_shipped_configs_are_found():
     assert {"Base-detx.yaml", "faster_rcnn_R_50_FPN.yaml", "faster_rcnn_R_101_FPN.yaml", "mask_rcnn_R_50_FPN.yaml",
             "vindr_cxr_tiny.yaml", "vindr_cxr_mask_tiny.yaml"} <= names
     assert "configs/spinexr/faster_rcnn_R_50_FPN.yaml" in CONFIGS
+    for name in ("retinanet_R_101_FPN.yaml", "cascade_rcnn_R_50_FPN.yaml"):
+        assert f"configs/vindr_cxr/{name}" in CONFIGS and f"configs/spinexr/{name}" in CONFIGS
+    assert {"vindr_cxr_retinanet_tiny.yaml", "vindr_cxr_cascade_tiny.yaml"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -27,8 +30,11 @@ def test_every_config_loads(config):
     assert cfg.is_frozen()
     assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False  # normal X-rays stay in training
     assert cfg.INPUT.RANDOM_FLIP == "none"  # flips come from DETX.AUG only
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    assert num_classes == (7 if "spinexr" in config else 14)
+    assert num_classes(cfg) == (7 if "spinexr" in config else 14)
+    # the metric does not punish low-confidence extra boxes: every model keeps them
+    thresh = cfg.MODEL.RETINANET.SCORE_THRESH_TEST if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else \
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    assert thresh <= 0.01
     if "mask" in Path(config).name:
         assert cfg.MODEL.MASK_ON and cfg.DETX.BOX_MASKS
     if config.startswith(("configs/vindr_cxr", "configs/spinexr")):

@@ -74,6 +74,28 @@ def test_resume_continues_iteration_and_lr_schedule(trained_tiny_dir, prepared_c
     assert [r["iteration"] for r in rows_with(out / "metrics.json", "val_total_loss")] == [3, 8, 10]
 
 
+def test_best_checkpoint_after_the_last_iteration_leaves_resume_on_the_final_model(tmp_path):
+    """The final evaluation runs after the last iteration (storage iteration MAX_ITER); a best model saved there must
+    not become last_checkpoint, or --resume would start one iteration too late."""
+    from types import SimpleNamespace
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from detx.engine.hooks import PersistentBestCheckpointer
+
+    ckpt = DetectionCheckpointer(torch.nn.Linear(1, 1), save_dir=str(tmp_path))
+    ckpt.save("model_final", iteration=5)  # PeriodicCheckpointer at the last iteration (5 of 0..5)
+    hook = PersistentBestCheckpointer(3, ckpt, "vinbigdata/mAP40")
+    with EventStorage(6) as storage:  # after_train: trainer.iter == MAX_ITER
+        storage.put_scalar("vinbigdata/mAP40", 0.5)
+        hook.trainer = SimpleNamespace(iter=6, max_iter=6, start_iter=0, storage=storage)
+        hook.after_train()
+    assert (tmp_path / "model_best.pth").is_file()
+    assert json.loads((tmp_path / "model_best.json").read_text())["iteration"] == 6
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert ckpt.resume_or_load("", resume=True)["iteration"] == 5  # resume starts at 6, the next untrained one
+
+
 def test_eval_only_reproduces_the_final_evaluation(trained_tiny_dir, prepared_cxr_dir, tmp_path):
     run_train_net("--config-file", TINY_CONFIG, "--eval-only", "DETX.DATA_ROOT", prepared_cxr_dir,
                   "OUTPUT_DIR", tmp_path, "MODEL.WEIGHTS", trained_tiny_dir / "model_final.pth", *TRAINED_TINY_OPTS)

@@ -3,6 +3,7 @@
 #   1. pinned torch + torchvision (constraints.txt), 2. detx in editable mode with [dev],
 #   3. detectron2: upstream from GitHub when reachable, else the pure-Python build from PyPI
 #      (sal-detectron2, DESIGN §4). DETX_DETECTRON2=upstream|pure forces one of them.
+#   4. detectron2's model_zoo made independent of pkg_resources (tools/fix_detectron2.py), both routes.
 # Fails loudly, naming the step, instead of leaving a half-installed environment behind.
 set -Eeuo pipefail
 
@@ -67,6 +68,11 @@ else
   die "DETX_DETECTRON2 must be 'upstream' or 'pure', not '$which_d2'"
 fi
 
+STEP="make detectron2's model_zoo work without pkg_resources"
+# setuptools >= 81 no longer ships pkg_resources, which detectron2's model_zoo imports for one call
+# (locating its own config files): replace it there with the standard library (tools/fix_detectron2.py).
+"$VENV/bin/python" tools/fix_detectron2.py
+
 STEP="verify the environment"
 "$VENV/bin/python" - <<'PY' || die "the installed environment does not import (see the traceback above)"
 import torch, torchvision
@@ -74,6 +80,8 @@ from torchvision.ops import nms
 nms(torch.zeros((1, 4)), torch.ones(1), 0.5)  # fails when torchvision's compiled ops do not match torch
 import cv2, detectron2, detx
 from detectron2.modeling import build_model  # noqa: F401
+from detectron2 import model_zoo
+model_zoo.get_config_file("COCO-Detection/retinanet_R_101_FPN_3x.yaml")  # its shipped configs are found
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, opencv {cv2.__version__}, "
       f"detectron2 {detectron2.__version__} at {detectron2.__file__}")
 PY

@@ -9,6 +9,9 @@ detectron2 checkpoints, test-time augmentation and WBF ensembling, plus an image
         --classifier classifier.json --nofinding-low 0.05 --nofinding-high 0.95 MODEL.DEVICE cuda
     python tools/predict.py --exported model_fold0.ts model_fold1.onnx --input dicoms/ --out submission.csv
     python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv --num-gpus 4
+    python tools/predict.py --config-file faster/config.yaml retinanet/config.yaml cascade/config.yaml \\
+        --weights faster/model_best.pth retinanet/model_best.pth cascade/model_best.pth --model-weights 2 1 1 \\
+        --input test.json --out submission.csv --tta hflip      # different detectors, fused with WBF
 
 Every row carries the No-finding entry `<len(classes)> p 0 0 1 1` with p = 1 - P(abnormal). The 2-class
 filter on P = P(abnormal): P < --nofinding-low -> the row is only `<nf> 1 0 0 1 1`; low <= P <
@@ -32,7 +35,8 @@ from detx.workflows.predict import LaunchOptions, PredictOptions, run_predict
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", nargs="+", default=[], metavar="CFG",
-                   help="detector yaml: one for all --weights, or one per weights file")
+                   help="detector yaml: one for all --weights, or one per weights file, in the same order (different "
+                        "detectors, e.g. Faster R-CNN, RetinaNet and Cascade R-CNN, may be mixed)")
     p.add_argument("--weights", nargs="+", default=[], metavar="W",
                    help="detector checkpoint(s) (.pth); several are WBF-fused")
     p.add_argument("--classifier-config", nargs="+", default=[], metavar="CFG",

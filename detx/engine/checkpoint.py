@@ -7,13 +7,16 @@ prediction call these checks first so that a wrong file stops with a message nam
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from detx.core.errors import InputError
 
-__all__ = ["CheckpointError", "check_checkpoint", "check_weights_file", "read_state_dict"]
+__all__ = ["CheckpointError", "check_checkpoint", "check_weights_file", "detector_kind", "read_state_dict",
+           "state_num_classes"]
 
 
 class CheckpointError(InputError):
@@ -73,11 +76,61 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
+#: the class-logit layer of each detector family, as named in a state dict
+_RETINANET_LOGITS = "head.cls_score.weight"
+_RETINANET_DELTAS = "head.bbox_pred.weight"  # 4 outputs per anchor: the anchors per location of the checkpoint
+_RCNN_LOGITS = "roi_heads.box_predictor.cls_score.weight"  # K + 1 outputs (background last)
+_CASCADE_LOGITS = re.compile(r"roi_heads\.box_predictor\.(\d+)\.cls_score\.weight")  # one per stage, K + 1 each
+
+
+def detector_kind(state: Mapping[str, object]) -> str | None:
+    """The detector family a state dict belongs to, from its class-logit layers: ``"RetinaNet"``,
+    ``"Cascade R-CNN"``, ``"Faster/Mask R-CNN"``, or None (none of them, e.g. a backbone alone)."""
+    if _RETINANET_LOGITS in state:
+        return "RetinaNet"
+    if any(_CASCADE_LOGITS.fullmatch(k) for k in state):
+        return "Cascade R-CNN"
+    if _RCNN_LOGITS in state:
+        return "Faster/Mask R-CNN"
+    return None
+
+
+def state_num_classes(state: Mapping[str, object]) -> int | None:
+    """The number of finding classes a state dict was trained for, read from its class-logit layer: R-CNN
+    ``cls_score`` has K + 1 outputs (every cascade stage alike); RetinaNet's ``head.cls_score`` has A x K, with A,
+    the anchors per location, from ``head.bbox_pred`` (A x 4). None when the state dict has no known logit layer."""
+    def rows(key: str) -> int:
+        return int(tuple(state[key].shape)[0])  # type: ignore[attr-defined]
+
+    kind = detector_kind(state)
+    if kind == "RetinaNet":
+        if _RETINANET_DELTAS not in state or rows(_RETINANET_DELTAS) % 4:
+            return None
+        anchors = rows(_RETINANET_DELTAS) // 4
+        return rows(_RETINANET_LOGITS) // anchors if anchors and rows(_RETINANET_LOGITS) % anchors == 0 else None
+    if kind == "Cascade R-CNN":
+        return rows(min((k for k in state if _CASCADE_LOGITS.fullmatch(k)), key=str)) - 1
+    if kind == "Faster/Mask R-CNN":
+        return rows(_RCNN_LOGITS) - 1
+    return None
+
+
 def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classes: int,
                      num_classes_key: str = "MODEL.ROI_HEADS.NUM_CLASSES") -> None:
-    """Fail early on weights that cannot be this model's: missing file, another class count, other shapes.
+    """Fail early on weights that cannot be this model's: a missing file, another detector (a RetinaNet checkpoint
+    for a Faster R-CNN config, ...), another class count, other shapes, or parameters the file lacks.
 
-    detectron2's checkpointer only warns on shape mismatches and leaves those layers random.
+    detectron2's checkpointer only warns on shape mismatches and missing parameters and leaves those layers random.
+    A model-zoo ``.pkl`` (Caffe2 names, COCO heads) is only checked for being readable: detectron2 converts it and
+    the mismatching heads are meant to start random.
+
+    Args:
+        model: the config's model (``build_model(cfg)``).
+        num_classes, num_classes_key: the config's class count and the key that holds it
+            (:func:`detx.engine.config.num_classes` / ``num_classes_key``), for the message.
+
+    Raises:
+        CheckpointError: naming the file, what it holds and what the config wants.
     """
     path = Path(path)
     if path.suffix == ".pkl":  # model-zoo (Caffe2-named) weights: detectron2 converts and checks them
@@ -90,12 +143,17 @@ def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classe
         if trained != num_classes:
             raise CheckpointError(f"weights file {path} is an image classifier of {trained} classes but the config "
                                   f"has {num_classes_key} {num_classes}")
-    cls_key = "roi_heads.box_predictor.cls_score.weight"
-    if cls_key in state and tuple(state[cls_key].shape)[0] != num_classes + 1:
-        raise CheckpointError(
-            f"weights file {path} was trained for {tuple(state[cls_key].shape)[0] - 1} classes but the config has "
-            f"{num_classes_key} {num_classes}")
     own = model.state_dict()
+    held, built = detector_kind(state), detector_kind(own)
+    if held is not None and built is not None and held != built:
+        raise CheckpointError(
+            f"weights file {path} holds a {held} but the config builds a {built}: use the config it was trained with "
+            "(with several models, one --config-file per --weights, in the same order)")
+    trained_for = state_num_classes(state)
+    if trained_for is not None and trained_for != num_classes:
+        raise CheckpointError(
+            f"weights file {path} was trained for {trained_for} classes but the config has "
+            f"{num_classes_key} {num_classes}")
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
     if wrong:
@@ -103,3 +161,8 @@ def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classe
                               f"mismatch(es), e.g. {wrong[:3]}")
     if not any(k in own for k in state):
         raise CheckpointError(f"weights file {path} shares no parameter name with the config's model")
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"weights file {path} lacks {len(missing)} of the config's model parameters (e.g. {missing[:3]}): they "
+            "would stay random; it was trained with another config (another head or backbone)")

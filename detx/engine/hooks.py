@@ -28,14 +28,34 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _number_attributes(model: torch.nn.Module) -> dict[str, dict[str, int | float]]:
+    """Each module's plain int/float attributes (not bools, tensors or parameters): the Python-side state a
+    training forward may update, e.g. RetinaNet's ``loss_normalizer`` (an EMA of the foreground anchor count)."""
+    return {name: {k: v for k, v in vars(m).items() if type(v) in (int, float)} for name, m in model.named_modules()}
+
+
+def _restore_number_attributes(model: torch.nn.Module, saved: dict[str, dict[str, int | float]]) -> None:
+    """Put back what :func:`_number_attributes` saved; a number attribute created since is removed."""
+    for name, m in model.named_modules():
+        before = saved.get(name, {})
+        for k in [k for k, v in vars(m).items() if type(v) in (int, float) and k not in before]:
+            delattr(m, k)
+        for k, v in before.items():
+            setattr(m, k, v)
+
+
 class ValidationLoss(EvalHook):
     """Every ``period`` iterations and after the last one (detectron2's ``EvalHook`` schedule and scalar
     logging): the model's training losses on the whole validation set, computed in train mode under
     ``no_grad``, averaged over images and over processes, and stored as ``val_total_loss`` and ``val_<loss>``
     (so they reach ``metrics.json``).
 
-    Batch-norm running statistics are restored afterwards, so validation images never leak into the
-    model; the forward pass's own event-storage scalars (sampling statistics) are discarded.
+    Batch-norm running statistics, and the plain-number state a training forward updates (RetinaNet's EMA
+    loss normalizer), are restored afterwards, so validation images never leak into the model; the forward
+    pass's own event-storage scalars (sampling statistics) are discarded. Each model reports its own losses:
+    Faster R-CNN ``loss_cls``, ``loss_box_reg``, ``loss_rpn_*``; RetinaNet ``loss_cls``, ``loss_box_reg``
+    (focal and box losses over its EMA of foreground anchors); Cascade R-CNN ``loss_cls_stage{k}``,
+    ``loss_box_reg_stage{k}`` and the RPN's.
     """
 
     def __init__(self, period: int, data_loader_fn: Callable[[], Iterable[list[dict[str, Any]]]],
@@ -59,6 +79,7 @@ class ValidationLoss(EvalHook):
         was_training = model.training
         bn_state = {name: {k: v.clone() for k, v in m.state_dict().items()}
                     for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+        numbers = _number_attributes(model)
         sums: dict[str, float] = defaultdict(float)
         n = 0
         start = time.perf_counter()
@@ -75,6 +96,7 @@ class ValidationLoss(EvalHook):
             modules = dict(model.named_modules())
             for name, state in bn_state.items():
                 modules[name].load_state_dict(state)
+            _restore_number_attributes(model, numbers)
             model.train(was_training)
         gathered = comm.all_gather((dict(sums), n))
         total_n = sum(g[1] for g in gathered)
@@ -94,7 +116,12 @@ class ValidationLoss(EvalHook):
 
 class PersistentBestCheckpointer(BestCheckpointer):
     """detectron2's ``BestCheckpointer`` (``model_best.pth`` on the best value of a metric) that also
-    records the best value in ``model_best.json``, so a resumed run only replaces a better model."""
+    records the best value in ``model_best.json``, so a resumed run only replaces a better model.
+
+    Saving ``model_best.pth`` leaves ``last_checkpoint`` where the periodic checkpointer put it: detectron2's would
+    point it at ``model_best.pth``, which after the final evaluation carries the iteration ``MAX_ITER`` (one past
+    the last trained one), so a ``--resume`` would skip an iteration.
+    """
 
     def __init__(self, eval_period: int, checkpointer, val_metric: str, mode: str = "max",
                  file_prefix: str = "model_best"):
@@ -115,7 +142,11 @@ class PersistentBestCheckpointer(BestCheckpointer):
 
     def _best_checking(self) -> None:
         before = (self.best_metric, self.best_iter)
+        ckpt = self._checkpointer
+        tagged = Path(ckpt.get_checkpoint_file()).name if ckpt.has_checkpoint() else None
         super()._best_checking()
+        if tagged is not None and comm.is_main_process() and Path(ckpt.get_checkpoint_file()).name != tagged:
+            ckpt.tag_last_checkpoint(tagged)
         changed = (self.best_metric, self.best_iter) != before and self.best_metric is not None
         if changed and comm.is_main_process():
             write_json(self._record, {"metric": self._val_metric, "value": self.best_metric,
