@@ -10,7 +10,10 @@ import torch
 from detx.engine.config import ConfigKeyError, closest_key, get_detx_cfg, num_classes
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+ALL_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+# the image classifiers (configs/classification and the *_cls_tiny quick schedules) are checked on their own
+CLASSIFIER_CONFIGS = [c for c in ALL_CONFIGS if "/classification/" in c or "_cls_" in c]
+CONFIGS = [c for c in ALL_CONFIGS if c not in CLASSIFIER_CONFIGS]
 TINY = str(ROOT / "configs/quick_schedules/vindr_cxr_tiny.yaml")
 
 
@@ -22,6 +25,25 @@ def test_all_shipped_configs_are_found():
     for name in ("retinanet_R_101_FPN.yaml", "cascade_rcnn_R_50_FPN.yaml"):
         assert f"configs/vindr_cxr/{name}" in CONFIGS and f"configs/spinexr/{name}" in CONFIGS
     assert {"vindr_cxr_retinanet_tiny.yaml", "vindr_cxr_cascade_tiny.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CLASSIFIER_CONFIGS)
+def test_every_classifier_config_loads(config):
+    from detx.engine.config import is_classifier
+
+    cfg = get_detx_cfg(str(ROOT / config))
+    assert is_classifier(cfg) and cfg.DETX.BEST_METRIC == "cls/auc"
+    assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False and cfg.INPUT.RANDOM_FLIP == "none"
+    name = Path(config).name
+    expected = 28 if "physionet_labels" in name else 7 if "spinexr" in name else 14 if "vindr_cxr" in name else 0
+    assert num_classes(cfg) == expected
+    if "densenet" in name.lower():
+        assert cfg.MODEL.BACKBONE.NAME == "build_densenet_backbone" and cfg.INPUT.FORMAT == "RGB"
+        assert cfg.MODEL.DENSENET.WEIGHTS == ""  # ImageNet weights are a file the user downloads
+    elif "R_50" in name:
+        assert cfg.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/") and cfg.MODEL.RESNETS.DEPTH == 50
+    elif "tiny" in name:
+        assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.RESNETS.DEPTH == 18
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -3,10 +3,10 @@ Integrated Gradients of one output (``abnormal`` or a class) on one image.
 
 The image is read and resized as prediction does (:func:`detx.inference.predictor.load_image`, detectron2's
 test resize), normalized as the model does, and explained without padding. A heatmap is returned at the model's
-input resolution, non-negative (Grad-CAM: ReLU of the class-weighted activations, upsampled; DeepLIFT and
-Integrated Gradients: the positive part of the attribution summed over channels, both against a mean-image
-baseline, i.e. zero after normalization), together with the input size so that its peak can be moved to original
-pixels. detectron2's ResNets use functional ReLUs, which DeepLIFT's rules do not rewrite: for them DeepLIFT falls
+input resolution, raw: Grad-CAM's class-weighted activations upsampled, before its ReLU; DeepLIFT's and Integrated
+Gradients' attributions summed over channels, against a mean-image baseline (zero after normalization). Its maximum
+is where the method points (the pointing game's peak), also when no region has positive evidence, where the ReLU
+of Grad-CAM would leave an all-zero map with no peak at all; overlays show the positive part. detectron2's ResNets use functional ReLUs, which DeepLIFT's rules do not rewrite: for them DeepLIFT falls
 back to gradient x input through those activations; Grad-CAM and Integrated Gradients are exact.
 """
 
@@ -71,7 +71,7 @@ class Explainer(BatchedClassifier):
         """Heatmaps of the output indices ``targets`` on one HWC uint8 image.
 
         Returns:
-            ([(H, W) float32 heatmap per target, >= 0], (1 + K,) probabilities of the image); H, W is the model's
+            ([(H, W) float32 raw heatmap per target], (1 + K,) probabilities of the image); H, W is the model's
             input size (the test resize of the image).
         """
         from captum.attr import DeepLift, IntegratedGradients, LayerAttribution, LayerGradCam
@@ -82,7 +82,7 @@ class Explainer(BatchedClassifier):
         maps = []
         for t in targets:
             if self.method == "gradcam":
-                attr = LayerGradCam(self.net, self._layer()).attribute(x, target=int(t), relu_attributions=True)
+                attr = LayerGradCam(self.net, self._layer()).attribute(x, target=int(t), relu_attributions=False)
                 attr = LayerAttribution.interpolate(attr, tuple(x.shape[2:]), interpolate_mode="bilinear")
                 heat = attr[0].sum(0)
             else:
@@ -90,6 +90,6 @@ class Explainer(BatchedClassifier):
                 algo = DeepLift(self.net) if self.method == "deeplift" else IntegratedGradients(self.net)
                 kwargs = {"n_steps": self.ig_steps} if self.method == "integrated-gradients" else {}
                 attr = algo.attribute(xr, baselines=torch.zeros_like(xr), target=int(t), **kwargs)
-                heat = attr[0].sum(0).clamp(min=0)
+                heat = attr[0].sum(0)
             maps.append(heat.detach().float().cpu().numpy())
         return maps, probs

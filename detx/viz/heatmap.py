@@ -15,8 +15,9 @@ from detx.core.prepared import rescale_boxes
 def draw_heatmap(image: np.ndarray, heat: np.ndarray, orig_size: tuple[float, float],
                  gt: tuple[np.ndarray, np.ndarray] | None = None, peak: tuple[float, float] | None = None,
                  title: str = "", classes: Sequence[str] = (), alpha: float = 0.45, min_side: int = 512) -> np.ndarray:
-    """A BGR picture: ``image`` (HxW gray or HxWx3 BGR uint8) with ``heat`` (any size, resized to the image,
-    scaled to its own maximum) blended in the jet colormap, ground-truth boxes (white, labelled), the peak (a
+    """A BGR picture: ``image`` (HxW gray or HxWx3 BGR uint8) with ``heat`` (any size, resized to the image; its
+    positive part scaled to its maximum, or, when nothing is positive, the whole map scaled to its range) blended in
+    the jet colormap, ground-truth boxes (white, labelled), the peak (a
     cross) and ``title``; enlarged by an integer factor when the longest side is under ``min_side``."""
     img = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else np.ascontiguousarray(image[:, :, :3]).copy()
     h, w = img.shape[:2]
@@ -25,8 +26,11 @@ def draw_heatmap(image: np.ndarray, heat: np.ndarray, orig_size: tuple[float, fl
         img = cv2.resize(img, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
         h, w = img.shape[:2]
     hm = cv2.resize(np.asarray(heat, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    top = float(hm.max())
-    hm = np.clip(hm / top, 0, 1) if top > 0 else np.zeros_like(hm)
+    top, low = float(hm.max()), float(hm.min())
+    if top > 0:
+        hm = np.clip(hm / top, 0, 1)
+    else:  # no positive evidence anywhere: show where it is least negative
+        hm = (hm - low) / (top - low) if top > low else np.zeros_like(hm)
     color = cv2.applyColorMap((hm * 255).astype(np.uint8), cv2.COLORMAP_JET)
     out = cv2.addWeighted(img, 1.0 - alpha, color, alpha, 0)
     thick = max(1, round(max(h, w) / 400))
