@@ -362,7 +362,10 @@ def _start_slow_prepare(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
         os.link(d / "im0.dicom", d / f"im{k}.dicom")
     cmd = [sys.executable, str(ROOT / "datasets/prepare_vindr_cxr.py"), "--dicom-dir", str(d), "--out",
            str(tmp_path / "out"), "--size", "512", "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # as from a terminal: SIGINT at its default (a job started with & by a non-interactive shell, e.g. a CI script,
+    # inherits it ignored, and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     workers: list[int] = []
     while time.monotonic() < deadline and len(workers) < 3:  # the fork server and its two workers
