@@ -69,7 +69,7 @@ def run_plain(data: Path, iters: int, warmup: int, size: int, batch: int, device
             path, target = items[i]
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
             h, w = img.shape[:2]
-            s = size / min(h, w)
+            s = min(size / min(h, w), size / max(h, w))  # detectron2's ResizeShortestEdge(size, max_size=size)
             img = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_LINEAR)
             if np.random.rand() < 0.5:
                 img = img[:, ::-1]
