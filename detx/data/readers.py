@@ -29,7 +29,7 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from detx.core.classes import (
     VINDR_CXR_LOCAL_LABELS,
 )
 from detx.core.errors import InputError, MissingFileError, StrictModeError
+from detx.core.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,11 @@ class ProblemLog:
     def extend(self, problems: Iterable[Problem]) -> None:
         for p in problems:
             self.add(p.kind, p.where, p.message, p.image_id)
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """``problems.csv``: one row per problem (``kind, where, message, image_id``), written atomically."""
+        frame = pd.DataFrame([asdict(p) for p in self.items], columns=["kind", "where", "message", "image_id"])
+        atomic_write_text(path, frame.to_csv(index=False))
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

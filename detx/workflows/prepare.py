@@ -468,8 +468,7 @@ def prepare_unlocked(
     # 6. meta, summary, problems, report
     atomic_write_text(out / "meta.csv", meta.to_csv(index=False))
     summary.problems = log.counts()
-    problems = pd.DataFrame([asdict(p) for p in log.items], columns=["kind", "where", "message", "image_id"])
-    atomic_write_text(out / "problems.csv", problems.to_csv(index=False))
+    log.write_csv(out / "problems.csv")
     summary.files = sorted(["meta.csv", "problems.csv", "summary.json"] + [f"annotations/{n}" for n in written])
     if report and csv is not None:
         from detx.viz.eda import plot_eda

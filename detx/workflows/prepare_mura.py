@@ -264,8 +264,7 @@ def _prepare(release: Path, out: Path, size: int, folds: int, seed: int, workers
                                           "abnormal_images": int(part["label"].sum())}
     atomic_write_text(out / "meta.csv", meta.to_csv(index=False))
     summary.problems = log.counts()
-    problems = pd.DataFrame([asdict(p) for p in log.items], columns=["kind", "where", "message", "image_id"])
-    atomic_write_text(out / "problems.csv", problems.to_csv(index=False))
+    log.write_csv(out / "problems.csv")
     summary.files = sorted(["meta.csv", "problems.csv", "summary.json", *written])
     write_json(out / "summary.json", summary.to_dict(), indent=2)
     return summary
