@@ -30,6 +30,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+# ---------------------------------------------------------------------------------------- scripts
+
+def load_script(relpath: str):
+    """A command-line script of the repository (``tools/predict.py``, ``datasets/prepare_mura.py``) as a module, so
+    tests call its ``main`` in-process."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / relpath
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # ---------------------------------------------------------------------------------------- synthetic
 # Raw synthetic datasets in the real layouts (detx.synthetic.generator), generated once per session.
 

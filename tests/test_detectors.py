@@ -4,7 +4,6 @@ three-model WBF ensemble."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, TRAINED_TINY_OPTS, run_train_net, save_random_checkpoint
+from conftest import TINY_CONFIG, TRAINED_TINY_OPTS, load_script, run_train_net, save_random_checkpoint
 
 from detx.core.submission import read_submission
 from detx.engine.checkpoint import CheckpointError, detector_kind, read_state_dict, state_num_classes
@@ -291,10 +290,7 @@ def test_ddp_two_processes_on_cpu_retinanet(prepared_cxr_dir, tmp_path):
 
 
 def _predict_tool():
-    spec = importlib.util.spec_from_file_location("tool_predict_detectors", ROOT / "tools" / "predict.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/predict.py")
 
 
 @pytest.mark.slow

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("detx_tools_evaluate", ROOT / "tools" / "evaluate.py")
-evaluate_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_cli)
+evaluate_cli = load_script("tools/evaluate.py")
 
 # normal n1 (3 readers: No finding); a1: R1 and R2 draw Cardiomegaly (WBF: the mean box 102 100 302 300),
 # R3 No finding; a2: R1 draws a Nodule/Mass, R2 and R3 No finding.

@@ -4,7 +4,6 @@ eager models in original pixels, the README's pre/post-processing contract run w
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CLS_TINY_CONFIG
+from conftest import CLS_TINY_CONFIG, load_script
 
 from detx.core.classes import VINDR_CXR_CLASSES
 from detx.core.submission import read_submission
@@ -27,10 +26,7 @@ SUFFIX = {"torchscript": "ts", "onnx": "onnx"}
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"tools/{name}.py")
 
 
 export_tool, predict_tool = _tool("export"), _tool("predict")

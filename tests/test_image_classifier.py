@@ -4,7 +4,6 @@ heatmaps and the pointing game, and its bad inputs."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLS_TINY_CONFIG, TINY_CONFIG, TRAINED_CLS_OPTS, run_train_net
+from conftest import CLS_TINY_CONFIG, TINY_CONFIG, TRAINED_CLS_OPTS, load_script, run_train_net
 from sklearn.metrics import f1_score, recall_score, roc_auc_score
 
 from detx.core.predictions import Predictions
@@ -24,10 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"tools/{name}.py")
 
 
 predict_tool, evaluate_tool, explain_tool = _tool("predict"), _tool("evaluate"), _tool("explain")

@@ -9,15 +9,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fix_tool():
-    spec = importlib.util.spec_from_file_location("tool_fix_detectron2", ROOT / "tools" / "fix_detectron2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/fix_detectron2.py")
 
 
 fix_tool = _fix_tool()

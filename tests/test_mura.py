@@ -3,7 +3,6 @@ study-level metrics, the synthetic MURA layout, evaluation of a classification C
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from detx.evaluation.image_level import image_level_metrics, study_level_metrics
@@ -19,15 +19,8 @@ from detx.synthetic.mura import generate_mura
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-prepare_mura = _load("datasets/prepare_mura.py").main
-evaluate_tool = _load("tools/evaluate.py")
+prepare_mura = load_script("datasets/prepare_mura.py").main
+evaluate_tool = load_script("tools/evaluate.py")
 
 
 def _png(path: Path, channels: int = 1, h: int = 60, w: int = 40, value: int = 100) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import load_script
 
 from detx.core.predictions import Predictions
 from detx.core.submission import read_submission, write_submission
@@ -24,19 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
 
 
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-prepare_cxr = _load("datasets/prepare_vindr_cxr.py").main
-prepare_spine = _load("datasets/prepare_spinexr.py").main
-evaluate_tool = _load("tools/evaluate.py")
-fit_tool = _load("tools/fit_classifier.py")
-predict_tool = _load("tools/predict.py")
-train_tool = _load("tools/train_net.py")
+prepare_cxr = load_script("datasets/prepare_vindr_cxr.py").main
+prepare_spine = load_script("datasets/prepare_spinexr.py").main
+evaluate_tool = load_script("tools/evaluate.py")
+fit_tool = load_script("tools/fit_classifier.py")
+predict_tool = load_script("tools/predict.py")
+train_tool = load_script("tools/train_net.py")
 
 
 def _evaluate(*args) -> int:

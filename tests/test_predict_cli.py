@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import load_script
 
 from detx.core.predictions import Predictions
 from detx.core.submission import read_submission, write_submission
@@ -19,10 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"tools/{name}.py")
 
 
 predict_tool = _tool("predict")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import load_script
 
 from detx.core.prepared import load_prepared_coco
 from detx.data.readers import DataError, read_vinbigdata_csv
@@ -103,10 +103,7 @@ def _bad_dataset(tmp_path):
 
 
 def _cli(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "datasets" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_script(f"datasets/{name}.py").main
 
 
 def test_every_bad_input_is_skipped_named_and_counted(tmp_path, capsys):

@@ -3,13 +3,13 @@ tools/readers.py and the human baseline of tools/evaluate.py, on a hand-built CS
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script
 from sklearn.metrics import average_precision_score, cohen_kappa_score
 
 from detx.core.predictions import Predictions
@@ -28,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"detx_tools_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(f"tools/{name}.py")
     return lambda *args: mod.main(mod.get_parser().parse_args([str(a) for a in args]))
 
 

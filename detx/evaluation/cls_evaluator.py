@@ -8,7 +8,6 @@ dataset dicts (:func:`detx.core.prepared.image_level_targets`), probabilities fr
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections import OrderedDict
@@ -17,10 +16,10 @@ from typing import Any
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 
 from detx.core.classification_csv import write_classification_csv
 from detx.core.prepared import image_level_targets
+from detx.evaluation.evaluator import gather_on_main
 from detx.evaluation.image_level import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -78,14 +77,9 @@ class ClassificationEvaluator(DatasetEvaluator):
                 self._probs.append((str(inp["image_id"]), out["cls_probs"].detach().float().cpu().numpy()))
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._probs, dst=0)
-            if not comm.is_main_process():
-                return {}
-            probs = list(itertools.chain(*gathered))
-        else:
-            probs = self._probs
+        probs = gather_on_main(self._probs, self._distributed)
+        if probs is None:
+            return {}
         if not probs:
             logger.warning("[ClassificationEvaluator] did not receive any cls_probs")
             return {}

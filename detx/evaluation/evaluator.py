@@ -35,6 +35,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["VinBigDataEvaluator", "ground_truth_from_dataset_dicts"]
 
 
+def gather_on_main(items: list[Any], distributed: bool = True) -> list[Any] | None:
+    """A ``DatasetEvaluator``'s per-process items joined on the main process (detectron2's ``comm.gather``); None on
+    the other processes, which have nothing to report."""
+    if not distributed:
+        return list(items)
+    comm.synchronize()
+    gathered = comm.gather(items, dst=0)
+    return list(itertools.chain(*gathered)) if comm.is_main_process() else None
+
+
 def _to_original_frame(boxes: np.ndarray, frame: tuple[Any, Any], d: dict[str, Any]) -> np.ndarray:
     """Boxes in a dataset dict's pixel frame ``(width, height)`` moved to original pixels; unchanged when the
     dict records no original size or the frame is unknown."""
@@ -133,14 +143,9 @@ class VinBigDataEvaluator(DatasetEvaluator):
         return pred
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            if not comm.is_main_process():
-                return {}
-            predictions = list(itertools.chain(*gathered))
-        else:
-            predictions = self._predictions
+        predictions = gather_on_main(self._predictions, self._distributed)
+        if predictions is None:
+            return {}
         if not predictions:
             logger.warning("[VinBigDataEvaluator] did not receive valid predictions.")
             return {}
