@@ -547,3 +547,129 @@ def read_reader_weights(path: str | os.PathLike, readers: Iterable[str]) -> dict
     if extra:
         logger.warning("%s: weight(s) for %s, who drew nothing that is fused here; ignored", path, ", ".join(extra))
     return {r: weights[r] for r in needed}
+
+
+# ------------------------------------------------------------------------------------------------ panels
+# Which set of readers read each image. On the Kaggle VinBigData train.csv every image has three readers and one
+# fixed set, R8+R9+R10, read 5,501 of the 15,000 images; the 2nd place fine-tuned on the images it did not read.
+
+#: separator of the readers in a panel's name ("R8+R9+R10")
+PANEL_SEP = "+"
+
+
+def panel_name(rad_ids: Iterable[str]) -> str:
+    """``"R8+R9+R10"``: distinct known reader ids in natural order, joined by ``+``."""
+    return PANEL_SEP.join(sorted({str(r).strip() for r in rad_ids if str(r).strip()}, key=reader_sort_key))
+
+
+def parse_panel(spec: str) -> str:
+    """A panel as the user wrote it (``R8+R9+R10``, ``R10+R8+R9``, ``R8,R9,R10``) in canonical form.
+
+    Raises:
+        InputError: an empty panel.
+    """
+    name = panel_name(re.split(r"[+,|\s]+", str(spec)))
+    if not name:
+        raise InputError(f"panel {spec!r} names no reader; write it as R8+R9+R10")
+    return name
+
+
+def image_panels(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per image (sorted by image_id): ``image_id``, ``panel`` (its readers, ``"R8+R9+R10"``; ``""`` when
+    none is known), ``n_readers``, ``abnormal`` (some reader drew a box) and ``boxes`` (finding boxes, all readers).
+    """
+    codes, images = pd.factorize(table["image_id"].astype(str).to_numpy(), sort=True)
+    rad = table["rad_id"].astype(str).to_numpy()
+    ids = sorted(set(rad) - {""}, key=reader_sort_key)
+    finding = (table["class_name"] != NO_FINDING).to_numpy()
+    n_img = len(images)
+    boxes = np.bincount(codes, weights=finding, minlength=n_img).astype(np.int64)
+    # each image's reader set as a row of a boolean image x reader matrix, named once per distinct set
+    rank = pd.Series(np.arange(len(ids)), index=ids, dtype=np.int64).reindex(rad).to_numpy()
+    known = ~np.isnan(rank) if rank.dtype.kind == "f" else np.ones(len(rad), bool)
+    read = np.zeros((n_img, len(ids)), bool)
+    read[codes[known], rank[known].astype(np.int64)] = True
+    sets, inverse = np.unique(read, axis=0, return_inverse=True)
+    names = np.array([PANEL_SEP.join(ids[j] for j in np.flatnonzero(row)) for row in sets], dtype=object)
+    out = pd.DataFrame({"image_id": np.asarray(images, dtype=object),
+                        "panel": names[inverse.reshape(-1)] if n_img else np.zeros(0, object),
+                        "n_readers": read.sum(axis=1).astype(np.int64), "boxes": boxes})
+    out["abnormal"] = out["boxes"] > 0
+    return out
+
+
+def reader_panels(table: pd.DataFrame, per_image: pd.DataFrame | None = None) -> list[dict]:
+    """Every set of readers that read images together, largest first (ties: by name): ``readers`` (ids),
+    ``images``, ``abnormal_images``, ``abnormal_share`` and ``boxes_per_abnormal_image`` (the panel's finding boxes
+    over its abnormal images and its readers: boxes one reader drew on an abnormal image, on average; None without
+    an abnormal image). Images whose readers are unknown are left out."""
+    per_image = image_panels(table) if per_image is None else per_image
+    known = per_image[per_image["panel"] != ""]
+    g = known.groupby("panel", sort=False).agg(images=("image_id", "size"), abnormal=("abnormal", "sum"),
+                                                boxes=("boxes", "sum"), n_readers=("n_readers", "first"))
+    g = g.reset_index().sort_values(["images", "panel"], ascending=[False, True], kind="stable")
+    out = []
+    for p in g.itertuples(index=False):
+        ab = int(p.abnormal)
+        out.append({"readers": p.panel.split(PANEL_SEP), "panel": p.panel, "images": int(p.images),
+                    "abnormal_images": ab, "abnormal_share": ab / int(p.images),
+                    "boxes": int(p.boxes),
+                    "boxes_per_abnormal_image": int(p.boxes) / (ab * int(p.n_readers)) if ab else None})
+    return out
+
+
+@dataclass(frozen=True)
+class PanelSelection:
+    """What :func:`select_panels` did: the panels dropped or kept (canonical names), whether normal images were kept
+    whatever their panel, and the images removed."""
+
+    drop: tuple[str, ...]
+    keep: tuple[str, ...]
+    keep_normal: bool
+    images_before: int
+    images_dropped: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"drop_panels": list(self.drop), "keep_panels": list(self.keep), "keep_normal": self.keep_normal,
+                "images_before_panels": self.images_before, "images_dropped_panels": len(self.images_dropped)}
+
+
+def select_panels(
+    table: pd.DataFrame,
+    drop: Iterable[str] = (),
+    keep: Iterable[str] = (),
+    keep_normal: bool = False,
+    source: str | os.PathLike = "the annotations",
+) -> tuple[pd.DataFrame, PanelSelection]:
+    """Drop the images read by the panels ``drop``, or keep only those read by the panels ``keep`` (not both);
+    with ``keep_normal`` an image every reader called normal stays whatever its panel. A panel is the exact set of
+    an image's readers (``R8+R9+R10`` is not ``R8+R9``), in any order.
+
+    Raises:
+        InputError: both ``drop`` and ``keep``, a table without reader ids, or a panel the table does not have
+            (named, with the panels it has).
+    """
+    drop = tuple(dict.fromkeys(parse_panel(p) for p in drop))
+    keep = tuple(dict.fromkeys(parse_panel(p) for p in keep))
+    if drop and keep:
+        raise InputError("--drop-panels and --keep-panels exclude each other: give one of them")
+    per_image = image_panels(table)
+    if not drop and not keep:
+        return table, PanelSelection((), (), keep_normal, len(per_image), ())
+    require_reader_ids(table, source, "--drop-panels" if drop else "--keep-panels")
+    have = set(per_image["panel"])
+    missing = [p for p in (*drop, *keep) if p not in have]
+    if missing:
+        largest = ", ".join(f"{p['panel']} ({p['images']} images)" for p in reader_panels(table, per_image)[:5])
+        raise InputError(f"{source}: no image was read by the panel(s) {', '.join(missing)} (a panel is the exact set "
+                         f"of an image's readers); its largest panels are {largest}")
+    chosen = per_image["panel"].isin(drop or keep).to_numpy()
+    remove = chosen if drop else ~chosen
+    if keep_normal:
+        remove = remove & per_image["abnormal"].to_numpy()
+    dropped = tuple(per_image.loc[remove, "image_id"])
+    out = table[~table["image_id"].astype(str).isin(set(dropped)).to_numpy()].reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    logger.info("panels: %s %s%s: %d of %d image(s) dropped", "dropped" if drop else "kept only",
+                ", ".join(drop or keep), " (normal images kept)" if keep_normal else "", len(dropped), len(per_image))
+    return out, PanelSelection(drop, keep, keep_normal, len(per_image), dropped)
