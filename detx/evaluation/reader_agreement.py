@@ -105,12 +105,110 @@ def _known(table: pd.DataFrame, image_ids: Iterable[str] | None) -> pd.DataFrame
     return _subset(table, mask)
 
 
+#: separates an image id from the left-out reader in the keys of :func:`reader_cases`
+_KEY_SEP = "\x1f"
+
+
+@dataclass
+class ReaderCases:
+    """Every (reader, image) case of :func:`reader_cases`: ``gt[key]`` the fusion of the other readers' boxes,
+    ``preds[key]`` the reader's own boxes (confidence 1; its No-finding call where it drew nothing), keys
+    ``image_id + "\\x1f" + rad_id``; ``images[rad_id]`` the images it is scored on."""
+
+    num_classes: int
+    gt: dict[str, tuple[np.ndarray, np.ndarray]]
+    preds: dict[str, Predictions]
+    images: dict[str, list[str]]
+
+    def score(self, keys: Iterable[str], iou_thr: float) -> tuple[float | None, dict[int, float | None]]:
+        """(mAP, AP per class) of the pooled cases ``keys`` (ties taken together: :func:`operating_point_ap`)."""
+        keys = list(keys)
+        if not keys:
+            return None, {}
+        result = vinbigdata_map({k: self.gt[k] for k in keys}, {k: self.preds[k] for k in keys},
+                                num_classes=self.num_classes, iou_thr=iou_thr)
+        ap = operating_point_ap(result)
+        valid = [v for v in ap.values() if v is not None]
+        return (float(np.mean(valid)) if valid else None), ap
+
+
+def reader_cases(
+    table: pd.DataFrame,
+    fusion: str = "wbf",
+    fusion_iou_thr: float = 0.4,
+    image_ids: Iterable[str] | None = None,
+) -> ReaderCases:
+    """Each reader on each image it read with another reader, against the fusion of those others (module docstring).
+    The others' boxes of every case are fused in one :func:`fuse_readers` call (an image where they drew nothing
+    needs no fusion: its ground truth is empty)."""
+    classes = tuple(table.attrs.get("classes") or ())
+    if not classes:
+        raise InputError("reader_scores needs the class names (a table read by detx.data.readers)")
+    k = len(classes)
+    known = _known(table, image_ids)
+    rads = known["rad_id"].astype(str).to_numpy()
+    images = known["image_id"].astype(str).to_numpy()
+    codes, uniques = pd.factorize(images)  # integer image codes: set operations by indexing, not string compares
+    rad_codes, rad_names = pd.factorize(rads)
+    n_img = len(uniques)
+    read = np.zeros((n_img, len(rad_names)), bool)
+    read[codes, rad_codes] = True
+    shared = read.sum(axis=1) >= 2
+    is_finding = (known["class_name"] != NO_FINDING).to_numpy()
+    boxes = known[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
+    cids = known["class_id"].to_numpy(dtype=np.int64)
+    # the others' finding boxes of every (image, left-out reader): each finding row once per other reader
+    rows_f = np.flatnonzero(is_finding & shared[codes])
+    case_img, case_rad = np.nonzero(read & shared[:, None])
+    parts = []
+    for j in range(len(rad_names)):
+        on = read[codes[rows_f], j] & (rad_codes[rows_f] != j)
+        parts.append((rows_f[on], np.full(int(on.sum()), j)))
+    src = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    left_out = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    key_of = np.char.add(np.char.add(images.astype(str), _KEY_SEP), rad_names.astype(str)[rad_codes]) \
+        if len(images) else np.zeros(0, str)
+    others = known.iloc[src].reset_index(drop=True)
+    others["image_id"] = np.char.add(np.char.add(images[src].astype(str), _KEY_SEP),
+                                     rad_names.astype(str)[left_out]) if len(src) else others["image_id"]
+    others.attrs = dict(table.attrs)
+    fused = fuse_readers(others, method=fusion, iou_thr=fusion_iou_thr) if len(others) else others
+    f_find = (fused["class_name"] != NO_FINDING).to_numpy()
+    empty = (np.zeros((0, 4)), np.zeros(0, np.int64))
+    keys = np.char.add(np.char.add(np.asarray(uniques, dtype=str)[case_img], _KEY_SEP),
+                       rad_names.astype(str)[case_rad]) if len(case_img) else np.zeros(0, str)
+    gt: dict[str, tuple[np.ndarray, np.ndarray]] = dict.fromkeys(keys.tolist(), empty)
+    if len(fused):
+        f_boxes = fused[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
+        f_cls = fused["class_id"].to_numpy(dtype=np.int64)
+        for key, idx in fused.groupby("image_id", sort=False).indices.items():
+            keep = idx[f_find[idx]]
+            gt[str(key)] = (f_boxes[keep], f_cls[keep])
+    mine = np.flatnonzero(is_finding & shared[codes])
+    by_key = pd.Series(mine).groupby(key_of[mine]).indices if len(mine) else {}
+    preds = {}
+    nf = Predictions([WHOLE_IMAGE_BOX], [1.0], [k])
+    for key in gt:
+        rows = by_key.get(key)
+        if rows is None:  # the reader drew nothing: its "No finding" call
+            preds[key] = nf
+        else:
+            idx = mine[rows]
+            preds[key] = Predictions(boxes[idx], np.ones(len(idx)), cids[idx])
+    per_reader: dict[str, list[str]] = {}
+    for key in keys.tolist():
+        img, rad = key.split(_KEY_SEP)
+        per_reader.setdefault(rad, []).append(img)
+    return ReaderCases(k, gt, preds, {r: sorted(v) for r, v in per_reader.items()})
+
+
 def reader_scores(
     table: pd.DataFrame,
     iou_thr: float = 0.4,
     fusion: str = "wbf",
     fusion_iou_thr: float | None = None,
     image_ids: Iterable[str] | None = None,
+    cases: ReaderCases | None = None,
 ) -> dict[str, ReaderScore]:
     """Each reader's challenge metric against the fusion of the other readers of its images (module docstring).
 
@@ -120,56 +218,33 @@ def reader_scores(
         fusion: how the other readers' boxes become one ground truth: "wbf", "nms" or "none".
         fusion_iou_thr: the fusion's IoU (default ``iou_thr``).
         image_ids: score only these images (default: all).
+        cases: :func:`reader_cases` already computed (then ``fusion`` and ``image_ids`` are its own).
 
     Returns:
         rad_id -> :class:`ReaderScore`, readers in natural order.
     """
-    classes = tuple(table.attrs.get("classes") or ())
-    if not classes:
-        raise InputError("reader_scores needs the class names (a table read by detx.data.readers)")
-    k = len(classes)
     fusion_iou_thr = iou_thr if fusion_iou_thr is None else fusion_iou_thr
-    known = _known(table, image_ids)
-    rads = known["rad_id"].astype(str).to_numpy()
-    images = known["image_id"].astype(str).to_numpy()
-    codes, uniques = pd.factorize(images)  # integer image codes: set operations by indexing, not string compares
-    n_readers = pd.Series(rads).groupby(codes).nunique().reindex(range(len(uniques)), fill_value=0).to_numpy()
-    shared = n_readers >= 2
-    is_finding = (known["class_name"] != NO_FINDING).to_numpy()
-    boxes = known[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
-    cids = known["class_id"].to_numpy(dtype=np.int64)
+    if cases is None:
+        cases = reader_cases(table, fusion, fusion_iou_thr, image_ids)
     out: dict[str, ReaderScore] = {}
-    for rad in reader_ids(known):
-        mine = rads == rad
-        scored = np.zeros(len(uniques), bool)
-        scored[codes[mine]] = True
-        scored &= shared
-        imgs = sorted(str(i) for i in uniques[scored])
+    for rad in reader_ids(_known(table, image_ids)):
+        imgs = cases.images.get(rad, [])
         if not imgs:
             out[rad] = ReaderScore(rad, 0, None)
             continue
-        on = scored[codes]
-        others = _subset(known, on & ~mine)
-        fused = fuse_readers(others, method=fusion, iou_thr=fusion_iou_thr)
-        f_find = (fused["class_name"] != NO_FINDING).to_numpy()
-        f_boxes = fused[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
-        f_cls = fused["class_id"].to_numpy(dtype=np.int64)
-        gt = {i: (np.zeros((0, 4)), np.zeros(0, np.int64)) for i in imgs}
-        for image_id, idx in fused.groupby("image_id", sort=False).indices.items():
-            keep = idx[f_find[idx]]
-            gt[str(image_id)] = (f_boxes[keep], f_cls[keep])
-        by_image: dict[str, list[int]] = {}
-        for i in np.flatnonzero(on & mine & is_finding):
-            by_image.setdefault(images[i], []).append(i)
-        preds = {i: Predictions(boxes[rows], np.ones(len(rows)), cids[rows]) for i, rows in by_image.items()}
-        for image_id in imgs:
-            if image_id not in preds:  # the reader drew nothing: its "No finding" call
-                preds[image_id] = Predictions([WHOLE_IMAGE_BOX], [1.0], [k])
-        result = vinbigdata_map(gt, preds, num_classes=k, iou_thr=iou_thr)
-        ap = operating_point_ap(result)
-        valid = [v for v in ap.values() if v is not None]
-        out[rad] = ReaderScore(rad, len(imgs), float(np.mean(valid)) if valid else None, ap)
+        m, ap = cases.score((i + _KEY_SEP + rad for i in imgs), iou_thr)
+        out[rad] = ReaderScore(rad, len(imgs), m, ap)
     return out
+
+
+def pooled_baseline(cases: ReaderCases, image_ids: Iterable[str], iou_thr: float = 0.4) -> dict[str, Any]:
+    """The honest human baseline on ``image_ids``: every reader of each image scored against the fusion of its
+    co-readers, all (reader, image) cases pooled into one challenge metric (so each image weighs the same, whoever
+    read it). ``{"mAP40": x or None, "images": n, "cases": n}`` (the key follows ``iou_thr``)."""
+    wanted = set(map(str, image_ids))
+    keys = [k for k in cases.gt if k.split(_KEY_SEP, 1)[0] in wanted]
+    m, _ = cases.score(keys, iou_thr)
+    return {map_key(iou_thr): m, "images": len({k.split(_KEY_SEP, 1)[0] for k in keys}), "cases": len(keys)}
 
 
 def human_baseline(
@@ -374,3 +449,130 @@ def reader_agreement(
     return ReaderAgreement(key, float(iou_thr), fusion, float(fusion_iou_thr), classes, readers, ap_per_class,
                            class_mix, kappa, outliers, baseline, int(known["image_id"].nunique()),
                            int((per_image >= 2).sum()))
+
+
+# ------------------------------------------------------------------------------------------ paired outliers
+# A reader against its own co-readers, image by image: does it agree with them less than they agree with each other?
+
+#: one-sided sign test level, divided by the number of readers tested (Bonferroni)
+PAIRED_ALPHA = 0.05
+#: and the mean paired difference must be at most minus this (an effect worth acting on, not just a significant one)
+PAIRED_DELTA = 0.15
+PAIRED_RULE = (
+    "on every image with 3 or more readers and at least one box, the agreement of two readers is the F1 of their "
+    "boxes (same class, IoU > {iou:g}, greedy one-to-one matching by IoU; 1 when neither drew a box); a reader's "
+    "agreement is its mean F1 with its co-readers there, the co-readers' agreement their mean F1 with each other; "
+    "d = the difference. A reader is an outlier when d < 0 on significantly more images than d > 0 (one-sided "
+    f"sign test, p < {PAIRED_ALPHA:g} / the number of readers tested) and the mean d is at most -{PAIRED_DELTA:g}")
+
+
+def pairwise_f1(table: pd.DataFrame, iou_thr: float = 0.4, min_readers: int = 3) -> pd.DataFrame:
+    """The agreement of every pair of readers on every image with at least ``min_readers`` readers and one box:
+    columns ``image_id, rad_a, rad_b, boxes_a, boxes_b, matched, f1`` (F1 = 2 matched / (boxes_a + boxes_b), 1 when
+    both drew nothing; a match is a pair of boxes of one class with IoU > ``iou_thr``, taken greedily by IoU, each
+    box at most once per pair of readers)."""
+    known = _known(table, None)
+    img_codes, images = pd.factorize(known["image_id"].astype(str).to_numpy())
+    rads = reader_ids(known)
+    rank = {r: k for k, r in enumerate(rads)}
+    rcode = np.array([rank[r] for r in known["rad_id"].astype(str)], dtype=np.int64)
+    finding = (known["class_name"] != NO_FINDING).to_numpy()
+    n_img, n_rad = len(images), len(rads)
+    boxes_per = np.zeros((n_img, n_rad), np.int64)
+    np.add.at(boxes_per, (img_codes[finding], rcode[finding]), 1)
+    read = np.zeros((n_img, n_rad), bool)
+    read[img_codes, rcode] = True
+    eligible = (read.sum(axis=1) >= min_readers) & (boxes_per.sum(axis=1) > 0)
+    ii, rr = np.nonzero(read & eligible[:, None])
+    reads = pd.DataFrame({"img": ii, "rad": rr})
+    pairs = reads.merge(reads, on="img", suffixes=("_a", "_b"))
+    pairs = pairs[pairs["rad_a"] < pairs["rad_b"]].reset_index(drop=True)
+    # candidate box pairs: one class, one image, two readers
+    sel = finding & eligible[img_codes]
+    fb = pd.DataFrame({"img": img_codes[sel], "rad": rcode[sel], "cls": known["class_id"].to_numpy()[sel],
+                       "box": np.arange(int(sel.sum()))})
+    coords = known[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)[sel]
+    cand = fb.merge(fb, on=["img", "cls"], suffixes=("_a", "_b"))
+    cand = cand[cand["rad_a"] < cand["rad_b"]]
+    a, b = coords[cand["box_a"].to_numpy()], coords[cand["box_b"].to_numpy()]
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    keep = iou > iou_thr
+    cand = cand[keep].assign(iou=iou[keep]).sort_values(["img", "rad_a", "rad_b", "iou"],
+                                                         ascending=[True, True, True, False], kind="stable")
+    matched: dict[tuple[int, int, int], int] = {}
+    used: set[tuple[int, int]] = set()
+    for img, ra, rb, ba, bb in zip(cand["img"].to_numpy(), cand["rad_a"].to_numpy(), cand["rad_b"].to_numpy(),
+                                   cand["box_a"].to_numpy(), cand["box_b"].to_numpy()):
+        ka, kb = (int(ba), int(rb)), (int(bb), int(ra))  # a box is matched at most once per other reader
+        if ka in used or kb in used:
+            continue
+        used.add(ka)
+        used.add(kb)
+        key = (int(img), int(ra), int(rb))
+        matched[key] = matched.get(key, 0) + 1
+    img_p, ra_p, rb_p = (pairs[c].to_numpy() for c in ("img", "rad_a", "rad_b"))
+    m = np.array([matched.get((int(i), int(x), int(y)), 0) for i, x, y in zip(img_p, ra_p, rb_p)], dtype=np.int64)
+    na, nb = boxes_per[img_p, ra_p], boxes_per[img_p, rb_p]
+    total = na + nb
+    f1 = np.where(total > 0, 2 * m / np.where(total > 0, total, 1), 1.0)
+    rad_names = np.array(rads, dtype=object)
+    return pd.DataFrame({"image_id": np.asarray(images, dtype=object)[img_p], "rad_a": rad_names[ra_p],
+                         "rad_b": rad_names[rb_p], "boxes_a": na, "boxes_b": nb, "matched": m, "f1": f1})
+
+
+def paired_agreement(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per image and reader, from :func:`pairwise_f1`: ``agreement`` (the reader's mean F1 with its co-readers),
+    ``co_agreement`` (the co-readers' mean F1 with each other) and ``d`` = agreement - co_agreement."""
+    cols = ["image_id", "rad_id", "agreement", "co_agreement", "d"]
+    if not len(pairs):
+        return pd.DataFrame(columns=cols)
+    img, images = pd.factorize(pairs["image_id"].to_numpy())
+    ra, rads = pd.factorize(np.concatenate([pairs["rad_a"].to_numpy(), pairs["rad_b"].to_numpy()]))
+    n_img, n_rad = len(images), len(rads)
+    f1 = pairs["f1"].to_numpy(dtype=np.float64)
+    img2, f2 = np.concatenate([img, img]), np.concatenate([f1, f1])
+    total = np.bincount(img, weights=f1, minlength=n_img)
+    n_pairs = np.bincount(img, minlength=n_img)
+    mine = np.zeros((n_img, n_rad))
+    count = np.zeros((n_img, n_rad), np.int64)
+    np.add.at(mine, (img2, ra), f2)
+    np.add.at(count, (img2, ra), 1)
+    ii, rr = np.nonzero(count)
+    k_minus_1 = count[ii, rr]
+    others = n_pairs[ii] - k_minus_1
+    ok = others > 0
+    ii, rr, k_minus_1, others = ii[ok], rr[ok], k_minus_1[ok], others[ok]
+    agreement = mine[ii, rr] / k_minus_1
+    co = (total[ii] - mine[ii, rr]) / others
+    return pd.DataFrame({"image_id": np.asarray(images, dtype=object)[ii], "rad_id": np.asarray(rads, dtype=object)[rr],
+                         "agreement": agreement, "co_agreement": co, "d": agreement - co})
+
+
+def paired_outliers(per_image: pd.DataFrame, alpha: float = PAIRED_ALPHA,
+                    delta: float = PAIRED_DELTA) -> tuple[pd.DataFrame, list[str]]:
+    """Per reader from :func:`paired_agreement`: ``paired_images``, ``agreement_with_coreaders``,
+    ``coreaders_agreement``, ``paired_diff`` (mean d), ``images_below`` / ``images_above`` (d < 0 / d > 0),
+    ``sign_test_p`` (one-sided: P(at most images_above of the untied images | no difference)); and the outliers
+    (the rule is :data:`PAIRED_RULE`)."""
+    from scipy.special import bdtr  # the binomial CDF (scipy.stats takes seconds to import)
+
+    cols = ["rad_id", "paired_images", "agreement_with_coreaders", "coreaders_agreement", "paired_diff",
+            "images_below", "images_above", "sign_test_p"]
+    if not len(per_image):
+        return pd.DataFrame(columns=cols), []
+    g = per_image.assign(below=per_image["d"] < -1e-12, above=per_image["d"] > 1e-12).groupby("rad_id")
+    stats = pd.DataFrame({"paired_images": g.size(), "agreement_with_coreaders": g["agreement"].mean(),
+                          "coreaders_agreement": g["co_agreement"].mean(), "paired_diff": g["d"].mean(),
+                          "images_below": g["below"].sum().astype(np.int64),
+                          "images_above": g["above"].sum().astype(np.int64)})
+    untied = stats["images_below"] + stats["images_above"]
+    stats["sign_test_p"] = np.where(untied > 0, bdtr(stats["images_above"], untied, 0.5), 1.0)
+    stats = stats.reset_index()
+    stats = stats.iloc[sorted(range(len(stats)), key=lambda i: reader_sort_key(stats["rad_id"].iat[i]))]
+    level = alpha / max(len(stats), 1)
+    flagged = stats[(stats["sign_test_p"] < level) & (stats["paired_diff"] <= -delta)]["rad_id"].tolist()
+    return stats[cols].reset_index(drop=True), flagged
