@@ -42,7 +42,7 @@ import pandas as pd
 from detx.core.classes import NO_FINDING
 from detx.core.errors import InputError
 from detx.core.predictions import WHOLE_IMAGE_BOX, Predictions
-from detx.data.fusion import fuse_readers
+from detx.data.fusion import fuse_box_groups
 from detx.data.readers import BOX_COLUMNS, reader_ids, reader_sort_key, require_reader_ids
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
 
@@ -139,8 +139,8 @@ def reader_cases(
     image_ids: Iterable[str] | None = None,
 ) -> ReaderCases:
     """Each reader on each image it read with another reader, against the fusion of those others (module docstring).
-    The others' boxes of every case are fused in one :func:`fuse_readers` call (an image where they drew nothing
-    needs no fusion: its ground truth is empty)."""
+    The others' boxes of all the cases are fused at once (:func:`detx.data.fusion.fuse_box_groups`: the boxes
+    :func:`detx.data.fusion.fuse_readers` gives); a case where they drew nothing has an empty ground truth."""
     classes = tuple(table.attrs.get("classes") or ())
     if not classes:
         raise InputError("reader_scores needs the class names (a table read by detx.data.readers)")
@@ -168,22 +168,38 @@ def reader_cases(
     left_out = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     key_of = np.char.add(np.char.add(images.astype(str), _KEY_SEP), rad_names.astype(str)[rad_codes]) \
         if len(images) else np.zeros(0, str)
-    others = known.iloc[src].reset_index(drop=True)
-    others["image_id"] = np.char.add(np.char.add(images[src].astype(str), _KEY_SEP),
-                                     rad_names.astype(str)[left_out]) if len(src) else others["image_id"]
-    others.attrs = dict(table.attrs)
-    fused = fuse_readers(others, method=fusion, iou_thr=fusion_iou_thr) if len(others) else others
-    f_find = (fused["class_name"] != NO_FINDING).to_numpy()
     empty = (np.zeros((0, 4)), np.zeros(0, np.int64))
     keys = np.char.add(np.char.add(np.asarray(uniques, dtype=str)[case_img], _KEY_SEP),
                        rad_names.astype(str)[case_rad]) if len(case_img) else np.zeros(0, str)
     gt: dict[str, tuple[np.ndarray, np.ndarray]] = dict.fromkeys(keys.tolist(), empty)
-    if len(fused):
-        f_boxes = fused[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
-        f_cls = fused["class_id"].to_numpy(dtype=np.int64)
-        for key, idx in fused.groupby("image_id", sort=False).indices.items():
-            keep = idx[f_find[idx]]
-            gt[str(key)] = (f_boxes[keep], f_cls[keep])
+    if len(src):
+        # one set per (case, class); each case's boxes normalized by their largest x and y, as fuse_readers does
+        case_code = codes[src].astype(np.int64) * len(rad_names) + left_out
+        cls = cids[src]
+        group = case_code * (k + 1) + cls
+        b = boxes[src]
+        _, inv = np.unique(case_code, return_inverse=True)
+        w = np.maximum(np.zeros(inv.max() + 1), 1e-6)
+        h = w.copy()
+        np.maximum.at(w, inv, np.maximum(b[:, 0], b[:, 2]))
+        np.maximum.at(h, inv, np.maximum(b[:, 1], b[:, 3]))
+        scale = np.stack([w[inv], h[inv], w[inv], h[inv]], axis=1)
+        # where the others are one reader, their boxes are one opinion and stay as they are (as in fuse_readers)
+        single = (read.sum(axis=1)[codes[src]] - 1) == 1
+        g1, f1 = fuse_box_groups(group[~single], b[~single], scale[~single], fusion, fusion_iou_thr)
+        g2, f2 = fuse_box_groups(group[single], b[single], scale[single], "none", fusion_iou_thr)
+        g, fused = np.concatenate([g1, g2]), np.concatenate([f1, f2]).reshape(-1, 4)
+        order = np.argsort(g, kind="stable")
+        g, fused = g[order], fused[order]
+        case_of = g // (k + 1)
+        f_cls = g % (k + 1)
+        starts = np.flatnonzero(np.r_[True, case_of[1:] != case_of[:-1]])
+        ends = np.r_[starts[1:], len(case_of)]
+        img_names = np.asarray(uniques, dtype=str)
+        rad_str = rad_names.astype(str)
+        for s0, s1 in zip(starts, ends):
+            c = int(case_of[s0])
+            gt[img_names[c // len(rad_names)] + _KEY_SEP + rad_str[c % len(rad_names)]] = (fused[s0:s1], f_cls[s0:s1])
     mine = np.flatnonzero(is_finding & shared[codes])
     by_key = pd.Series(mine).groupby(key_of[mine]).indices if len(mine) else {}
     preds = {}
