@@ -43,7 +43,15 @@ from detx.core.classes import NO_FINDING
 from detx.core.errors import InputError
 from detx.core.predictions import WHOLE_IMAGE_BOX, Predictions
 from detx.data.fusion import fuse_box_groups
-from detx.data.readers import BOX_COLUMNS, reader_ids, reader_sort_key, require_reader_ids
+from detx.data.readers import (
+    BOX_COLUMNS,
+    image_panels,
+    reader_ids,
+    reader_panels,
+    reader_sort_key,
+    require_reader_ids,
+)
+from detx.evaluation.reader_styles import STYLE_RULE, ReaderStyles, reader_styles
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
 
 logger = logging.getLogger(__name__)
@@ -348,125 +356,6 @@ def pairwise_kappa(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rad_a", "rad_b", "images", "kappa"])
 
 
-@dataclass
-class ReaderAgreement:
-    """Everything :func:`reader_agreement` finds; ``readers`` has one row per rad_id (see :meth:`to_dict`)."""
-
-    key: str
-    iou_thr: float
-    fusion: str
-    fusion_iou_thr: float
-    classes: tuple[str, ...]
-    readers: pd.DataFrame
-    ap_per_class: dict[str, dict[str, float | None]]
-    class_mix: dict[str, dict[str, int]]
-    kappa: pd.DataFrame
-    outliers: list[str]
-    human_baseline: float | None
-    num_images: int
-    num_images_shared: int
-
-    @property
-    def score_column(self) -> str:
-        """``mAP40_vs_others`` (the key follows the IoU threshold)."""
-        return f"{self.key}_vs_others"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: settings, the human baseline, the outlier rule and outliers, one entry per reader, kappas."""
-
-        def plain(v: Any) -> Any:
-            if isinstance(v, (np.bool_, bool)):
-                return bool(v)
-            if isinstance(v, (np.integer,)):
-                return int(v)
-            if isinstance(v, (float, np.floating)):
-                return None if not np.isfinite(v) else float(v)
-            return v
-
-        per_class = {f"AP{self.key[3:]}_{n}" for n in (*self.classes, NO_FINDING)} | {f"boxes_{n}" for n in self.classes}
-        readers = []
-        for rec in self.readers.to_dict("records"):
-            entry = {c: plain(v) for c, v in rec.items() if c not in per_class}
-            entry["AP_per_class"] = self.ap_per_class.get(rec["rad_id"], {})
-            entry["class_mix"] = self.class_mix.get(rec["rad_id"], {})
-            readers.append(entry)
-        scored = self.readers[self.score_column].dropna()
-        return {
-            "iou_thr": self.iou_thr, "fusion": self.fusion, "fusion_iou_thr": self.fusion_iou_thr,
-            "classes": list(self.classes), "num_images": self.num_images,
-            "num_images_shared": self.num_images_shared, "num_readers": len(self.readers),
-            "human_baseline": {f"{self.key}_mean": self.human_baseline, "n_readers": int(len(scored)),
-                               "per_reader": {r: plain(v) for r, v in
-                                              zip(self.readers.loc[scored.index, "rad_id"], scored)}},
-            "outlier_rule": OUTLIER_RULE, "outliers": list(self.outliers),
-            "readers": readers,
-            "kappa": [{k: plain(v) for k, v in rec.items()} for rec in self.kappa.to_dict("records")],
-        }
-
-
-def reader_agreement(
-    table: pd.DataFrame,
-    iou_thr: float = 0.4,
-    fusion: str = "wbf",
-    fusion_iou_thr: float | None = None,
-    image_ids: Iterable[str] | None = None,
-    source: str = "the annotations",
-) -> ReaderAgreement:
-    """Who the readers are and how much they agree (module docstring): per reader the images read, boxes per
-    image, class mix, share of images called normal, ``mAP40_vs_others`` (overall and per class), its robust
-    z-score and outlier flag, and its image-weighted mean kappa with the others; the pairwise kappas.
-
-    Raises:
-        InputError: a table without reader ids (``source`` names the file), or no image read by two readers.
-    """
-    require_reader_ids(table, source, "reader agreement")
-    fusion_iou_thr = iou_thr if fusion_iou_thr is None else fusion_iou_thr
-    key = map_key(iou_thr)
-    classes = tuple(table.attrs["classes"])
-    names = [*classes, NO_FINDING]
-    known = _known(table, image_ids)
-    per_image = known.groupby("image_id")["rad_id"].nunique()
-    if not (per_image >= 2).any():
-        raise InputError(f"{source}: no image was read by two readers, so there is no agreement to measure")
-    scores = reader_scores(known, iou_thr, fusion, fusion_iou_thr)
-    col = f"{key}_vs_others"
-    z, outliers = robust_outliers({r: s.mAP for r, s in scores.items() if s.mAP is not None})
-    kappa = pairwise_kappa(known)
-    finding = known[known["class_name"] != NO_FINDING]
-    calls = abnormal_calls(known)
-    rows = []
-    ap_per_class: dict[str, dict[str, float | None]] = {}
-    class_mix: dict[str, dict[str, int]] = {}
-    for rad, s in scores.items():
-        read = calls[rad].dropna()
-        mine = finding[finding["rad_id"] == rad]
-        counts = mine["class_name"].value_counts()
-        class_mix[rad] = {c: int(counts.get(c, 0)) for c in classes}
-        ap_per_class[rad] = {names[c]: v for c, v in s.ap_per_class.items()} if s.mAP is not None else {}
-        pairs = kappa[((kappa["rad_a"] == rad) | (kappa["rad_b"] == rad)) & kappa["kappa"].notna()]
-        kappa_mean = (float(np.average(pairs["kappa"].astype(float), weights=pairs["images"]))
-                      if len(pairs) else None)
-        row: dict[str, Any] = {
-            "rad_id": rad, "images": int(len(read)), "images_scored": s.images, "boxes": int(len(mine)),
-            "boxes_per_image": len(mine) / len(read) if len(read) else None,
-            "normal_share": float((read == 0).mean()) if len(read) else None,
-            col: s.mAP, "robust_z": z.get(rad), "outlier": rad in outliers, "kappa_vs_others": kappa_mean,
-        }
-        for name in names:
-            row[f"AP{key[3:]}_{name}"] = ap_per_class[rad].get(name)
-        for name in classes:
-            row[f"boxes_{name}"] = class_mix[rad][name]
-        rows.append(row)
-    readers = pd.DataFrame(rows)
-    scored = readers[col].dropna()
-    baseline = float(scored.mean()) if len(scored) else None
-    if outliers:
-        logger.info("outlier readers (robust z < %g): %s", OUTLIER_Z, ", ".join(outliers))
-    return ReaderAgreement(key, float(iou_thr), fusion, float(fusion_iou_thr), classes, readers, ap_per_class,
-                           class_mix, kappa, outliers, baseline, int(known["image_id"].nunique()),
-                           int((per_image >= 2).sum()))
-
-
 # ------------------------------------------------------------------------------------------ paired outliers
 # A reader against its own co-readers, image by image: does it agree with them less than they agree with each other?
 
@@ -592,3 +481,213 @@ def paired_outliers(per_image: pd.DataFrame, alpha: float = PAIRED_ALPHA,
     level = alpha / max(len(stats), 1)
     flagged = stats[(stats["sign_test_p"] < level) & (stats["paired_diff"] <= -delta)]["rad_id"].tolist()
     return stats[cols].reset_index(drop=True), flagged
+
+
+#: a panel gets its own human-baseline figure from this many abnormal images on; smaller ones are pooled
+MIN_PANEL_ABNORMAL = 50
+BASELINE_RULE = (
+    "every reader of an image with at least one box (by anyone) and two or more readers, scored against the fusion "
+    "of its co-readers' boxes, all (reader, image) cases pooled into one challenge metric (boxes at confidence 1: "
+    "AP = precision x recall per class, mean over the classes with ground truth). Normal images are left out: there "
+    "a reader's 'No finding' call scores 1 against colleagues who also saw nothing, which lifts readers who only "
+    "read normal images to 1. Compare it with a model's mAP40 on the same images (tools/evaluate.py on those "
+    "images): it is what a radiologist scores, on the images with findings, against the fused boxes of two others")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if not np.isfinite(v) else float(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+@dataclass
+class ReaderAgreement:
+    """Everything :func:`reader_agreement` finds; ``readers`` has one row per rad_id (see :meth:`to_dict`).
+
+    ``human_baseline`` is the mean over the readers of ``mAP40_vs_others`` on all their images (kept for
+    comparison; inflated where readers read only normal images); ``baseline`` is the honest one
+    (:data:`BASELINE_RULE`), with ``baseline["per_panel"]``."""
+
+    key: str
+    iou_thr: float
+    fusion: str
+    fusion_iou_thr: float
+    classes: tuple[str, ...]
+    readers: pd.DataFrame
+    ap_per_class: dict[str, dict[str, float | None]]
+    class_mix: dict[str, dict[str, int]]
+    kappa: pd.DataFrame
+    outliers: list[str]
+    human_baseline: float | None
+    num_images: int
+    num_images_shared: int
+    baseline: dict[str, Any] = field(default_factory=dict)
+    panels: list[dict[str, Any]] = field(default_factory=list)
+    styles: ReaderStyles | None = None
+    outliers_z: list[str] = field(default_factory=list)
+    outliers_paired: list[str] = field(default_factory=list)
+    unanimous_share: float | None = None
+    images_abnormal: int = 0
+
+    @property
+    def score_column(self) -> str:
+        """``mAP40_vs_others`` (the key follows the IoU threshold)."""
+        return f"{self.key}_vs_others"
+
+    @property
+    def kappa_note(self) -> str | None:
+        """Why every kappa is 1 when normal vs abnormal is unanimous on every image (VinBigData), else None."""
+        if self.unanimous_share is None or self.unanimous_share < 1.0:
+            return None
+        return (f"normal vs abnormal is unanimous on every one of the {self.num_images_shared} images read by two or "
+                "more readers (all drew a box or none did), so every defined kappa is 1 by construction: it measures "
+                "nothing about the boxes (the Kaggle VinBigData train.csv is built that way); see the paired "
+                "agreement and mAP40 columns instead")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: settings, panels, the human baselines, style groups, the outlier rules and outliers, one entry
+        per reader, kappas."""
+        per_class = {f"AP{self.key[3:]}_{n}" for n in (*self.classes, NO_FINDING)} | {f"boxes_{n}" for n in self.classes}
+        readers = []
+        for rec in self.readers.to_dict("records"):
+            entry = {c: _plain(v) for c, v in rec.items() if c not in per_class}
+            entry["AP_per_class"] = self.ap_per_class.get(rec["rad_id"], {})
+            entry["class_mix"] = self.class_mix.get(rec["rad_id"], {})
+            readers.append(entry)
+        scored = self.readers[self.score_column].dropna()
+        st = self.styles
+        return {
+            "iou_thr": self.iou_thr, "fusion": self.fusion, "fusion_iou_thr": self.fusion_iou_thr,
+            "classes": list(self.classes), "num_images": self.num_images,
+            "num_images_shared": self.num_images_shared, "num_images_abnormal": self.images_abnormal,
+            "num_readers": len(self.readers),
+            "panels": _plain(self.panels),
+            "human_baseline": {**_plain(self.baseline),
+                               f"{self.key}_mean": self.human_baseline, "n_readers": int(len(scored)),
+                               "mean_rule": f"mean over the readers of {self.score_column} on all the images they "
+                                            "read, normal ones included (inflated where readers read only normal "
+                                            "images; kept for comparison)",
+                               "per_reader": {r: _plain(v) for r, v in
+                                              zip(self.readers.loc[scored.index, "rad_id"], scored)}},
+            "style_rule": STYLE_RULE, "style_relative_sizes": bool(st.relative) if st else False,
+            "style_groups": _plain(st.groups) if st else [],
+            "too_few_boxes": list(st.too_few_boxes) if st else [],
+            "style_merge_heights": _plain(st.merge_heights) if st else [],
+            "outlier_rule": f"outlier by either rule. Paired: {PAIRED_RULE.format(iou=self.iou_thr)}. Across "
+                            f"readers: {OUTLIER_RULE}",
+            "outliers": list(self.outliers), "outliers_paired": list(self.outliers_paired),
+            "outliers_z": list(self.outliers_z),
+            "unanimous_share": self.unanimous_share, "kappa_note": self.kappa_note,
+            "readers": readers,
+            "kappa": [{k: _plain(v) for k, v in rec.items()} for rec in self.kappa.to_dict("records")],
+        }
+
+
+def reader_agreement(
+    table: pd.DataFrame,
+    iou_thr: float = 0.4,
+    fusion: str = "wbf",
+    fusion_iou_thr: float | None = None,
+    image_ids: Iterable[str] | None = None,
+    source: str = "the annotations",
+    image_sizes: Mapping[str, tuple[float, float]] | None = None,
+) -> ReaderAgreement:
+    """Who the readers are and how much they agree (module docstring): per reader the images read, boxes per
+    image, class mix, share of images called normal, ``mAP40_vs_others`` (overall and per class), its robust
+    z-score, the paired comparison with its co-readers, the outlier flags, its drawing style and style group, and its
+    image-weighted mean kappa with the others; the panels, the honest human baseline (overall and per panel), the
+    style groups and the pairwise kappas.
+
+    Args:
+        image_sizes: image_id -> (width, height) of every image, for relative box sizes and positions (None: pixels).
+
+    Raises:
+        InputError: a table without reader ids (``source`` names the file), or no image read by two readers.
+    """
+    require_reader_ids(table, source, "reader agreement")
+    fusion_iou_thr = iou_thr if fusion_iou_thr is None else fusion_iou_thr
+    key = map_key(iou_thr)
+    classes = tuple(table.attrs["classes"])
+    names = [*classes, NO_FINDING]
+    known = _known(table, image_ids)
+    per_image = image_panels(known)
+    if not (per_image["n_readers"] >= 2).any():
+        raise InputError(f"{source}: no image was read by two readers, so there is no agreement to measure")
+    cases = reader_cases(known, fusion, fusion_iou_thr)
+    scores = reader_scores(known, iou_thr, fusion, fusion_iou_thr, cases=cases)
+    col = f"{key}_vs_others"
+    z, outliers_z = robust_outliers({r: s.mAP for r, s in scores.items() if s.mAP is not None})
+    paired, outliers_paired = paired_outliers(paired_agreement(pairwise_f1(known, iou_thr)))
+    outliers = sorted(set(outliers_z) | set(outliers_paired), key=reader_sort_key)
+    kappa = pairwise_kappa(known)
+    calls = abnormal_calls(known)
+    shared_calls = calls[calls.notna().sum(axis=1) >= 2]
+    unanimous = float((shared_calls.max(axis=1) == shared_calls.min(axis=1)).mean()) if len(shared_calls) else None
+    styles = reader_styles(known, image_sizes)
+    group_of = styles.group_of()
+    st = styles.styles.set_index("rad_id")
+    pr = paired.set_index("rad_id")
+
+    # the honest baseline: abnormal images read by two or more, pooled; per panel where it has enough of them
+    abnormal = per_image[per_image["abnormal"] & (per_image["n_readers"] >= 2)]
+    panels = reader_panels(known, per_image)
+    baseline = {**pooled_baseline(cases, abnormal["image_id"], iou_thr), "rule": BASELINE_RULE, "per_panel": []}
+    big = [p for p in panels if p["abnormal_images"] >= MIN_PANEL_ABNORMAL and len(p["readers"]) >= 2]
+    for p in big:
+        ids = abnormal.loc[abnormal["panel"] == p["panel"], "image_id"]
+        p["human_baseline"] = pooled_baseline(cases, ids, iou_thr)[key]
+        baseline["per_panel"].append({"panel": p["panel"], "abnormal_images": len(ids), key: p["human_baseline"]})
+    rest = abnormal.loc[~abnormal["panel"].isin({p["panel"] for p in big}), "image_id"]
+    if len(rest) and big:
+        baseline["per_panel"].append({"panel": "other panels", "panels": len(set(abnormal["panel"]) - {
+            p["panel"] for p in big}), "abnormal_images": len(rest), key: pooled_baseline(cases, rest, iou_thr)[key]})
+
+    finding = known[known["class_name"] != NO_FINDING]
+    rows = []
+    ap_per_class: dict[str, dict[str, float | None]] = {}
+    class_mix: dict[str, dict[str, int]] = {}
+    for rad, s in scores.items():
+        read = calls[rad].dropna()
+        mine = finding[finding["rad_id"] == rad]
+        counts = mine["class_name"].value_counts()
+        class_mix[rad] = {c: int(counts.get(c, 0)) for c in classes}
+        ap_per_class[rad] = {names[c]: v for c, v in s.ap_per_class.items()} if s.mAP is not None else {}
+        pairs = kappa[((kappa["rad_a"] == rad) | (kappa["rad_b"] == rad)) & kappa["kappa"].notna()]
+        kappa_mean = (float(np.average(pairs["kappa"].astype(float), weights=pairs["images"]))
+                      if len(pairs) else None)
+        row: dict[str, Any] = {
+            "rad_id": rad, "images": int(len(read)), "images_scored": s.images, "boxes": int(len(mine)),
+            "boxes_per_image": len(mine) / len(read) if len(read) else None,
+            "normal_share": float((read == 0).mean()) if len(read) else None,
+            col: s.mAP, "robust_z": z.get(rad), "outlier": rad in outliers, "outlier_paired": rad in outliers_paired,
+            "outlier_z": rad in outliers_z, "kappa_vs_others": kappa_mean,
+            "style_group": group_of.get(rad, "too few boxes" if rad in styles.too_few_boxes else ""),
+        }
+        for c in ("paired_images", "agreement_with_coreaders", "coreaders_agreement", "paired_diff", "sign_test_p"):
+            row[c] = pr[c].get(rad, np.nan) if len(pr) else np.nan
+        for c in ("boxes_per_abnormal_image", "median_box_size_px", "median_box_area_px2", "median_box_size_rel",
+                  "center_x", "center_y", "top_classes"):
+            row[c] = st[c].get(rad, np.nan)
+        for name in names:
+            row[f"AP{key[3:]}_{name}"] = ap_per_class[rad].get(name)
+        for name in classes:
+            row[f"boxes_{name}"] = class_mix[rad][name]
+        rows.append(row)
+    readers = pd.DataFrame(rows)
+    scored = readers[col].dropna()
+    mean_baseline = float(scored.mean()) if len(scored) else None
+    if outliers:
+        logger.info("outlier readers: %s", ", ".join(outliers))
+    return ReaderAgreement(key, float(iou_thr), fusion, float(fusion_iou_thr), classes, readers, ap_per_class,
+                           class_mix, kappa, outliers, mean_baseline, int(len(per_image)),
+                           int((per_image["n_readers"] >= 2).sum()), baseline=baseline, panels=panels,
+                           styles=styles, outliers_z=outliers_z, outliers_paired=outliers_paired,
+                           unanimous_share=unanimous, images_abnormal=int(per_image["abnormal"].sum()))
