@@ -25,7 +25,6 @@ once the image size is known: :func:`check_box_bounds`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -134,7 +133,8 @@ def _class_lookup(classes: Iterable[str], aliases: dict[str, str] | None = None)
 def _str_col(df: pd.DataFrame, name: str) -> pd.Series:
     if name not in df.columns:
         return pd.Series([""] * len(df), index=df.index, dtype=object)
-    return df[name].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
+    col = df[name]
+    return col.where(col.notna(), "").astype(str).str.strip().astype(object)
 
 
 def _read_csv(path: str | os.PathLike) -> pd.DataFrame:
@@ -175,57 +175,80 @@ def _normalize(
     """Validate rows of a source CSV and build the normalized table (bad rows become problems)."""
     index = {c: i for i, c in enumerate(classes)}
     nf_id = len(classes)
-    image_ids = _str_col(df, "image_id")
-    rad_ids = _str_col(df, "rad_id")
-    study_ids = _str_col(df, "study_id")
-    names = _str_col(df, class_col)
-    given_ids = _str_col(df, class_id_col) if class_id_col else None
+    n = len(df)
+    image_ids = _str_col(df, "image_id").to_numpy(dtype=object)
+    rad_ids = _str_col(df, "rad_id").to_numpy(dtype=object)
+    study_ids = _str_col(df, "study_id").to_numpy(dtype=object)
+    names = _str_col(df, class_col).to_numpy(dtype=object)
+    given_ids = _str_col(df, class_id_col).to_numpy(dtype=object) if class_id_col else None
     coords = np.stack(
         [pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) if c in df.columns
-         else np.full(len(df), np.nan) for c in coord_cols], axis=1,
-    ) if len(df) else np.zeros((0, 4))
-    rows = []
-    for i in range(len(df)):
-        line = i + 2
-        where = f"{source} line {line}"
-        image_id = image_ids.iat[i]
+         else np.full(n, np.nan) for c in coord_cols], axis=1,
+    ) if n else np.zeros((0, 4))
+
+    # every check as an array operation over the distinct values; only the rows that fail one are looked at one by one
+    def canonical(raw: str) -> str | None:
+        name = lookup.get(_key(raw))
+        if name is not None and class_map is not None and name != NO_FINDING:
+            name = class_map.get(name)
+        return name
+
+    uniq, inverse = np.unique(names.astype(str), return_inverse=True) if n else (np.zeros(0, str), np.zeros(0, int))
+    canon = np.array([canonical(u) for u in uniq], dtype=object)
+    canon_names = canon[inverse] if n else np.zeros(0, object)
+    known = np.array([c is not None for c in canon], bool)[inverse] if n else np.zeros(0, bool)
+    cid_of = np.array([-1 if c is None else nf_id if c == NO_FINDING else index[c] for c in canon], np.int64)
+    cids = cid_of[inverse] if n else np.zeros(0, np.int64)
+    is_nf = cids == nf_id
+    suspect = (image_ids == "") | ~known
+    if given_ids is not None:
+        given = pd.to_numeric(pd.Series(given_ids), errors="coerce").to_numpy(dtype=float)
+        suspect |= (given_ids != "") & ~(np.isfinite(given) & (np.trunc(given) == cids))
+    with np.errstate(invalid="ignore"):
+        bad_box = (np.isnan(coords).any(axis=1) | (coords[:, 2] <= coords[:, 0]) | (coords[:, 3] <= coords[:, 1]))
+    suspect |= ~is_nf & bad_box
+    ok = ~suspect
+    for i in np.flatnonzero(suspect):
+        where = f"{source} line {i + 2}"
+        image_id = image_ids[i]
         if not image_id:
             log.add("missing_image_id", where, "row has no image_id")
             continue
-        raw_name = names.iat[i]
-        name = lookup.get(_key(raw_name))
-        if name is not None and class_map is not None and name != NO_FINDING:
-            name = class_map.get(name)
+        raw_name = names[i]
+        name = canon_names[i]
         if name is None:
             log.add("unknown_class", where, f"image {image_id}: unknown class name {raw_name!r}", image_id)
             continue
-        cid = nf_id if name == NO_FINDING else index[name]
-        if given_ids is not None and given_ids.iat[i] != "":
+        cid = int(cids[i])
+        if given_ids is not None and given_ids[i] != "":
             try:
-                given = int(float(given_ids.iat[i]))
+                given_i = int(float(given_ids[i]))
             except ValueError:
-                given = None
-            if given != cid:
-                log.add("unknown_class", where, f"image {image_id}: class_id {given_ids.iat[i]!r} does not match "
+                given_i = None
+            if given_i != cid:
+                log.add("unknown_class", where, f"image {image_id}: class_id {given_ids[i]!r} does not match "
                         f"class name {raw_name!r} (expected {cid})", image_id)
                 continue
         box = coords[i]
         if name == NO_FINDING:
-            box = np.full(4, np.nan)
-        elif np.isnan(box).any():
+            ok[i] = True
+            continue
+        if np.isnan(box).any():
             log.add("missing_coords", where, f"image {image_id}: {name} box has missing or non-numeric "
                     f"coordinates {[df[c].iat[i] if c in df.columns else None for c in coord_cols]}", image_id)
-            continue
         elif box[2] < box[0] or box[3] < box[1]:
             log.add("inverted_box", where, f"image {image_id}: {name} box is inverted "
                     f"(x_min={box[0]:g}, y_min={box[1]:g}, x_max={box[2]:g}, y_max={box[3]:g})", image_id)
-            continue
         elif box[2] == box[0] or box[3] == box[1]:
             log.add("empty_box", where, f"image {image_id}: {name} box has zero width or height "
                     f"(x_min={box[0]:g}, y_min={box[1]:g}, x_max={box[2]:g}, y_max={box[3]:g})", image_id)
-            continue
-        rows.append((image_id, rad_ids.iat[i], name, cid, *box.tolist(), study_ids.iat[i], line))
-    return make_table(rows, dataset=dataset, classes=classes)
+        else:
+            ok[i] = True
+    boxes = np.where(is_nf[:, None], np.nan, coords)[ok]
+    table = pd.DataFrame({"image_id": image_ids[ok], "rad_id": rad_ids[ok], "class_name": canon_names[ok],
+                          "class_id": cids[ok], "x_min": boxes[:, 0], "y_min": boxes[:, 1], "x_max": boxes[:, 2],
+                          "y_max": boxes[:, 3], "study_id": study_ids[ok], "row": np.flatnonzero(ok) + 2})
+    return make_table(table, dataset=dataset, classes=classes)
 
 
 def make_table(rows: Iterable[tuple] | pd.DataFrame = (), *, dataset: str, classes: tuple[str, ...]) -> pd.DataFrame:
