@@ -208,3 +208,23 @@ def test_real_vinbigdata_panels_styles_and_baseline(tmp_path, capsys):
     assert hb["per_panel"][0]["panel"] == "R8+R9+R10" and hb["per_panel"][0]["abnormal_images"] == 4146
     assert js["unanimous_share"] == 1.0 and "unanimous" in js["kappa_note"] and "by construction" in printed
     assert "R8+R9+R10          5501 images (37%), abnormal 75%" in printed
+
+
+def test_case_counts_give_what_the_metric_gives(tmp_path):
+    # ReaderCases.score sums per-case counts instead of running the metric again: the same numbers as
+    # vinbigdata_map + operating_point_ap on those cases, per reader and pooled
+    from detx.evaluation.reader_agreement import operating_point_ap
+    from detx.evaluation.vinbigdata import vinbigdata_map
+
+    csv = tmp_path / "four.csv"
+    csv.write_text(readers_csv(n_images=40, jitter=0.15, seed=3))
+    table, _ = read_reader_csv(csv)
+    cases = reader_cases(table)
+    subsets = [[k for k in cases.gt if k.endswith(f"\x1fR{r}")] for r in range(1, 5)] + [list(cases.gt)[::3]]
+    for keys in subsets:
+        ref = operating_point_ap(vinbigdata_map({k: cases.gt[k] for k in keys}, {k: cases.preds[k] for k in keys},
+                                                num_classes=14))
+        got = cases.score(keys, 0.4)[1]
+        assert got.keys() == ref.keys()
+        for c in ref:
+            assert (got[c] is None and ref[c] is None) or got[c] == pytest.approx(ref[c], abs=1e-12)
