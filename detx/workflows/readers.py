@@ -34,7 +34,6 @@ from detx.evaluation.reader_agreement import (
 )
 from detx.evaluation.reader_styles import MIN_STYLE_BOXES, STYLE_CUT
 from detx.viz.readers import plot_reader_agreement, plot_reader_class_heatmap
-from detx.workflows.prepare import DATASET_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +57,9 @@ def _check_csv(csv: Path, dataset: str | None) -> str:
         raise MissingFileError(f"reader CSV not found: {csv}")
     fmt = sniff_format(csv)
     if dataset is not None:
+        # imported here: prepare pulls in the DICOM stack, which the reader analysis does not need
+        from detx.workflows.prepare import DATASET_FORMATS
+
         if dataset not in DATASET_FORMATS:
             raise InputError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_FORMATS)}")
         if fmt not in DATASET_FORMATS[dataset]:
