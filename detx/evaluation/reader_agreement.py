@@ -616,6 +616,9 @@ class ReaderAgreement:
             "style_groups": _plain(st.groups) if st else [],
             "too_few_boxes": list(st.too_few_boxes) if st else [],
             "style_merge_heights": _plain(st.merge_heights) if st else [],
+            "style_distances": ({r: {c: _plain(v) for c, v in row.items()} for r, row in
+                                 st.distances.to_dict("index").items()} if st is not None and st.distances is not None
+                                else {}),
             "outlier_rule": f"outlier by either rule. Paired: {PAIRED_RULE.format(iou=self.iou_thr)}. Across "
                             f"readers: {OUTLIER_RULE}",
             "outliers": list(self.outliers), "outliers_paired": list(self.outliers_paired),

@@ -17,7 +17,7 @@ with fewer than :data:`MIN_STYLE_BOXES` boxes are not compared (``too_few_boxes`
 on a chest film where a box lies follows from its class.
 
 On the Kaggle VinBigData train.csv this puts R8, R9 and R10 in a group of their own (their pairwise distances are
-0.008-0.017 bits, against 0.04-0.15 to every other reader), R1..R7 in ``too_few_boxes`` (R2 drew 3 boxes, the
+0.008-0.017 bits, against 0.037-0.147 to every other reader), R1..R7 in ``too_few_boxes`` (R2 drew 3 boxes, the
 others none), and splits R11..R17 by box size.
 """
 

@@ -189,7 +189,7 @@ def _f(v: Any, digits: int = 4) -> str:
 
 
 def _share(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0%}" if v >= 0.01 or v == 0 else f"{v:.1%}"
+    return "-" if v is None else f"{v:.0%}" if v >= 0.1 or v == 0 else f"{v:.1%}"
 
 
 def format_report(report: ReaderReport, max_panels: int = 5) -> str:
