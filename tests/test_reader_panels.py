@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load_script
+from conftest import load_script, vinbigdata_csv
 
 from detx.core.errors import InputError
 from detx.data.readers import image_panels, parse_panel, read_reader_csv, reader_panels, select_panels
@@ -28,16 +28,6 @@ PANELS_CSV = HEADER + (
     "b2,No finding,14,R1,,,,\n" "b2,No finding,14,R11,,,,\n" "b2,No finding,14,R12,,,,\n"
     "c1,No finding,14,R2,,,,\n" "c1,No finding,14,R13,,,,\n"
 )
-
-
-def vinbigdata_csv() -> Path:
-    """The real Kaggle VinBigData train.csv from the installed torchxrayvision wheel (a [dev] extra)."""
-    txv = pytest.importorskip("torchxrayvision", reason="torchxrayvision (a [dev] extra) ships the real VinBigData "
-                                                        "train.csv; install it with pip install -e .[dev]")
-    path = Path(txv.__file__).parent / "data" / "vinbigdata-train.csv.gz"
-    if not path.is_file():
-        pytest.skip(f"this torchxrayvision has no {path.name}")
-    return path
 
 
 @pytest.fixture

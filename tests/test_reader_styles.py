@@ -8,10 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import load_script
+from conftest import load_script, vinbigdata_csv
 from scipy.spatial.distance import jensenshannon
-from test_reader_agreement import HAND_CSV
-from test_reader_panels import vinbigdata_csv
 
 from detx.data.readers import read_reader_csv
 from detx.evaluation.reader_agreement import (
@@ -25,6 +23,33 @@ from detx.evaluation.reader_agreement import (
 from detx.evaluation.reader_styles import js_divergence, reader_styles, style_distance
 
 HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max"
+# the hand-built CSV of tests/test_reader_agreement.py (seven readers; R9 draws off the finding on s1 and s2)
+HAND_CSV = """image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max
+c1,Cardiomegaly,3,R1,100,100,300,300
+c1,Cardiomegaly,3,R2,100,100,300,300
+c1,Cardiomegaly,3,R3,100,100,300,300
+c2,Cardiomegaly,3,R4,100,100,300,300
+c2,Cardiomegaly,3,R5,100,100,300,300
+c2,Cardiomegaly,3,R6,100,100,300,300
+n1,Nodule/Mass,8,R1,50,50,90,90
+n1,Nodule/Mass,8,R4,50,50,90,90
+n1,Nodule/Mass,8,R6,50,50,90,90
+n2,Nodule/Mass,8,R2,50,50,90,90
+n2,Nodule/Mass,8,R3,50,50,90,90
+n2,Nodule/Mass,8,R5,50,50,90,90
+z1,No finding,14,R1,,,,
+z1,No finding,14,R5,,,,
+z1,No finding,14,R6,,,,
+z2,No finding,14,R2,,,,
+z2,No finding,14,R3,,,,
+z2,No finding,14,R4,,,,
+s1,Cardiomegaly,3,R2,100,100,300,300
+s1,Cardiomegaly,3,R3,100,100,300,300
+s1,Cardiomegaly,3,R9,400,100,600,300
+s2,Nodule/Mass,8,R4,50,50,90,90
+s2,Nodule/Mass,8,R5,50,50,90,90
+s2,Nodule/Mass,8,R9,150,50,190,90
+"""
 CLASSES = [(0, "Aortic enlargement"), (3, "Cardiomegaly"), (8, "Nodule/Mass"), (10, "Pleural effusion")]
 
 

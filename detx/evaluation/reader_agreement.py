@@ -688,6 +688,11 @@ def reader_agreement(
         baseline["per_panel"].append({"panel": "other panels", "panels": len(set(abnormal["panel"]) - {
             p["panel"] for p in big}), "abnormal_images": len(rest), key: pooled_baseline(cases, rest, iou_thr)[key]})
 
+    abnormal_set = set(abnormal["image_id"])
+    with_box = {}
+    for rad in scores:
+        imgs = [i for i in cases.images.get(rad, []) if i in abnormal_set]
+        with_box[rad] = cases.score((i + _KEY_SEP + rad for i in imgs), iou_thr)[0] if imgs else None
     finding = known[known["class_name"] != NO_FINDING]
     rows = []
     ap_per_class: dict[str, dict[str, float | None]] = {}
@@ -705,7 +710,7 @@ def reader_agreement(
             "rad_id": rad, "images": int(len(read)), "images_scored": s.images, "boxes": int(len(mine)),
             "boxes_per_image": len(mine) / len(read) if len(read) else None,
             "normal_share": float((read == 0).mean()) if len(read) else None,
-            col: s.mAP, "robust_z": z.get(rad), "outlier": rad in outliers, "outlier_paired": rad in outliers_paired,
+            col: s.mAP, f"{key}_with_box": with_box[rad], "robust_z": z.get(rad), "outlier": rad in outliers, "outlier_paired": rad in outliers_paired,
             "outlier_z": rad in outliers_z, "kappa_vs_others": kappa_mean,
             "style_group": group_of.get(rad, "too few boxes" if rad in styles.too_few_boxes else ""),
         }

@@ -164,11 +164,12 @@ def analyse_readers(
     if plots:
         names = [*agreement.classes, NO_FINDING]
         rads = agreement.readers["rad_id"].tolist()
-        col = agreement.score_column
+        col = f"{agreement.key}_with_box"  # on normal images a reader who also saw nothing scores 1: left out
         scores = [None if pd.isna(v) else float(v) for v in agreement.readers[col]]
         report.files.append(str(plot_reader_agreement(rads, scores, agreement.outliers, out / "agreement.png",
                                                       agreement.baseline.get(agreement.key),
-                                                      label=f"{agreement.key} vs the others' fusion")))
+                                                      label=f"{agreement.key} vs the others' fusion,\n"
+                                                            "images with a box")))
         shown = [n for n in names if any(agreement.ap_per_class[r].get(n) is not None for r in rads)] or names
         matrix = np.array([[np.nan if agreement.ap_per_class[r].get(n) is None else agreement.ap_per_class[r][n]
                             for n in shown] for r in rads], dtype=float).reshape(len(rads), len(shown))
@@ -197,11 +198,11 @@ def format_report(report: ReaderReport, max_panels: int = 5) -> str:
     a = report.agreement
     col = a.score_column
     rows = [[r.rad_id, r.images, r.boxes, _f(r.boxes_per_abnormal_image, 2), _f(r.normal_share, 2), _f(getattr(r, col)),
-             _f(r.robust_z, 2), _f(r.paired_diff, 3),
+             _f(getattr(r, f"{a.key}_with_box")), _f(r.robust_z, 2), _f(r.paired_diff, 3),
              "-" if not np.isfinite(r.sign_test_p) else f"{r.sign_test_p:.2g}", "OUTLIER" if r.outlier else "", r.style_group,
              _f(r.kappa_vs_others, 3)]
             for r in a.readers.itertuples(index=False)]
-    table = tabulate(rows, headers=["reader", "images", "boxes", "boxes/abn. image", "normal", col, "robust z",
+    table = tabulate(rows, headers=["reader", "images", "boxes", "boxes/abn. image", "normal", col, "with a box", "robust z",
                                     "paired d", "sign p", "", "style", "kappa"], tablefmt="github",
                      disable_numparse=True)
     lines = [table, "",
