@@ -166,7 +166,6 @@ def fuse_readers(
     iou_thr: float = 0.4,
     image_sizes: dict[str, tuple[int, int]] | None = None,
     reader_weights: Mapping[str, float] | None = None,
-    membership: bool = True,
 ) -> pd.DataFrame:
     """Fuse the readers' boxes per image and class (see the module docstring for the rules).
 
@@ -179,8 +178,6 @@ def fuse_readers(
             (IoU and weighted means do not change under axis scaling).
         reader_weights: rad_id -> positive weight of that reader's boxes in WBF (NMS: the highest-weighted
             reader's box survives); None: every reader weighs 1. Every reader of a fused image needs one.
-        membership: find who drew each fused box (``readers``, ``n_readers``); False leaves them "" and 0 (the
-            boxes are the same, in less time: the reader analysis fuses ~40k clusters and needs only the boxes).
 
     Returns:
         A table with the columns of ``table`` plus ``n_readers`` and ``readers``, in original pixels.
@@ -243,12 +240,6 @@ def fuse_readers(
                 member_rads = rads[members]
                 weights = None if reader_weights is None else np.array([reader_weights[r] for r in member_rads])
                 fused = _fuse_class(boxes, method, iou_thr, scale, weights)
-                if not membership:
-                    for box in fused:
-                        rows.append((image_id, "fused", names[members[0]], int(cid), *box.tolist(), study, -1))
-                    n_readers_col.extend([0] * len(fused))
-                    readers_col.extend([""] * len(fused))
-                    continue
                 iou = box_iou(fused, boxes)
                 for k, box in enumerate(fused):
                     drew = member_rads[iou[k] > iou_thr]
