@@ -60,6 +60,9 @@ extras_require = {
         "iterative-stratification>=0.1.7",  # reference for the fold stratifier tests
         "nbformat>=5.9",
         "ipykernel>=6.25",
+        # the real Kaggle VinBigData train.csv (data/vinbigdata-train.csv.gz) that tests/test_reader_panels.py and
+        # tests/test_reader_styles.py check tools/readers.py and --drop-panels against (read from the wheel)
+        "torchxrayvision>=1.2",
     ],
 }
 

@@ -193,3 +193,15 @@ def trained_cls_dir(prepared_cxr_dir, tmp_path_factory):
                          *TRAINED_CLS_OPTS)
     (out / "train_stdout.txt").write_text(proc.stdout)
     return out
+
+
+# ---------------------------------------------------------------------------------------- real data
+
+def vinbigdata_csv() -> Path:
+    """The real Kaggle VinBigData train.csv from the installed torchxrayvision wheel (a [dev] extra)."""
+    txv = pytest.importorskip("torchxrayvision", reason="torchxrayvision (a [dev] extra) ships the real VinBigData "
+                                                        "train.csv; install it with pip install -e .[dev]")
+    path = Path(txv.__file__).parent / "data" / "vinbigdata-train.csv.gz"
+    if not path.is_file():
+        pytest.skip(f"this torchxrayvision has no {path.name}")
+    return path

@@ -216,3 +216,60 @@ def test_read_reader_weights(tmp_path):
     p.write_text("rad_id,w\nR1,1\n")
     with pytest.raises(ValueError, match="weight"):
         read_reader_weights(p, ["R1"])
+
+
+def test_one_and_two_box_fast_paths_match_ensemble_boxes():
+    # _fuse_class answers one box, and two boxes of equal weight, without ensemble-boxes: the same boxes as it gives
+    from ensemble_boxes import weighted_boxes_fusion
+
+    from detx.data.fusion import _fuse_class
+
+    rng = np.random.default_rng(0)
+    scale = np.array([1000.0, 800.0, 1000.0, 800.0])
+    for _ in range(300):
+        n = int(rng.integers(1, 3))
+        xy = rng.uniform(0, 600, (n, 2))
+        boxes = np.hstack([xy, xy + rng.uniform(5, 300, (n, 2))])
+        if n == 2 and rng.random() < 0.5:  # often a near copy, so both outcomes (one cluster, two) occur
+            boxes[1] = boxes[0] + rng.normal(0, 20, 4)
+            boxes[1, 2:] = np.maximum(boxes[1, 2:], boxes[1, :2] + 1)
+        for thr in (0.4, 0.55):
+            got = _fuse_class(boxes, "wbf", thr, scale)
+            norm = np.clip(boxes / scale, 0, 1)
+            ref, _, _ = weighted_boxes_fusion([norm.tolist()], [[1.0] * n], [[0] * n], iou_thr=thr, skip_box_thr=0.0)
+            ref = np.asarray(ref).reshape(-1, 4) * scale
+            ref = ref[np.lexsort((ref[:, 1], ref[:, 0]))]
+            np.testing.assert_array_equal(got, ref)  # to the bit
+            assert _fuse_class(boxes, "nms", thr, scale).shape[0] in (1, 2)
+
+
+def test_fuse_box_groups_is_fuse_readers_boxes():
+    # many images x classes at once, boxes only: the same boxes as fuse_readers gives image by image
+    from detx.data.fusion import fuse_box_groups
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(40):
+        for c in (3, 8):
+            truth = rng.uniform(0, 500, 2)
+            for r in range(int(rng.integers(1, 5))):
+                b = np.r_[truth, truth + 100] + rng.normal(0, 15 if r < 3 else 60, 4)
+                b[2:] = np.maximum(b[2:], b[:2] + 1)
+                rows.append((f"i{i}", f"R{r}", {3: "Cardiomegaly", 8: "Nodule/Mass"}[c], c, *b.tolist(), "", 2))
+    table = make_table(rows, dataset="vindr-cxr", classes=VINDR_CXR_CLASSES)
+    for method in ("wbf", "nms"):
+        ref = fuse_readers(table, method, 0.4)
+        ref = ref[ref["class_name"] != "No finding"]
+        codes, images = pd.factorize(table["image_id"])
+        group = codes * 100 + table["class_id"].to_numpy()
+        box = table[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
+        w = pd.Series(np.maximum(box[:, 0], box[:, 2])).groupby(codes).transform("max").to_numpy()
+        h = pd.Series(np.maximum(box[:, 1], box[:, 3])).groupby(codes).transform("max").to_numpy()
+        g, fused = fuse_box_groups(group, box, np.stack([w, h, w, h], axis=1), method, 0.4)
+        got = pd.DataFrame(fused, columns=["x_min", "y_min", "x_max", "y_max"])
+        got["image_id"] = np.asarray(images)[g // 100]
+        got["class_id"] = g % 100
+        key = ["image_id", "class_id", "x_min", "y_min"]
+        a = got.sort_values(key).reset_index(drop=True)
+        b = ref[["x_min", "y_min", "x_max", "y_max", "image_id", "class_id"]].sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a[b.columns], b, check_dtype=False, check_exact=True)

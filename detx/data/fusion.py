@@ -53,6 +53,26 @@ def _fuse_class(boxes: np.ndarray, method: str, iou_thr: float, scale: np.ndarra
     """Fuse the boxes (original px) of one class of one image, each weighted by its reader's weight (default 1);
     returns fused boxes in original px."""
     norm = np.clip(boxes / scale, 0.0, 1.0)
+    area = (norm[:, 2] - norm[:, 0]) * (norm[:, 3] - norm[:, 1])
+    # ensemble-boxes averages a cluster in float32 and, of two tied boxes, takes the second first: the fast paths
+    # below give its numbers to the bit (tests/test_fusion.py checks them against it)
+    if len(norm) == 1 and area[0] > 0:  # one box: every method returns it as it is
+        return norm * scale
+    if len(norm) == 2 and method == "wbf" and (weights is None or weights[0] == weights[1]) and (area > 0).all():
+        # two boxes of equal weight, the common case of two readers: one cluster, their mean, when IoU > iou_thr
+        a, b = norm
+        iw = min(a[2], b[2]) - max(a[0], b[0])
+        ih = min(a[3], b[3]) - max(a[1], b[1])
+        inter = max(iw, 0.0) * max(ih, 0.0)
+        if inter / (area[0] + area[1] - inter) > iou_thr:
+            acc = np.zeros(4, np.float32)
+            acc += b
+            acc += a
+            acc /= 2.0
+            fused = acc.astype(np.float64)[None] * scale
+        else:
+            fused = norm * scale
+        return fused[np.lexsort((fused[:, 1], fused[:, 0]))]
     scores = np.ones(len(norm)) if weights is None else np.asarray(weights, dtype=float)
     labels = np.zeros(len(norm))
     with warnings.catch_warnings():
@@ -64,6 +84,80 @@ def _fuse_class(boxes: np.ndarray, method: str, iou_thr: float, scale: np.ndarra
             fused, _, _ = nms([norm], [scores], [labels], iou_thr=iou_thr)
     fused = np.asarray(fused, dtype=float).reshape(-1, 4) * scale
     return fused[np.lexsort((fused[:, 1], fused[:, 0]))]
+
+
+def fuse_box_groups(
+    group: np.ndarray,
+    boxes: np.ndarray,
+    scale: np.ndarray,
+    method: str = "wbf",
+    iou_thr: float = 0.4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse many small sets of boxes at once, the boxes only (no reader membership): the rows of ``boxes`` with one
+    value of ``group`` (an image x class) fuse together, as :func:`fuse_readers` fuses one image's boxes of one class
+    (every box weighs 1). Sets of one box, and WBF sets of two, are answered with array operations (the same numbers
+    as ensemble-boxes, to the bit); larger sets go through ensemble-boxes one by one.
+
+    Args:
+        group: (N,) integer set of each box.
+        boxes: (N, 4) xyxy boxes.
+        scale: (N, 4) the ``[w, h, w, h]`` each box is divided by for ensemble-boxes (one value per set).
+        method: "wbf" or "nms" ("none" returns the boxes).
+        iou_thr: boxes with IoU above this join one cluster.
+
+    Returns:
+        (the set of each fused box, the fused boxes), sorted by set, then by x_min and y_min.
+    """
+    group = np.asarray(group, dtype=np.int64)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1, 4)
+    if method not in FUSION_METHODS:
+        raise InputError(f"unknown fusion method {method!r}; expected one of {FUSION_METHODS}")
+    order = np.argsort(group, kind="stable")
+    group, boxes, scale = group[order], boxes[order], scale[order]
+    if method == "none" or not len(group):
+        out_g, out_b = group, boxes
+    else:
+        norm = np.clip(boxes / scale, 0.0, 1.0)
+        area = (norm[:, 2] - norm[:, 0]) * (norm[:, 3] - norm[:, 1])
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        counts = np.diff(np.r_[starts, len(group)])
+        ok = np.minimum.reduceat(area > 0, starts).astype(bool)
+        parts_g, parts_b = [], []
+        one = starts[(counts == 1) & ok]
+        parts_g.append(group[one])
+        parts_b.append(norm[one] * scale[one])
+        if method == "wbf":
+            two = starts[(counts == 2) & ok]
+        else:
+            two = np.zeros(0, np.int64)
+        if len(two):
+            a, b = norm[two], norm[two + 1]
+            iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+            ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+            inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+            merged = inter / (area[two] + area[two + 1] - inter) > iou_thr
+            m = two[merged]
+            # ensemble-boxes: the second box first, summed in float32, divided by the summed weight (2)
+            acc = (norm[m + 1].astype(np.float32).astype(np.float64) + norm[m]).astype(np.float32) / np.float32(2.0)
+            parts_g.append(group[m])
+            parts_b.append(acc.astype(np.float64) * scale[m])
+            apart = two[~merged]
+            idx = np.concatenate([apart, apart + 1])
+            parts_g.append(group[idx])
+            parts_b.append(norm[idx] * scale[idx])
+        done = np.zeros(len(starts), bool)
+        done[np.searchsorted(starts, one)] = True
+        done[np.searchsorted(starts, two)] = True
+        for k in np.flatnonzero(~done):
+            a0, a1 = starts[k], starts[k] + counts[k]
+            fused = _fuse_class(boxes[a0:a1], method, iou_thr, scale[a0])
+            parts_g.append(np.full(len(fused), group[a0]))
+            parts_b.append(fused)
+        out_g = np.concatenate(parts_g)
+        out_b = np.concatenate(parts_b).reshape(-1, 4)
+    final = np.lexsort((out_b[:, 1], out_b[:, 0], out_g))
+    return out_g[final], out_b[final]
 
 
 def fuse_readers(

@@ -41,7 +41,7 @@ def plot_reader_agreement(
     handles = []
     if baseline is not None:
         ax.axhline(baseline, color="tab:gray", ls="--", lw=1)
-        handles.append(Line2D([], [], color="tab:gray", ls="--", label=f"human baseline (mean) {baseline:.3f}"))
+        handles.append(Line2D([], [], color="tab:gray", ls="--", label=f"human baseline {baseline:.3f}"))
     if flagged:
         handles.append(Patch(color="tab:red", label="outlier: " + ", ".join(r for r in readers if r in flagged)))
     ax.set_xticks(x, readers, rotation=90 if len(readers) > 20 else 0, fontsize=8)

@@ -45,12 +45,14 @@ from detx.data.readers import (
     check_box_bounds,
     join_readers,
     make_table,
+    parse_panel,
     read_physionet_image_labels,
     read_reader_csv,
     read_reader_weights,
     reader_ids,
     reader_sort_key,
     require_reader_ids,
+    select_panels,
     sniff_format,
 )
 from detx.data.readers import exclude_readers as remove_readers
@@ -133,6 +135,12 @@ def format_readers(readers: dict[str, Any]) -> str:
             text += f" (not in the CSV: {', '.join(readers['excluded_not_in_csv'])})"
         parts.append(text + f", {readers.get('images_dropped_excluded_readers', 0)} image(s) read only by them "
                      "dropped")
+    if readers.get("drop_panels") or readers.get("keep_panels"):
+        what = (f"dropped panel(s) {', '.join(readers['drop_panels'])}" if readers.get("drop_panels")
+                else f"kept only panel(s) {', '.join(readers['keep_panels'])}")
+        parts.append(what + (" (normal images kept)" if readers.get("keep_normal") else "")
+                     + f": {readers.get('images_dropped_panels', 0)} of {readers.get('images_before_panels', 0)} "
+                     "image(s) dropped")
     if readers.get("weights"):
         parts.append("fusion weights " + ", ".join(f"{r} {w:.3g}" for r, w in readers["weights"].items()))
     if readers.get("min_readers", 1) > 1:
@@ -204,6 +212,9 @@ def prepare_unlocked(
     exclude_readers: Sequence[str] | None = None,
     reader_weights: str | os.PathLike | None = None,
     min_readers: int = 1,
+    drop_panels: Sequence[str] | None = None,
+    keep_panels: Sequence[str] | None = None,
+    keep_normal: bool = False,
     report: bool = True,
     progress: bool = True,
 ) -> PrepareSummary:
@@ -235,6 +246,11 @@ def prepare_unlocked(
         reader_weights: CSV ``rad_id,weight``: each reader's weight in WBF (NMS: the highest-weighted reader's box
             survives); every reader whose boxes are fused needs one.
         min_readers: keep only fused boxes drawn by at least this many readers (``n_readers``).
+        drop_panels: panels (``"R8+R9+R10"``: the exact set of an image's readers) whose images leave the dataset
+            (:func:`detx.data.readers.select_panels`; applied before ``exclude_readers``).
+        keep_panels: keep only the images of these panels (not with ``drop_panels``).
+        keep_normal: with either: an image every reader called normal stays whatever its panel (the 2nd place's
+            fine-tuning set is ``drop_panels=["R8+R9+R10"], keep_normal=True``).
         report: write ``report/eda.png``.
         progress: tqdm bars.
     """
@@ -260,9 +276,18 @@ def prepare_unlocked(
         raise InputError(f"--min-readers {min_readers} needs --fusion wbf or nms: with --fusion none every box is "
                          "one reader's, so all would be dropped")
     exclude_readers = [str(r) for r in exclude_readers or []]
+    drop_panels = [parse_panel(p) for p in drop_panels or []]
+    keep_panels = [parse_panel(p) for p in keep_panels or []]
+    if drop_panels and keep_panels:
+        raise InputError("--drop-panels and --keep-panels exclude each other: give one of them")
+    if keep_normal and not (drop_panels or keep_panels):
+        raise InputError("--keep-normal needs --drop-panels or --keep-panels: it keeps the normal images of the "
+                         "panels those would remove")
     reader_options = [o for o, given in (("--exclude-readers", bool(exclude_readers)),
                                          ("--reader-weights", reader_weights is not None),
-                                         ("--min-readers", min_readers > 1)) if given]
+                                         ("--min-readers", min_readers > 1),
+                                         ("--drop-panels", bool(drop_panels)),
+                                         ("--keep-panels", bool(keep_panels))) if given]
     if reader_options and csv is None:
         raise InputError(f"{' and '.join(reader_options)} need(s) --csv: a test set has no readers' boxes")
     out = Path(out)
@@ -273,13 +298,14 @@ def prepare_unlocked(
         "iou_thr": iou_thr, "folds": folds, "seed": seed, "box_masks": box_masks, "bit_depth": bit_depth,
         "clip_tolerance": clip_tolerance, "label_rule": label_rule, "study_groups": study_groups,
         "exclude_readers": exclude_readers, "reader_weights": str(reader_weights) if reader_weights else None,
-        "min_readers": min_readers,
+        "min_readers": min_readers, "drop_panels": drop_panels, "keep_panels": keep_panels,
+        "keep_normal": keep_normal,
     }
 
     # 1. annotations
     global_labels: pd.DataFrame | None = None
     readers_info: dict[str, Any] = {}
-    excluded_only: set[str] = set()  # images read only by excluded readers: dropped, not a problem
+    excluded_only: set[str] = set()  # images of dropped panels or read only by excluded readers: not a problem
     weights: dict[str, float] | None = None
     if csv is not None:
         csv = Path(csv)
@@ -303,9 +329,16 @@ def prepare_unlocked(
         settings["format"] = fmt
         if reader_options:
             require_reader_ids(table, csv, " and ".join(reader_options))
+        if drop_panels or keep_panels:  # panels are who read each image in the CSV: before excluding readers
+            table, panels = select_panels(table, drop_panels, keep_panels, keep_normal, source=csv)
+            excluded_only |= set(panels.images_dropped)
+            if not len(table):
+                raise InputError(f"{'--drop-panels' if drop_panels else '--keep-panels'} "
+                                 f"{' '.join(drop_panels or keep_panels)} leaves no image of {csv}")
+            readers_info.update(panels.to_dict())
         if exclude_readers:
             table, excluded = remove_readers(table, exclude_readers)
-            excluded_only = set(excluded.images_dropped)
+            excluded_only |= set(excluded.images_dropped)
             if excluded.excluded and not len(table):
                 raise InputError(f"--exclude-readers {' '.join(excluded.excluded)} leaves no annotation in {csv}: "
                                  "every image was read only by excluded readers")
@@ -447,6 +480,7 @@ def prepare_unlocked(
         kept_readers = sorted(per_image.index, key=reader_sort_key)
         summary.readers = {
             "readers": kept_readers, "excluded": [], "excluded_not_in_csv": [], "images_dropped_excluded_readers": 0,
+            "drop_panels": [], "keep_panels": [], "keep_normal": False, "images_dropped_panels": 0,
             **readers_info, "weights": weights, "min_readers": min_readers, "boxes_dropped_min_readers": boxes_dropped,
             "images_per_reader": {r: int(per_image[r]) for r in kept_readers},
         }
@@ -522,6 +556,14 @@ def add_prepare_arguments(parser, dataset: str) -> None:
                         help="CSV rad_id,weight: each reader's weight in WBF (every fused reader needs one)")
     parser.add_argument("--min-readers", type=int, default=1, metavar="K",
                         help="keep only fused boxes drawn by at least K readers (default 1: all)")
+    parser.add_argument("--drop-panels", nargs="+", default=[], metavar="PANEL",
+                        help="drop the images read by these panels (the exact set of an image's readers, e.g. "
+                             "R8+R9+R10); tools/readers.py lists the panels of a CSV")
+    parser.add_argument("--keep-panels", nargs="+", default=[], metavar="PANEL",
+                        help="keep only the images read by these panels (not with --drop-panels)")
+    parser.add_argument("--keep-normal", action="store_true",
+                        help="with --drop-panels/--keep-panels: keep every image all its readers called normal, "
+                             "whatever its panel (the 2nd place's set: --drop-panels R8+R9+R10 --keep-normal)")
     parser.add_argument("--no-report", action="store_true", help="skip the report/ plots")
 
 
@@ -537,5 +579,6 @@ def prepare_from_args(args, dataset: str) -> PrepareSummary:
         fusion=args.fusion, iou_thr=args.iou_thr, folds=args.folds, seed=args.seed, workers=args.workers,
         strict=args.strict, box_masks=args.box_masks, bit_depth=args.bit_depth,
         clip_tolerance=args.clip_tolerance, label_rule=args.label_rule, exclude_readers=args.exclude_readers,
-        reader_weights=args.reader_weights, min_readers=args.min_readers, report=not args.no_report, **extra,
+        reader_weights=args.reader_weights, min_readers=args.min_readers, drop_panels=args.drop_panels,
+        keep_panels=args.keep_panels, keep_normal=args.keep_normal, report=not args.no_report, **extra,
     )
