@@ -236,8 +236,8 @@ def test_predict_exported_equals_eager(exported_det, exported_cls, tiny_random_c
     for i in eager:
         a, b = eager[i], exported[i]
         match(a.boxes, a.scores, a.classes, b.boxes, b.scores, b.classes)
-    e_cls = (tmp_path / "classification.csv").read_text().splitlines()
-    assert e_cls[0].startswith("image_id,p_abnormal,label,p_Aortic enlargement")
+    e_cls = (tmp_path / "eager.classification.csv").read_text().splitlines()
+    assert e_cls[0].startswith("image_id,p_abnormal,label,status,p_Aortic enlargement")
 
 
 @pytest.mark.slow
@@ -427,7 +427,7 @@ def test_two_processes_write_the_single_process_files_and_the_cache_resumes(tiny
                            "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}", "--cache-dir", cache,
                            "MODEL.DEVICE", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    for name in ("sub.csv", "classification.csv"):
+    for name in ("sub.csv", "sub.classification.csv"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     # both processes filled the cache: 5 images (batch 1) x 2 views x (detector + classifier)
     assert len(list(cache.glob("*/*.npz"))) == 5 * 2 * 2

@@ -550,3 +550,34 @@ def find_dicoms(root: str | os.PathLike) -> tuple[dict[str, Path], list[tuple[st
         else:
             found[image_id] = p
     return found, duplicates
+
+
+#: the suffixes of the PNG images a folder input may hold (prediction of a prepared ``images/`` folder, MURA)
+PNG_SUFFIXES: tuple[str, ...] = (".png",)
+
+
+def png_image_id(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """The image id of a PNG under ``root``: its path relative to ``root`` without the suffix, ``/``-separated
+    (``im0`` in a flat folder; ``study1_positive/image1`` in a MURA patient folder, whose file names repeat)."""
+    rel = Path(path).relative_to(root)
+    return rel.with_suffix("").as_posix()
+
+
+def find_pngs(root: str | os.PathLike) -> dict[str, Path]:
+    """The PNG files under ``root``, recursively (hidden files and folders skipped), keyed by :func:`png_image_id`.
+
+    The PNG counterpart of :func:`find_dicoms`: prediction calls both and refuses a folder that holds both kinds.
+
+    Raises:
+        MissingFileError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"PNG folder not found: {root}")
+    found: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel) or p.suffix.lower() not in PNG_SUFFIXES or not p.is_file():
+            continue
+        found[png_image_id(p, root)] = p
+    return found

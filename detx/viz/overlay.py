@@ -77,7 +77,10 @@ def draw_overlay(
             cv2.putText(img, f"GT {classes[int(c)]}", (x0, min(h - 3, y1 + int(14 * font * 2))),
                         cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), 1, cv2.LINE_AA)
     if pred is not None:
-        keep = (pred.classes >= 0) & (pred.classes < len(classes)) & (pred.scores >= score_thr)
+        finding = (pred.classes >= 0) & (pred.classes < len(classes))
+        keep = finding & (pred.scores >= score_thr)
+        if not keep.any():  # say so on the image: an overlay without boxes is not a normal prediction
+            draw_banner(img, empty_overlay_note(pred, classes, score_thr), font)
         order = np.argsort(pred.scores[keep])  # highest confidence drawn last (on top)
         boxes = rescale_boxes(pred.boxes[keep], orig_size, (w, h))
         for box, s, c in zip(boxes[order], pred.scores[keep][order], pred.classes[keep][order]):
@@ -87,3 +90,21 @@ def draw_overlay(
             cv2.putText(img, f"{classes[int(c)]} {s:.2f}", (x0, max(10, y0 - 3)), cv2.FONT_HERSHEY_SIMPLEX, font,
                         color, 1, cv2.LINE_AA)
     return img
+
+
+def empty_overlay_note(pred: Predictions, classes: Sequence[str], score_thr: float) -> str:
+    """What an overlay without a drawn box says: no finding box at all, or none at or above ``score_thr`` (with the
+    best one's confidence and class)."""
+    finding = (pred.classes >= 0) & (pred.classes < len(classes))
+    if not finding.any():
+        return "no box predicted"
+    best = int(np.flatnonzero(finding)[np.argmax(pred.scores[finding])])
+    return (f"no box >= {score_thr:g} (best {pred.scores[best]:.2f} {classes[int(pred.classes[best])]}; "
+            "lower --vis-score)")
+
+
+def draw_banner(img: np.ndarray, text: str, font: float) -> None:
+    """``text`` in yellow on a black strip across the top of ``img`` (in place)."""
+    h = int(30 * font * 2)
+    cv2.rectangle(img, (0, 0), (img.shape[1] - 1, h), (0, 0, 0), -1)
+    cv2.putText(img, text, (4, int(h * 0.7)), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 255, 255), 1, cv2.LINE_AA)

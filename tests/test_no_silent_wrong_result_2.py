@@ -1,0 +1,140 @@
+"""Issue 25: what a new user hit on real data (round 2); one test per numbered case, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import load_script
+
+from detx.core.submission import read_submission
+from detx.synthetic import write_dicom
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max\n"
+
+predict_tool = load_script("tools/predict.py")
+
+
+def _predict(*args) -> int:
+    return predict_tool.main(predict_tool.parse_args(["--quiet", *[str(a) for a in args]]))
+
+
+def _dicoms(folder: Path, names, size=(80, 100), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        write_dicom(folder / f"{name}.dicom", rng.integers(0, 4096, size).astype(np.uint16), bits_stored=12)
+    return folder
+
+
+def _pngs(folder: Path, names, size=(96, 128), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{name}.png"), rng.integers(0, 255, size, dtype=np.uint8))
+    return folder
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# 1 ------------------------------------------------------------------------------------ a mixed folder
+
+@pytest.mark.slow
+def test_a_folder_of_pngs_and_dicoms_is_refused_naming_both_kinds(tiny_random_checkpoint, tmp_path, capsys):
+    cfg_file, weights = tiny_random_checkpoint
+    mixed = _pngs(tmp_path / "mixed", [f"p{k}" for k in range(5)])
+    _dicoms(mixed, ["d0"])
+    out = tmp_path / "sub.csv"
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--input", mixed, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert f"input folder {mixed} holds 1 DICOM and 5 PNG image(s)" in err and "give a folder of one kind" in err
+    assert not out.exists() and not (tmp_path / "sub.classification.csv").exists()
+
+
+# 2, 9a ------------------------------------------------------------------------------- PNGs of unknown size
+
+@pytest.mark.slow
+def test_pngs_without_meta_are_refused_unless_png_frame_and_found_recursively(tiny_random_checkpoint, tmp_path,
+                                                                              capsys):
+    cfg_file, weights = tiny_random_checkpoint
+    # a MURA patient folder: the PNGs sit one level down and their file names repeat
+    patient = _pngs(tmp_path / "patient00001", ["study1_positive/image1", "study1_positive/image2",
+                                                "study2_negative/image1"])
+    out = tmp_path / "sub.csv"
+    args = ["--config-file", cfg_file, "--weights", weights, "--input", patient, "--out", out]
+    assert _predict(*args) == 2
+    err = capsys.readouterr().err
+    assert "3 of 3 PNG(s) have no original size" in err and "--png-frame" in err and "meta.csv" in err
+    assert not out.exists()
+    assert _predict(*args, "--png-frame") == 0
+    captured = capsys.readouterr()
+    assert "the boxes of 3 image(s) are in PNG pixels" in captured.err
+    assert sorted(read_submission(out)) == ["study1_positive/image1", "study1_positive/image2",
+                                            "study2_negative/image1"]
+    problems = _rows(tmp_path / "sub.problems.csv")
+    assert [(r["kind"], r["image_id"]) for r in problems] == [("png_frame", "study1_positive/image1"),
+                                                              ("png_frame", "study1_positive/image2"),
+                                                              ("png_frame", "study2_negative/image1")]
+    # with the sizes known (a meta.csv beside the folder) no flag is needed and no problem is listed
+    (tmp_path / "meta.csv").write_text("image_id,orig_width,orig_height,width,height\n" + "".join(
+        f"{i},1280,960,128,96\n" for i in ("study1_positive/image1", "study1_positive/image2",
+                                          "study2_negative/image1")))
+    assert _predict(*args) == 0
+    assert not (tmp_path / "sub.problems.csv").exists()  # the earlier run's list does not outlive it
+
+
+# 4 ------------------------------------------------------------------------------------ unreadable images
+
+@pytest.mark.slow
+def test_an_unreadable_image_is_marked_in_both_csvs_and_counted(tiny_random_checkpoint, tmp_path, capsys):
+    cfg_file, weights = tiny_random_checkpoint
+    d = _dicoms(tmp_path / "dicom", ["t0", "t1"])
+    (d / "broken.dicom").write_bytes(b"\0" * 300)
+    out = tmp_path / "sub.csv"
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--input", d, "--out", out,
+                    "--dicom-size", 64) == 0
+    captured = capsys.readouterr()
+    assert "(3 images, 1 prediction set(s) fused: " in captured.out
+    assert "1 unreadable written as no finding" in captured.out
+    assert "1 of 3 image(s) could not be read" in captured.err and "sub.problems.csv" in captured.err
+    sub = read_submission(out)
+    assert sub["broken"].classes.tolist() == [14] and sub["broken"].scores.tolist() == [1.0]
+    rows = {r["image_id"]: r for r in _rows(tmp_path / "sub.classification.csv")}
+    assert rows["broken"]["status"] == "unreadable" and rows["t0"]["status"] == rows["t1"]["status"] == "ok"
+    problems = _rows(tmp_path / "sub.problems.csv")
+    assert [(r["kind"], r["image_id"]) for r in problems] == [("unreadable", "broken")]
+
+
+# 5, 6 ---------------------------------------------------------------------------- classification CSV, overlays
+
+@pytest.mark.slow
+def test_the_classification_csv_follows_out_and_empty_overlays_say_so(tiny_random_checkpoint, tmp_path, capsys,
+                                                                      caplog):
+    cfg_file, weights = tiny_random_checkpoint
+    d = _dicoms(tmp_path / "dicom", ["t0", "t1"])
+    common = ["--config-file", cfg_file, "--weights", weights, "--input", d, "--dicom-size", 64]
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    with caplog.at_level("WARNING"):
+        assert _predict(*common, "--out", first, "--vis-dir", tmp_path / "vis", "--vis-score", 0.99) == 0
+    printed = capsys.readouterr().out
+    assert f"and {tmp_path / 'first.classification.csv'}" in printed
+    # a random model's confidences are far below 0.99: every overlay says it shows no box, and the log counts them
+    assert "2 overlay(s) in" in printed and "2 show no box at or above --vis-score 0.99" in printed
+    assert "2 of 2 overlay(s) show no box: none at or above --vis-score 0.99 (highest confidence among them" \
+        in caplog.text
+    banner = cv2.imread(str(tmp_path / "vis" / "t0.png"))[:20]
+    assert ((banner[..., 0] < 60) & (banner[..., 1] > 200) & (banner[..., 2] > 200)).sum() > 20  # yellow text
+    before = (tmp_path / "first.classification.csv").read_bytes()
+    assert _predict(*common, "--out", second) == 0
+    assert (tmp_path / "first.classification.csv").read_bytes() == before  # not replaced by the second run
+    assert (tmp_path / "second.classification.csv").is_file()
+    assert not (tmp_path / "classification.csv").exists()
+    # an explicit --classification-out that is the submission itself is refused
+    assert _predict(*common, "--out", second, "--classification-out", second) == 2
+    assert "is the submission (--out) itself" in capsys.readouterr().err
