@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -138,3 +139,23 @@ def test_the_classification_csv_follows_out_and_empty_overlays_say_so(tiny_rando
     # an explicit --classification-out that is the submission itself is refused
     assert _predict(*common, "--out", second, "--classification-out", second) == 2
     assert "is the submission (--out) itself" in capsys.readouterr().err
+
+
+# 7 ------------------------------------------------------------------------------------ TEST.EVAL_PERIOD 0
+
+@pytest.mark.slow
+def test_eval_period_0_means_no_evaluation_at_all(prepared_cxr_dir, tmp_path):
+    from conftest import TINY_CONFIG, run_train_net
+
+    out = tmp_path / "run"
+    proc = run_train_net("--config-file", TINY_CONFIG, "DETX.DATA_ROOT", prepared_cxr_dir, "OUTPUT_DIR", out,
+                         "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "1",
+                         "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0", "DETX.VAL_PERIOD", "-1", "DETX.FOLD", "0",
+                         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64")
+    log = (out / "log.txt").read_text()
+    assert "TEST.EVAL_PERIOD 0: no evaluation during or after training" in log
+    assert "Start inference" not in log and not (out / "inference").exists()  # not even the final one
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert metrics and not any(k.startswith(("vinbigdata/", "bbox/")) for m in metrics for k in m)
+    assert (out / "model_final.pth").is_file() and not (out / "model_best.pth").exists()
+    assert "no best checkpoint (no validation set or no evaluation)" in proc.stdout
