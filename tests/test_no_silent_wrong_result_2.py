@@ -159,3 +159,71 @@ def test_eval_period_0_means_no_evaluation_at_all(prepared_cxr_dir, tmp_path):
     assert metrics and not any(k.startswith(("vinbigdata/", "bbox/")) for m in metrics for k in m)
     assert (out / "model_final.pth").is_file() and not (out / "model_best.pth").exists()
     assert "no best checkpoint (no validation set or no evaluation)" in proc.stdout
+
+
+# 3 ------------------------------------------------------------------------------------ no rad_id
+
+prepare_cxr = load_script("datasets/prepare_vindr_cxr.py").main
+evaluate_tool = load_script("tools/evaluate.py")
+
+
+def _evaluate(*args) -> int:
+    return evaluate_tool.main(evaluate_tool.get_parser().parse_args([str(a) for a in args]))
+
+
+def test_a_reader_csv_without_rad_id_says_fusion_needs_reader_ids(tmp_path, capsys):
+    from detx.core.predictions import Predictions
+    from detx.core.submission import write_submission
+
+    d = _dicoms(tmp_path / "dicom", ["a", "b", "c"])
+    # three readers' boxes of one finding on a and b (with rad_id they fuse to one box each), c normal
+    boxes = [(20, 30, 60, 70), (22, 31, 61, 72), (19, 29, 58, 69)]
+    rows = [f"{i},Cardiomegaly,3,R{k + 1},{x0},{y0},{x1},{y1}\n" for i in ("a", "b")
+            for k, (x0, y0, x1, y1) in enumerate(boxes)] + [f"c,No finding,14,R{k},,,,\n" for k in (1, 2, 3)]
+    with_ids = tmp_path / "with_ids.csv"
+    with_ids.write_text(HEADER + "".join(rows))
+    without = tmp_path / "train.csv"  # the same rows, the rad_id column gone
+    without.write_text("image_id,class_name,class_id,x_min,y_min,x_max,y_max\n" + "".join(
+        ",".join(r.rstrip("\n").split(",")[:3] + r.rstrip("\n").split(",")[4:]) + "\n" for r in rows))
+    common = ["--dicom-dir", str(d), "--size", "64", "--folds", "0", "--workers", "1", "--no-report"]
+    assert prepare_cxr(["--csv", str(with_ids), "--out", str(tmp_path / "p1"), *common]) == 0
+    text = capsys.readouterr().out
+    assert "boxes: 6 from readers -> 2 after fusion" in text and "needs reader ids" not in text
+    assert prepare_cxr(["--csv", str(without), "--out", str(tmp_path / "p2"), *common]) == 0
+    text = capsys.readouterr().out
+    assert "boxes: 6 from readers -> 6 after fusion" in text
+    assert ("WARNING: fusion (wbf) needs reader ids: 6 box(es) on 2 image(s) have no rad_id, so each image's boxes "
+            "were treated as one reader's (a consensus) and kept unfused") in text
+    summary = json.loads((tmp_path / "p2" / "summary.json").read_text())
+    assert summary["readers"]["boxes_without_reader"] == {"boxes": 6, "images": 2}
+    # evaluate says the same beside the numbers and in the JSON
+    sub = tmp_path / "sub.csv"
+    write_submission(sub, {"a": Predictions([[20, 30, 60, 70]], [0.9], [3]), "b": Predictions(),
+                           "c": Predictions([[0, 0, 1, 1]], [1.0], [14])})
+    out = tmp_path / "m.json"
+    assert _evaluate("--gt", without, "--pred", sub, "--out", out) == 0
+    assert "WARNING: ground truth: fusion (wbf) needs reader ids: 6 box(es) on 2 image(s)" in capsys.readouterr().out
+    m = json.loads(out.read_text())
+    assert m["gt_boxes_without_reader"]["boxes"] == 6 and m["num_gt"]["Cardiomegaly"] == 6
+    assert _evaluate("--gt", with_ids, "--pred", sub, "--out", out) == 0
+    assert "needs reader ids" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["gt_boxes_without_reader"] == {"boxes": 0, "images": 0, "note": None}
+
+
+# 8 ------------------------------------------------------------------------------------ floods and noise
+
+def test_evaluate_summarizes_missing_images_in_one_line(tmp_path, caplog):
+    from detx.core.predictions import Predictions
+    from detx.core.submission import write_submission
+
+    gt = tmp_path / "train.csv"
+    gt.write_text(HEADER + "".join(f"im{k},Cardiomegaly,3,R1,10,10,50,50\n" if k % 2 else f"im{k},No finding,14,R1,,,,\n"
+                                   for k in range(300)))
+    sub = tmp_path / "sub.csv"
+    write_submission(sub, {f"im{k}": Predictions([[10, 10, 50, 50]], [0.8], [3]) for k in range(5)})
+    with caplog.at_level("WARNING"):
+        assert _evaluate("--gt", gt, "--pred", sub) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    missing = [line for line in lines if "missing from the submission" in line]
+    assert len(missing) == 1 and "295 image(s) missing from the submission" in missing[0] and "e.g. im10, im100, im101" in missing[0]
+    assert len(lines) < 10

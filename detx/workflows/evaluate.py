@@ -27,6 +27,7 @@ from detx.core.errors import InputError, StrictModeError
 from detx.core.image_scores import class_max_scores, image_scores_from_predictions
 from detx.core.predictions import Predictions
 from detx.core.submission import align_to, coverage, read_submission
+from detx.data.readers import boxes_without_reader, describe_boxes_without_reader
 from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
 from detx.evaluation.froc import froc
 from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
@@ -242,6 +243,7 @@ def evaluate_files(
                                          strict=strict)
         result.metrics["pred"] = str(pred_path)
         result.metrics["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
+        _note_boxes_without_reader(result.metrics, gts, gt_fusion)
         return result
     sub = read_submission(pred_path, strict=strict, num_classes=len(gts.classes) + 1)
     cover = coverage(gts.gt, sub)
@@ -258,6 +260,7 @@ def evaluate_files(
     m["coverage"] = cover.to_dict()
     m["pred"] = str(pred_path)
     m["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
+    _note_boxes_without_reader(m, gts, gt_fusion)
     m["human_baseline"] = (human_baseline(gts.table, iou_thr=iou_thr, fusion=gt_fusion, fusion_iou_thr=fusion_iou_thr,
                                           image_ids=list(gts.gt)) if gts.table is not None else None)
     m["problems"] = {
@@ -266,6 +269,18 @@ def evaluate_files(
         "messages": (sub.problems + gts.problems)[:MAX_PROBLEMS_IN_JSON],
     }
     return result
+
+
+def _note_boxes_without_reader(m: dict[str, Any], gts: GroundTruthSet, gt_fusion: str) -> None:
+    """``m["gt_boxes_without_reader"]`` (``boxes``, ``images``, ``note``) for a reader CSV whose boxes lack
+    ``rad_id``: fusion could not merge them, so the ground truth holds every row's box; warned once."""
+    if gts.table is None:
+        return
+    counts = boxes_without_reader(gts.table)
+    note = describe_boxes_without_reader(counts, gt_fusion)
+    m["gt_boxes_without_reader"] = {**counts, "note": note or None}
+    if note:
+        logger.warning("%s: %s", gts.source, note)
 
 
 def _f(v: Any, pct: bool = False) -> str:
@@ -319,6 +334,9 @@ def format_table(metrics: dict[str, Any]) -> str:
     if hb:
         lines.append(f"human baseline (mean reader {key} vs the others' fusion, {hb['n_readers']} readers): "
                      f"{_f(hb[key + '_mean'])}  [model {key}: {_f(metrics[key])}]")
+    unfused = (metrics.get("gt_boxes_without_reader") or {}).get("note")
+    if unfused:
+        lines.append(f"WARNING: ground truth: {unfused}")
     probs = metrics.get("problems")
     if probs and (probs["submission"] or probs["ground_truth"]):
         lines.append(f"Skipped in lenient mode: {probs['submission']} submission problem(s), "

@@ -42,7 +42,9 @@ from detx.data.folds import assign_folds
 from detx.data.fusion import FUSION_METHODS, fuse_readers, image_labels, keep_min_readers
 from detx.data.readers import (
     ProblemLog,
+    boxes_without_reader,
     check_box_bounds,
+    describe_boxes_without_reader,
     join_readers,
     make_table,
     read_physionet_image_labels,
@@ -106,6 +108,10 @@ class PrepareSummary:
         if self.settings.get("csv"):
             lines.append(f"  boxes: {self.boxes_before_fusion} from readers -> {self.boxes_after_fusion} after "
                          f"fusion ({self.settings.get('fusion')}, IoU {self.settings.get('iou_thr')})")
+            note = describe_boxes_without_reader(self.readers.get("boxes_without_reader") or {},
+                                                 str(self.settings.get("fusion")))
+            if note:
+                lines.append(f"  WARNING: {note}")
             width = max((len(c) for c in self.per_class), default=10)
             lines.append(f"  {'class':<{width}}  readers  fused  images")
             for name, c in self.per_class.items():
@@ -449,6 +455,7 @@ def prepare_unlocked(
             "readers": kept_readers, "excluded": [], "excluded_not_in_csv": [], "images_dropped_excluded_readers": 0,
             **readers_info, "weights": weights, "min_readers": min_readers, "boxes_dropped_min_readers": boxes_dropped,
             "images_per_reader": {r: int(per_image[r]) for r in kept_readers},
+            "boxes_without_reader": boxes_without_reader(table),
         }
         summary.images_abnormal = int(meta["abnormal"].sum())
         summary.images_normal = len(meta) - summary.images_abnormal
