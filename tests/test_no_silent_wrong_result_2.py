@@ -227,3 +227,91 @@ def test_evaluate_summarizes_missing_images_in_one_line(tmp_path, caplog):
     missing = [line for line in lines if "missing from the submission" in line]
     assert len(missing) == 1 and "295 image(s) missing from the submission" in missing[0] and "e.g. im10, im100, im101" in missing[0]
     assert len(lines) < 10
+
+
+@pytest.mark.slow
+def test_a_run_into_a_log_file_carries_no_library_noise_and_no_carriage_returns(tiny_random_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    cfg_file, weights = tiny_random_checkpoint
+    d = _dicoms(tmp_path / "dicom", ["t0", "t1"])
+    # stdout and stderr are pipes, as in `tools/predict.py ... > log.txt 2>&1`; the progress bar stays on
+    proc = subprocess.run([sys.executable, "tools/predict.py", "--config-file", cfg_file, "--weights", str(weights),
+                           "--input", str(d), "--out", str(tmp_path / "sub.csv"), "--dicom-size", "64",
+                           "MODEL.DEVICE", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for noise in ("FutureWarning", "torch.jit.script", "meshgrid", "is_fx_tracing", "\r"):
+        assert noise not in proc.stderr, noise
+    bar = [line for line in proc.stderr.splitlines() if line.startswith("predict:")]
+    assert bar and "100%" in bar[-1] and "2/2" in bar[-1]
+
+
+def test_pydicom_warnings_print_once_and_bars_name_what_they_convert(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    code = ("import logging, detx.cli\nlogging.basicConfig()\nfrom pydicom.misc import warn_and_log\n"
+            "warn_and_log('Invalid value for VR AS: 45 years')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr.count("Invalid value for VR AS: 45 years") == 1, proc.stderr
+
+    from detx.data.dicom import convert_dicoms
+
+    src = _pngs(tmp_path / "mura", ["image1"])
+    results = convert_dicoms([("image1", src / "image1.png", tmp_path / "out" / "image1.png")], 64, workers=1,
+                             source="png", progress=True)
+    assert not results["image1"].error
+    err = capsys.readouterr().err
+    assert "PNG -> PNG" in err and "DICOM -> PNG" not in err and "\r" not in err
+
+
+def test_a_truncated_dicom_is_reported_as_truncated(tmp_path, capsys):
+    d = _dicoms(tmp_path / "dicom", ["good", "cut"])
+    data = (d / "cut.dicom").read_bytes()
+    (d / "cut.dicom").write_bytes(data[: data.index(b"\xe0\x7f\x10\x00")])  # ends before the Pixel Data element
+    out = tmp_path / "out"
+    assert prepare_cxr(["--dicom-dir", str(d), "--out", str(out), "--size", "64", "--workers", "1"]) == 0
+    problems = _rows(out / "problems.csv")
+    assert [p["image_id"] for p in problems] == ["cut"]
+    assert "truncated file" in problems[0]["message"] and "ends before the pixel data" in problems[0]["message"]
+
+
+def test_the_readers_table_names_every_column(tmp_path, capsys):
+    readers_tool = load_script("tools/readers.py")
+    rows = []
+    for k in range(6):
+        for r in ("R1", "R2", "R3"):
+            rows.append(f"im{k},Cardiomegaly,3,{r},{20 + k},30,60,70\n" if k % 2 else f"im{k},No finding,14,{r},,,,\n")
+    gt = tmp_path / "train.csv"
+    gt.write_text(HEADER + "".join(rows))
+    assert readers_tool.main(readers_tool.get_parser().parse_args(["--csv", str(gt), "--out", str(tmp_path / "r"),
+                                                                   "--no-plots"])) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| reader"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert "" not in cells and "outlier" in cells
+
+
+# 9 ------------------------------------------------------------------------------------ small traps
+
+def test_a_wrong_csv_path_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    d = _dicoms(tmp_path / "dicom", ["a"])
+    out = tmp_path / "out"
+    assert prepare_cxr(["--csv", str(tmp_path / "trian.csv"), "--dicom-dir", str(d), "--out", str(out), "--size",
+                        "64", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: annotation CSV (--csv) {tmp_path / 'trian.csv'} does not exist"
+    assert not out.exists()
+
+
+def test_a_pixel_spacing_of_0_is_recorded_as_unknown(tmp_path):
+    d = tmp_path / "dicom"
+    px = np.random.default_rng(0).integers(0, 4096, (80, 100)).astype(np.uint16)
+    write_dicom(d / "zero.dicom", px, bits_stored=12, PixelSpacing=[0, 0])
+    write_dicom(d / "zero_pixel_imager_ok.dicom", px, bits_stored=12, PixelSpacing=[0, 0],
+                ImagerPixelSpacing=[0.139, 0.139])
+    write_dicom(d / "known.dicom", px, bits_stored=12, PixelSpacing=[0.2, 0.2])
+    out = tmp_path / "out"
+    assert prepare_cxr(["--dicom-dir", str(d), "--out", str(out), "--size", "64", "--workers", "1"]) == 0
+    meta = {r["image_id"]: r["pixel_spacing_mm"] for r in _rows(out / "meta.csv")}
+    assert meta == {"known": "0.2", "zero": "", "zero_pixel_imager_ok": "0.139"}

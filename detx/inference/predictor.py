@@ -483,7 +483,7 @@ def predict_all(
     Raises:
         UnreadableImageError: in ``strict`` mode, at the first image that cannot be decoded.
     """
-    from tqdm import tqdm
+    from detx.core.progress import progress_bar
 
     if not predictors and not classifiers:
         raise InputError("no model to predict with")
@@ -513,7 +513,7 @@ def predict_all(
         if done:
             logger.info("%d of %d image(s) found in the prediction cache %s", len(done), len(todo), cache_dir)
         todo = [r for r in todo if r.image_id not in done]
-    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="predict", unit="img", disable=not progress)
     ordered = todo
     if all(r.orig_width and r.orig_height for r in ordered if r.error is None):  # less padding per batch
         ordered.sort(key=lambda r: r.orig_height / r.orig_width if r.error is None else 0.0)

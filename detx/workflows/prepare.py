@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from detx.core.classes import DATASET_CLASSES, NO_FINDING
-from detx.core.errors import InputError
+from detx.core.errors import InputError, MissingFileError
 from detx.core.io import atomic_write_text, folder_lock, write_json
 from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms, find_dicoms
@@ -182,6 +182,10 @@ def prepare_dataset(**options: Any) -> PrepareSummary:
     Raises:
         FolderInUseError: another run holds ``out``.
     """
+    for key, what in (("csv", "annotation CSV (--csv)"), ("dicom_dir", "DICOM folder (--dicom-dir)")):
+        path = options.get(key)
+        if path is not None and not Path(path).exists():  # before the output folder is made: nothing left behind
+            raise MissingFileError(f"{what} {path} does not exist")
     with folder_lock(options["out"]):
         return prepare_unlocked(**options)
 

@@ -146,10 +146,10 @@ def format_report(report: ReaderReport) -> str:
     a = report.agreement
     col = a.score_column
     rows = [[r.rad_id, r.images, r.images_scored, _f(r.boxes_per_image, 2), _f(r.normal_share, 2), _f(getattr(r, col)),
-             _f(r.robust_z, 2), "OUTLIER" if r.outlier else "", _f(r.kappa_vs_others, 3)]
+             _f(r.robust_z, 2), "yes" if r.outlier else "", _f(r.kappa_vs_others, 3)]
             for r in a.readers.itertuples(index=False)]
-    table = tabulate(rows, headers=["reader", "images", "scored", "boxes/image", "normal", col, "robust z", "",
-                                    "kappa"], tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=["reader", "images", "scored", "boxes/image", "normal", col, "robust z",
+                                    "outlier", "kappa"], tablefmt="github", disable_numparse=True)
     n_scored = int(a.readers[col].notna().sum())
     lines = [
         table, "",
