@@ -315,3 +315,29 @@ def test_a_pixel_spacing_of_0_is_recorded_as_unknown(tmp_path):
     assert prepare_cxr(["--dicom-dir", str(d), "--out", str(out), "--size", "64", "--workers", "1"]) == 0
     meta = {r["image_id"]: r["pixel_spacing_mm"] for r in _rows(out / "meta.csv")}
     assert meta == {"known": "0.2", "zero": "", "zero_pixel_imager_ok": "0.139"}
+
+
+def test_evaluate_warns_when_the_boxes_look_like_another_frame(tmp_path, capsys):
+    from detx.core.predictions import Predictions
+    from detx.core.submission import write_submission
+
+    rng = np.random.default_rng(0)
+    boxes = {f"im{k}": rng.uniform(0, 1000, 2).round() for k in range(12)}
+    gt = tmp_path / "train.csv"
+    gt.write_text(HEADER + "".join(f"{i},Cardiomegaly,3,R1,{x},{y},{x + 900},{y + 800}\n" for i, (x, y) in boxes.items()))
+    original = {i: Predictions([[x, y, x + 900, y + 800]], [0.9], [3]) for i, (x, y) in boxes.items()}
+    png = {i: Predictions(p.boxes / 10, p.scores, p.classes) for i, p in original.items()}  # a 10x smaller PNG frame
+    out = tmp_path / "m.json"
+    write_submission(tmp_path / "png.csv", png)
+    assert _evaluate("--gt", gt, "--pred", tmp_path / "png.csv", "--out", out) == 0
+    text = capsys.readouterr().out
+    px = max(x for x, _ in boxes.values()) / 10 + 90
+    py = max(y for _, y in boxes.values()) / 10 + 80
+    gx, gy = 10 * px, 10 * py
+    assert (f"WARNING: every predicted box lies within 0..{px:.0f} x 0..{py:.0f} px, under half the ground truth's "
+            f"extent (0..{gx:.0f} x 0..{gy:.0f})") in text and "PNG pixels of a prepared dataset" in text
+    assert json.loads(out.read_text())["frame_warning"].startswith("every predicted box lies within")
+    write_submission(tmp_path / "orig.csv", original)
+    assert _evaluate("--gt", gt, "--pred", tmp_path / "orig.csv", "--out", out) == 0
+    assert "another frame" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["frame_warning"] is None
