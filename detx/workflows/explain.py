@@ -71,6 +71,10 @@ def run_explain(options: ExplainOptions) -> dict[str, Any]:
     cfg = get_detx_cfg(options.config_file, options.opts)
     explainer = Explainer(cfg, options.weights, options.method)
     inputs = collect_inputs(options.input)
+    unsized = [r.image_id for r in inputs.images if r.kind == "png" and r.orig_width is None]
+    if unsized:  # the heatmap peaks of heatmaps.csv are meant in original pixels
+        logger.warning("%d PNG(s) have no original size (no meta.csv): their peaks in heatmaps.csv are in PNG pixels "
+                       "(e.g. %s)", len(unsized), unsized[0])
     k = model_num_classes(cfg)
     classes = class_names_for(k, inputs.classes) if k else tuple(inputs.classes or ())
     names = ["abnormal", *classes[:k]]
