@@ -408,6 +408,9 @@ def five_pngs(tmp_path_factory):
     d.mkdir()
     for k in range(5):
         cv2.imwrite(str(d / f"im{k}.png"), _noise(256 - 16 * k, 192, 10 + k))
+    # the PNGs are the originals: a meta.csv saying so (without one, a detector refuses PNGs of unknown size)
+    (d.parent / "meta.csv").write_text("image_id,orig_width,orig_height,width,height\n" + "".join(
+        f"im{k},192,{256 - 16 * k},192,{256 - 16 * k}\n" for k in range(5)))
     return d
 
 
@@ -453,6 +456,7 @@ def test_a_process_that_stops_reports_its_error_and_exit_status(tiny_random_chec
 
     folder = tmp_path / "images"
     shutil.copytree(five_pngs, folder)
+    shutil.copy(five_pngs.parent / "meta.csv", tmp_path / "meta.csv")
     (folder / "im3.png").write_bytes(b"not a png")  # image 3: process 1's share (images 1 and 3)
 
     def fake_launch(main_func, num_gpus, num_machines=1, machine_rank=0, dist_url=None, args=()):
