@@ -83,10 +83,17 @@ def format_prediction_string(pred: Predictions, digits: int = 6) -> str:
     return " ".join(parts)
 
 
-def _problem(msg: str, strict: bool, problems: list[str] | None) -> None:
+#: problems printed one by one; the rest are counted (``Submission.problems``, the closing count), not printed
+MAX_PROBLEMS_LOGGED = 5
+
+
+def _problem(msg: str, strict: bool, problems: list[str] | None, log: bool = True) -> None:
     if strict:
         raise SubmissionError(msg, strict_only=True)
-    logger.warning("%s (skipped)", msg)
+    if log and (problems is None or len(problems) < MAX_PROBLEMS_LOGGED):
+        logger.warning("%s (skipped)", msg)
+    elif log and len(problems) == MAX_PROBLEMS_LOGGED:
+        logger.warning("further problems are counted, not printed (the summary gives their number)")
     if problems is not None:
         problems.append(msg)
 
@@ -215,13 +222,17 @@ def align_to(sub: Submission, image_ids: Iterable[str], path: str | os.PathLike 
     expected_set = set(expected)
     missing = [i for i in expected if i not in sub]
     extra = [i for i in sub if i not in expected_set]
-    for image_id in missing:
+    for image_id in missing:  # one summary line per kind below, not one line per image
         _problem(f"{path}: image {image_id} missing from the submission (no predictions assumed)", strict,
-                 sub.problems)
+                 sub.problems, log=False)
         sub[image_id] = Predictions()
     for image_id in extra:
-        _problem(f"{path}: image {image_id} is not in the ground truth (dropped)", strict, sub.problems)
+        _problem(f"{path}: image {image_id} is not in the ground truth (dropped)", strict, sub.problems, log=False)
         del sub[image_id]
+    for ids, what in ((missing, "missing from the submission (no predictions assumed)"),
+                      (extra, "not in the ground truth (dropped)")):
+        if ids:
+            logger.warning("%s: %d image(s) %s, e.g. %s", path, len(ids), what, ", ".join(ids[:MAX_PROBLEMS_LOGGED]))
     return sub
 
 

@@ -38,10 +38,10 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from tqdm import tqdm
 
 from detx.core.errors import InputError, MissingFileError
 from detx.core.io import atomic_write_text, write_png
+from detx.core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,24 @@ def read_dicom(path: str | os.PathLike) -> pydicom.Dataset:
         raise DicomError(f"{path}: cannot read DICOM: {e}") from e
 
 
+def _file_size(path: str | os.PathLike) -> str:
+    try:
+        return f"{os.path.getsize(path)} bytes"
+    except OSError:
+        return "size unknown"
+
+
 def _stored_pixels(ds: pydicom.Dataset, path: str | os.PathLike) -> np.ndarray:
+    pixel_keys = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    if not any(k in ds for k in pixel_keys) and "Rows" in ds and "Columns" in ds:
+        # the header describes an image but the file ends before its pixels (an interrupted copy or download)
+        raise DicomError(f"{path}: truncated file ({_file_size(path)}): its header describes a {ds.Columns} x "
+                         f"{ds.Rows} image but the file ends before the pixel data")
     try:
         raw = ds.pixel_array
     except Exception as e:
+        if "less than expected" in str(e):
+            raise DicomError(f"{path}: truncated file ({_file_size(path)}): {e}") from e
         raise DicomError(f"{path}: cannot decode pixel data "
                          f"(transfer syntax {getattr(ds.file_meta, 'TransferSyntaxUID', '?')}): {e}") from e
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
@@ -221,12 +235,17 @@ def _load(path: str | os.PathLike, size: int | None, bit_depth: int) -> tuple[np
 
 
 def dicom_attributes(ds: pydicom.Dataset) -> dict[str, str | float | int]:
-    """Header attributes worth keeping per image (meta.csv): photometric, bits, sex, age, pixel spacing (mm)."""
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    try:
-        spacing_mm = float(spacing[0]) if spacing else float("nan")
-    except (TypeError, ValueError, IndexError):
-        spacing_mm = float("nan")
+    """Header attributes worth keeping per image (meta.csv): photometric, bits, sex, age, pixel spacing (mm; NaN when
+    unknown, including a spacing of 0, which means "not given")."""
+    spacing_mm = float("nan")  # unknown (an empty cell in meta.csv): absent, unparsable, or 0 (pydicom-data's RG1)
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = float(ds.get(key)[0])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if np.isfinite(value) and value > 0:
+            spacing_mm = value
+            break
     return {
         "photometric": str(ds.get("PhotometricInterpretation", "")).strip(),
         "bits_stored": int(ds.get("BitsStored", 0) or 0),
@@ -465,7 +484,8 @@ def convert_dicoms(
         elif log is not None:
             log.record(r)
 
-    bar = tqdm(total=len(todo), desc="DICOM -> PNG", unit="img", disable=not progress or not todo)
+    desc = "DICOM -> PNG" if source == "dicom" else "PNG -> PNG"
+    bar = progress_bar(total=len(todo), desc=desc, unit="img", disable=not progress or not todo)
     try:
         if workers <= 1 or len(todo) <= 1:
             for job in todo:
@@ -550,3 +570,34 @@ def find_dicoms(root: str | os.PathLike) -> tuple[dict[str, Path], list[tuple[st
         else:
             found[image_id] = p
     return found, duplicates
+
+
+#: the suffixes of the PNG images a folder input may hold (prediction of a prepared ``images/`` folder, MURA)
+PNG_SUFFIXES: tuple[str, ...] = (".png",)
+
+
+def png_image_id(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """The image id of a PNG under ``root``: its path relative to ``root`` without the suffix, ``/``-separated
+    (``im0`` in a flat folder; ``study1_positive/image1`` in a MURA patient folder, whose file names repeat)."""
+    rel = Path(path).relative_to(root)
+    return rel.with_suffix("").as_posix()
+
+
+def find_pngs(root: str | os.PathLike) -> dict[str, Path]:
+    """The PNG files under ``root``, recursively (hidden files and folders skipped), keyed by :func:`png_image_id`.
+
+    The PNG counterpart of :func:`find_dicoms`: prediction calls both and refuses a folder that holds both kinds.
+
+    Raises:
+        MissingFileError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"PNG folder not found: {root}")
+    found: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel) or p.suffix.lower() not in PNG_SUFFIXES or not p.is_file():
+            continue
+        found[png_image_id(p, root)] = p
+    return found

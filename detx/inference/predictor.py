@@ -35,14 +35,13 @@ from detx.core.prepared import (
     read_meta_sizes,
     test_split_unreadable,
 )
-from detx.data.dicom import find_dicoms, load_dicom_image
+from detx.data.dicom import find_dicoms, find_pngs, load_dicom_image
 from detx.engine.checkpoint import check_checkpoint
 from detx.engine.config import is_classifier, num_classes, num_classes_key
 from detx.inference.tta import TTAView, hflip_boxes, hflip_image
 
 logger = logging.getLogger(__name__)
 
-PNG_SUFFIXES = (".png",)
 #: image formats a batch is decoded in and converted between (a channel swap) for models that differ
 SWAPPABLE_FORMATS = ("BGR", "RGB")
 
@@ -123,21 +122,26 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
     dicoms, duplicates = find_dicoms(path)
     for image_id, kept, dup in duplicates:
         logger.warning("two DICOM files for image %s: %s and %s; predicting the first", image_id, kept, dup)
+    found_pngs = find_pngs(path)
+    if dicoms and found_pngs:  # one kind per folder: the PNGs' frame (prepared? original?) is not the DICOMs'
+        raise PredictionInputError(
+            f"input folder {path} holds {len(dicoms)} DICOM and {len(found_pngs)} PNG image(s) (e.g. "
+            f"{next(iter(dicoms.values())).name} and {next(iter(found_pngs.values())).name}): give a folder of one "
+            "kind (the DICOMs, or a prepared images/ folder with its meta.csv)")
     if dicoms:
         return InputSet([InputImage(i, p, "dicom") for i, p in sorted(dicoms.items())], path)
-    pngs = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in PNG_SUFFIXES)
+    pngs = sorted(found_pngs.items())
     if not pngs:
         raise PredictionInputError(f"input folder {path} holds no DICOM (*.dicom, *.dcm, or files with the DICM "
-                                   "marker, searched recursively) or PNG images")
+                                   "marker) or PNG images (both searched recursively)")
     try:
         meta = read_meta_sizes(path)
     except PreparedDatasetError as e:
         raise PredictionInputError(str(e)) from e
     images = []
-    for p in pngs:
-        m = meta.get(p.stem)
-        images.append(InputImage(p.stem, p, "png", m[0] if m else None, m[1] if m else None))
+    for image_id, p in pngs:
+        m = meta.get(image_id)
+        images.append(InputImage(image_id, p, "png", m[0] if m else None, m[1] if m else None))
     images += _unreadable_records(test_split_unreadable(path), path)
     if meta:
         missing = [im.image_id for im in images if im.orig_width is None]
@@ -479,7 +483,7 @@ def predict_all(
     Raises:
         UnreadableImageError: in ``strict`` mode, at the first image that cannot be decoded.
     """
-    from tqdm import tqdm
+    from detx.core.progress import progress_bar
 
     if not predictors and not classifiers:
         raise InputError("no model to predict with")
@@ -509,7 +513,7 @@ def predict_all(
         if done:
             logger.info("%d of %d image(s) found in the prediction cache %s", len(done), len(todo), cache_dir)
         todo = [r for r in todo if r.image_id not in done]
-    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="predict", unit="img", disable=not progress)
     ordered = todo
     if all(r.orig_width and r.orig_height for r in ordered if r.error is None):  # less padding per batch
         ordered.sort(key=lambda r: r.orig_height / r.orig_width if r.error is None else 0.0)

@@ -359,10 +359,7 @@ def generate_dataset(
     summary: dict[str, Any] = {"dataset": dataset, "out": str(out), "seed": seed, "classes": list(chosen),
                                "images": {}, "abnormal": {}, "boxes_per_class": counts, "files": {}}
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
+    from detx.core.progress import progress_bar
     for split_idx, (split, n) in enumerate(splits.items()):
         n_abnormal = int(round(n * (1.0 - normal_fraction)))
         abnormal = np.zeros(n, bool)
@@ -371,8 +368,8 @@ def generate_dataset(
         study_ids, series_ids = _spine_studies(master, n) if dataset == "spinexr" else ([""] * n, [""] * n)
         folder = out / (split if dataset == "vindr-cxr" else f"{split}_images")
         it = range(n)
-        if progress and tqdm is not None:
-            it = tqdm(it, desc=f"synthetic {dataset} {split}", unit="img")
+        if progress:
+            it = progress_bar(it, desc=f"synthetic {dataset} {split}", unit="img")
         for i in it:
             rng = np.random.default_rng([seed, split_idx, i, 0 if dataset == "vindr-cxr" else 1])
             findings = _pick_findings(rng, chosen, counts) if abnormal[i] else []

@@ -89,6 +89,7 @@ class PredictOptions:
     classifier_weights: list[str] = field(default_factory=list)
     score_scaling: bool = False
     exported: list[str] = field(default_factory=list)
+    png_frame: bool = False  # PNGs without a known original size: write their boxes in PNG pixels (marked)
 
 
 def class_names_for(num_classes: int, from_input: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -149,6 +150,27 @@ def decode_size(cfgs: Sequence[CfgNode], requested: int | None, inputs: InputSet
         logger.warning("input %s was prepared at --size %d but the model was trained on %d px images",
                        inputs.source, inputs.size, trained[0])
     return size
+
+
+def unsized_pngs(inputs: InputSet) -> list[str]:
+    """The PNG inputs whose original (DICOM) size is unknown: their boxes can only be given in PNG pixels."""
+    return [r.image_id for r in inputs.images if r.kind == "png" and r.orig_width is None]
+
+
+def check_png_frame(inputs: InputSet, png_frame: bool) -> None:
+    """Refuse a detector run on PNGs of unknown original size unless ``png_frame`` (``--png-frame``) accepts boxes in
+    PNG pixels: a submission must hold original-DICOM pixels, and a PNG of a prepared dataset is smaller."""
+    unsized = unsized_pngs(inputs)
+    if not unsized:
+        return
+    if not png_frame:
+        raise InputError(
+            f"input {inputs.source}: {len(unsized)} of {len(inputs.images)} PNG(s) have no original size (no meta.csv "
+            f"beside the folder, or not listed in it; e.g. {unsized[0]}), so their boxes would be in PNG pixels, not "
+            "the original DICOM's. Give the prepared images/ folder with its meta.csv (image_id, orig_width, "
+            "orig_height), the prepared JSON or the DICOMs; or pass --png-frame to write boxes in PNG pixels")
+    logger.warning("--png-frame: the boxes of %d PNG(s) without an original size are in PNG pixels (e.g. %s)",
+                   len(unsized), unsized[0])
 
 
 def _check_options(o: PredictOptions) -> None:
@@ -266,6 +288,8 @@ def _plan(options: PredictOptions) -> _Plan:
         raise InputError("--score-scaling needs an image classifier with one output per class "
                          "(MODEL.CLASSIFIER.NUM_CLASSES > 0); this one only predicts normal/abnormal")
     inputs = collect_inputs(options.input)
+    if det_counts:
+        check_png_frame(inputs, options.png_frame)
     if inputs.classes is not None and num_classes and len(inputs.classes) != num_classes:
         raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the model "
                          f"({next(iter(det_counts or cls_counts))}) has {num_classes}")
@@ -396,22 +420,71 @@ def _write_outputs(plan: _Plan, run: PredictionRun, options: PredictOptions, n_c
                 rows[i] = apply_nofinding_filter(fused[i], p_abn[i], nf_id, options.nofinding_low,
                                                  options.nofinding_high)
         write_submission(options.out, rows)
-    cls_path = Path(options.classification_out or Path(options.out).parent / "classification.csv")
+    cls_path = classification_path(options.out, options.classification_out)
     per_class = {i: cnn[i][1:] for i in ok_ids} if plan.cls_k else \
         {i: class_max_scores(fused[i], num_classes) for i in ok_ids} if has_detector else {}
     columns = plan.cls_labels[:plan.cls_k] if plan.cls_labels else plan.classes
     write_classification_csv(cls_path, image_ids, p_abn, per_class, columns if per_class else (), threshold,
                              run.failures)
-    vis = []
+    vis: list[Path] = []
+    vis_empty = 0
     if options.vis_dir and has_detector:
-        vis = write_overlays(options.vis_dir, plan.inputs, fused, plan.classes, run.failures, options.vis_num,
-                             options.vis_score, plan.dicom_size)
+        vis, vis_empty = write_overlays(options.vis_dir, plan.inputs, fused, plan.classes, run.failures,
+                                        options.vis_num, options.vis_score, plan.dicom_size)
     if run.failures:
         logger.warning("%d of %d image(s) could not be read and were written as '%d 1 0 0 1 1': %s",
                        len(run.failures), len(image_ids), nf_id, list(run.failures)[:5])
+    png_frame = unsized_pngs(plan.inputs) if has_detector else []
+    problems = write_problems(problems_path(options.out or cls_path), run.failures, png_frame)
     return {"num_images": len(image_ids), "failed": dict(run.failures),
             "out": str(options.out) if has_detector else None, "classification": str(cls_path), "sets": run.names,
-            "classifiers": n_cnns, "vis": [str(v) for v in vis]}
+            "classifiers": n_cnns, "vis": [str(v) for v in vis], "vis_empty": vis_empty,
+            "vis_score": options.vis_score, "png_frame": len(png_frame),
+            "problems": str(problems) if problems else None}
+
+
+def classification_path(out: str | os.PathLike | None, classification_out: str | os.PathLike | None) -> Path:
+    """Where the classification CSV goes: ``classification_out`` when given, else ``<out stem>.classification.csv``
+    beside the submission (``sub.csv`` -> ``sub.classification.csv``), so that two runs with different ``--out`` in
+    one folder never replace each other's file.
+
+    Raises:
+        InputError: the classification CSV would be the submission itself.
+    """
+    if classification_out:
+        path = Path(classification_out)
+    elif out:
+        path = Path(out).with_name(f"{Path(out).stem}.classification.csv")
+    else:
+        raise InputError("give --classification-out (no --out to name it after)")
+    if out and path.resolve() == Path(out).resolve():
+        raise InputError(f"--classification-out {path} is the submission (--out) itself: give another file")
+    return path
+
+
+def problems_path(out: str | os.PathLike) -> Path:
+    """The sidecar listing a run's problem images: ``<out stem>.problems.csv`` beside ``out`` (the Kaggle
+    submission format has only two columns, so unreadable images are marked here)."""
+    stem = Path(out).stem.removesuffix(".classification")
+    return Path(out).with_name(f"{stem}.problems.csv")
+
+
+def write_problems(path: Path, failures: Mapping[str, str], png_frame: Sequence[str]) -> Path | None:
+    """``path`` (``kind, where, message, image_id``): every unreadable image (written as No finding) and every PNG
+    whose boxes are in PNG pixels (``--png-frame``); None, and an earlier run's file removed, when there are none."""
+    from detx.data.readers import Problem, ProblemLog
+
+    log = ProblemLog()
+    log.items += [Problem("unreadable", "input", f"could not be read ({reason}); written as No finding 1.0", i)
+                  for i, reason in failures.items()]
+    log.items += [Problem("png_frame", "input", "no original size: boxes in PNG pixels (--png-frame)", i)
+                  for i in png_frame]
+    if not log.items:
+        if path.is_file():
+            path.unlink()  # an earlier run's list would describe images this run read
+        return None
+    log.write_csv(path)
+    return path
 
 
 class WorkerError(DetxError):
@@ -500,20 +573,27 @@ def write_overlays(
     num: int = 16,
     score_thr: float = 0.3,
     dicom_size: int = 1024,
-) -> list[Path]:
+) -> tuple[list[Path], int]:
     """Overlays ``<out_dir>/<image_id>.png`` for ``num`` images spread evenly over the input.
+
+    An overlay with no box at or above ``score_thr`` says so on the image; a warning counts them (all of them:
+    lower ``--vis-score``).
 
     Args:
         inputs: the input set (its ground truth is drawn when present).
         preds: image_id -> detections in original pixels.
+
+    Returns:
+        (the overlays written, how many of them show no box).
     """
     failed = failed or {}
     records = [r for r in inputs.images if r.image_id not in failed and r.image_id in preds]
     if num <= 0 or not records:
-        return []
+        return [], 0
     pick = np.unique(np.linspace(0, len(records) - 1, min(num, len(records))).round().astype(int))
     out_dir = Path(out_dir)
     written = []
+    empty: list[float | None] = []  # the best finding confidence of each overlay that shows no box
     for k in pick:
         rec = records[int(k)]
         loaded = load_image(rec, "BGR", dicom_size)
@@ -521,8 +601,17 @@ def write_overlays(
             logger.warning("overlay of %s skipped: %s", rec.image_id, loaded.error)
             continue
         gt = inputs.gt.get(rec.image_id) if inputs.gt is not None else None
-        img = draw_overlay(loaded.image, preds[rec.image_id], classes, loaded.orig_size, gt, score_thr)
+        pred = preds[rec.image_id]
+        img = draw_overlay(loaded.image, pred, classes, loaded.orig_size, gt, score_thr)
         path = out_dir / f"{rec.image_id.replace('/', '_')}.png"
         write_png(path, img)
         written.append(path)
-    return written
+        finding = pred.classes < len(classes)
+        if not (pred.scores[finding] >= score_thr).any():
+            empty.append(float(pred.scores[finding].max()) if finding.any() else None)
+    if empty:
+        best = max((b for b in empty if b is not None), default=None)
+        logger.warning("%d of %d overlay(s) show no box: none at or above --vis-score %g%s", len(empty), len(written),
+                       score_thr, f" (highest confidence among them {best:.3f}; lower --vis-score to see boxes)"
+                       if best is not None else " (no box predicted)")
+    return written, len(empty)
