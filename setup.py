@@ -60,6 +60,8 @@ extras_require = {
         "iterative-stratification>=0.1.7",  # reference for the fold stratifier tests
         "nbformat>=5.9",
         "ipykernel>=6.25",
+        "mkdocs>=1.6",  # the documentation site (`make docs`; built strictly by tests/test_docs.py)
+        "mkdocstrings[python]>=0.26",  # its API reference from the docstrings
     ],
 }
 
