@@ -261,9 +261,10 @@ class Runner:
                 link.symlink_to(ROOT / name)
         bindir = self.workdir / ".bin"
         bindir.mkdir(exist_ok=True)
-        for name in ("python", "python3"):
-            if not (bindir / name).exists():
-                (bindir / name).symlink_to(sys.executable)
+        for name in ("python", "python3"):  # a wrapper, not a link: a venv's interpreter finds its venv by its path
+            wrapper = bindir / name
+            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+            wrapper.chmod(0o755)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
