@@ -6,7 +6,7 @@ DATASET ?= vindr-cxr
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench docs clean
 
 # The stamp is rewritten by tools/install.sh only after a verified install, so a second
 # `make install` is a no-op until setup.py, constraints.txt or the installer change.
@@ -25,6 +25,9 @@ test: install
 
 demo: install
 	$(PY) -m detx.workflows.demo --dataset $(DATASET) --out output/demo$(if $(filter-out vindr-cxr,$(DATASET)),-$(DATASET),)
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 bench: install
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -63,6 +63,8 @@ extras_require = {
         # the real Kaggle VinBigData train.csv (data/vinbigdata-train.csv.gz) that tests/test_reader_panels.py and
         # tests/test_reader_styles.py check tools/readers.py and --drop-panels against (read from the wheel)
         "torchxrayvision>=1.2",
+        "mkdocs>=1.6",  # the documentation site (`make docs`; built strictly by tests/test_docs.py)
+        "mkdocstrings[python]>=0.26",  # its API reference from the docstrings
     ],
 }
 

@@ -116,7 +116,8 @@ def full_range_lut(ds: pydicom.Dataset, lo: int, hi: int, idx: np.ndarray | None
 
     Args:
         ds: the DICOM dataset (its LUT / window / photometric attributes are used).
-        lo, hi: the smallest and largest stored value of the image.
+        lo: the smallest stored value of the image.
+        hi: the largest stored value of the image.
         idx: optional stored values minus ``lo``; only used when the VOI LUT is not monotonic, to take
             the scaling range over the values that occur (a monotonic table has them at its ends).
         out: the precomputed :func:`_chain` of ``lo..hi``.

@@ -334,10 +334,12 @@ def generate_dataset(
     Args:
         out: output folder (created; files of the same names are replaced).
         dataset: "vindr-cxr" (Kaggle VinBigData layout) or "spinexr" (PhysioNet VinDr-SpineXR layout).
-        n_train, n_test: number of train and test images (>= 1 each).
+        n_train: number of train images (>= 1).
+        n_test: number of test images (>= 1).
         seed: the same seed writes identical files.
-        min_size, max_size: range of the image's longer side in pixels (the shorter is 72-95% of it, at
-            least ``min_size``).
+        min_size: smallest longer side of an image in pixels (the shorter is 72-95% of the longer, at least
+            ``min_size``).
+        max_size: largest longer side of an image in pixels.
         classes: None for the default learnable subset (:data:`DEFAULT_CXR_CLASSES`; all 7 for spinexr),
             "all", or a list of class names of the dataset.
         normal_fraction: fraction of images without findings (rounded per split).
