@@ -143,9 +143,7 @@ def test_readme_links_point_at_files_and_headings_that_exist():
     for target in LINK.findall(readme.read_text(encoding="utf-8")):
         path_part, _, anchor = target.partition("#")
         path = (readme.parent / path_part) if path_part else readme
-        if not path.exists():
-            broken.append(target)
-        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
             broken.append(target)
     assert not broken, broken
 
