@@ -16,13 +16,12 @@ times ``orig / input`` per axis).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +42,7 @@ from detx.inference.tta import TTAView, hflip_boxes, hflip_image
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PNG_SUFFIXES = (".png",)
 #: image formats a batch is decoded in and converted between (a channel swap) for models that differ
 SWAPPABLE_FORMATS = ("BGR", "RGB")
@@ -263,28 +263,6 @@ class ImageModel(Protocol):
                  view: TTAView | None = None, fmt: str | None = None) -> list[Any]: ...
 
 
-@contextlib.contextmanager
-def _without_onednn() -> Iterator[None]:
-    """CPU convolutions on PyTorch's native kernels (oneDNN off) for the duration: their results per image do not
-    depend on the batch size."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
-def _row_by_row(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook: the module's output computed one row at a time. A matrix product's rows change in the last bits
-    with the number of rows (BLAS picks its kernel by shape), so a classifier head fed a batch would give another
-    probability than fed one image."""
-    x = inputs[0]
-    if x.dim() != 2 or len(x) < 2:
-        return output
-    return torch.cat([module.forward(x[i:i + 1]) for i in range(len(x))])
-
-
 class _BatchedModel:
     """One checkpoint of a config, run on several images per forward pass: loading and checking the weights,
     the device, AMP on CUDA, detectron2's test-time resize and the TTA views (shared by detector and classifier).
@@ -292,11 +270,11 @@ class _BatchedModel:
     A forward pass only ever holds images of one padded input shape (:meth:`batch_key`): detectron2 pads a batch to
     its largest image, and padding moves what the convolutions see near the border, so an image batched with a larger
     one would get other boxes than alone. A call with mixed shapes runs one forward pass per shape, in input order.
-    With ``exact`` (the default) a CPU forward pass also runs without oneDNN (MKL-DNN), whose convolutions pick
-    their algorithm by batch size and so differ from a batch of one in the last bits; the native kernels give every
-    image bit for bit what it gets alone (docs/reproducibility.md); a classifier's head (a matrix product, whose BLAS
-    kernel also depends on the number of rows) then runs one image at a time. CUDA (cuDNN, cuBLAS) keeps its own
-    algorithm choice: same shape, equal up to the last bits.
+    Same-shape batches are still not bit-exact: oneDNN (CPU) and cuDNN/cuBLAS (CUDA) pick their kernels by batch
+    size, which moves the last bits (measured on the CPU: boxes by up to ~0.005 px, scores by ~1e-7;
+    docs/reproducibility.md). So with ``exact`` (the default) a CPU model runs one image per forward pass, where
+    batching gains little, and every image gets bit for bit what it gets alone (and what ``DefaultPredictor`` and
+    an exported file give); on CUDA, where batching pays, same-shape batches run and :attr:`exact_batching` is False.
     """
 
     def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True, exact: bool = True):
@@ -315,7 +293,8 @@ class _BatchedModel:
         if self.input_format not in SWAPPABLE_FORMATS:
             raise InputError(f"INPUT.FORMAT {self.input_format!r} is not supported for prediction "
                              f"({' or '.join(SWAPPABLE_FORMATS)})")
-        self.exact = exact
+        #: every image gets bit for bit what it gets alone: one image per forward pass (a CPU model with ``exact``)
+        self.exact_batching = exact and self.device.type == "cpu"
         backbone = getattr(self.model, "backbone", None)
         self.size_divisibility = int(getattr(backbone, "size_divisibility", 0) or 0)
         self.square_size = int((getattr(backbone, "padding_constraints", None) or {}).get("square_size", 0) or 0)
@@ -348,12 +327,12 @@ class _BatchedModel:
             h, w = x["image"].shape[-2:]
             groups.setdefault(padded_shape(h, w, self.size_divisibility, self.square_size), []).append(i)
         outputs: list[Any] = [None] * len(inputs)
-        native = self.exact and self.device.type == "cpu"
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp), \
-                (_without_onednn() if native else contextlib.nullcontext()):
+        step = 1 if self.exact_batching else len(inputs)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
             for idx in groups.values():
-                for i, out in zip(idx, self.model([inputs[i] for i in idx])):
-                    outputs[i] = out
+                for k in range(0, len(idx), step):
+                    for i, out in zip(idx[k:k + step], self.model([inputs[i] for i in idx[k:k + step]])):
+                        outputs[i] = out
         return outputs
 
 
@@ -403,9 +382,6 @@ class BatchedClassifier(_BatchedModel):
                              "--config-file/--weights")
         super().__init__(cfg, weights, amp, exact)
         self.square_size = 0  # DetxClassifier pads to size_divisibility only (no padding_constraints)
-        head = getattr(self.model, "head", None)
-        if exact and isinstance(head, torch.nn.Module):
-            head.register_forward_hook(_row_by_row)
         self.num_outputs = 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES)
 
     def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
@@ -532,6 +508,30 @@ class PredictionRun:
         return {i: np.mean([s[i] for s in self.cls_sets], axis=0) for i in self.order if i in ids}
 
 
+def batches_by_key(items: Iterable[T], key: Callable[[T], Hashable], batch_size: int,
+                   max_waiting: int | None = None) -> Iterator[list[T]]:
+    """Batches of up to ``batch_size`` items that share one ``key`` (for prediction: the padded input shape), so a
+    batch gives each item what it gets alone. Items wait in their key's bucket until it is full; when more than
+    ``max_waiting`` (default ``4 * batch_size + 16``) wait, the fullest bucket goes early (bounded memory); at the
+    end the rest go in order of their keys' first item. Every item is yielded once."""
+    max_waiting = 4 * batch_size + 16 if max_waiting is None else max_waiting
+    buckets: dict[Hashable, list[T]] = {}
+    waiting = 0
+    for item in items:
+        k = key(item)
+        bucket = buckets.setdefault(k, [])
+        bucket.append(item)
+        waiting += 1
+        if len(bucket) >= batch_size:
+            waiting -= len(bucket)
+            yield buckets.pop(k)
+        elif waiting > max_waiting:
+            fullest = max(buckets, key=lambda b: len(buckets[b]))
+            waiting -= len(buckets[fullest])
+            yield buckets.pop(fullest)
+    yield from buckets.values()
+
+
 def predict_all(
     predictors: Sequence[ImageModel],
     records: Sequence[InputImage],
@@ -551,7 +551,8 @@ def predict_all(
     or exported files (:class:`~detx.inference.exported.ExportedPredictor`, ``ExportedClassifier``), mixed freely.
 
     A forward pass holds only images of one padded input shape (every model's and view's ``batch_key``), so each
-    image gets exactly what it gets alone, whatever ``batch_size`` is; images whose original size is known up front
+    image gets what it gets alone, whatever ``batch_size`` is (bit for bit on the CPU, where an eager model runs one
+    image per pass; up to float rounding in same-shape CUDA batches, which the log says); images whose original size is known up front
     (a prepared JSON, a PNG folder with meta.csv) are decoded in order of aspect ratio, so same shapes come
     together. Results are keyed by image id, in input order. With
     ``cache_dir`` each batch's raw predictions are saved (:class:`PredictionCache`; a classifier's
@@ -609,33 +610,33 @@ def predict_all(
                            orig)
         bar.update(len(group))
 
-    # Batches hold only images of one batch key (the padded input shape of every model and view), so every image
-    # gets what it gets alone at any batch size; images wait in their shape's bucket until it is full, and the
-    # fullest bucket goes early when too many wait (bounded memory).
     keyers = [getattr(mdl, "batch_key", None) for mdl, _ in jobs]
-    buckets: dict[tuple, list[LoadedImage]] = {}
-    max_waiting = 4 * batch_size + 16
-    for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
-        for item in batch:
-            if item.error is not None:
+    inexact = [m for m, _ in jobs if not getattr(m, "exact_batching", True)]
+    if batch_size > 1 and inexact:
+        logger.warning("--batch-size %d on %s: images of one padded input shape share a forward pass, whose kernels "
+                       "depend on the batch size: boxes and scores equal --batch-size 1 up to float rounding",
+                       batch_size, ", ".join(sorted({str(getattr(m, "device", "?")) for m in inexact})))
+
+    def decoded() -> Iterator[LoadedImage]:
+        for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
+            for item in batch:
+                if item.error is None:
+                    sizes[item.record.image_id] = item.orig_size
+                    yield item
+                    continue
                 if strict:
                     raise UnreadableImageError(f"image {item.record.image_id}: {item.error}")
                 logger.warning("image %s cannot be read, written as no finding: %s", item.record.image_id,
                                item.error)
                 failures[item.record.image_id] = item.error
                 bar.update(1)
-                continue
-            sizes[item.record.image_id] = item.orig_size
-            shape = item.image.shape[:2]
-            key = tuple(None if f is None else f(shape, view) for f, (_, view) in zip(keyers, jobs))
-            bucket = buckets.setdefault(key, [])
-            bucket.append(item)
-            if len(bucket) >= batch_size:
-                run(buckets.pop(key))
-        while sum(len(b) for b in buckets.values()) > max_waiting:
-            run(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))))
-    for key in list(buckets):
-        run(buckets.pop(key))
+
+    def key(item: LoadedImage) -> tuple:  # the padded input shape under every model and view
+        shape = item.image.shape[:2]
+        return tuple(None if f is None else f(shape, view) for f, (_, view) in zip(keyers, jobs))
+
+    for group in batches_by_key(decoded(), key, batch_size):
+        run(group)
     bar.close()
     in_order = [r.image_id for r in records]
     sets = [{i: s[i] for i in in_order if i in s} for s in sets]
