@@ -8,10 +8,11 @@
    R-CNN against the tiny Faster R-CNN, same images, same run (with CUDA also RetinaNet R101-FPN and Cascade
    R-CNN R50-FPN against Faster R-CNN R50-FPN at 1024 px).
 3. Batching images of mixed sizes (a prepared set with VinBigData-like sizes: original widths and heights drawn from
-   1,800-3,100 px, prepared at longest side 1024): detx's same-shape batching (``batches_by_key`` +
-   ``BatchedPredictor``, exact CPU kernels, and with oneDNN) against detectron2's ``DefaultPredictor`` image by image
-   and against the previous batching (sorted by aspect ratio, each batch padded to its largest image), which made an
-   image's boxes depend on its batch mates; the number of boxes that moved is counted.
+   1,800-3,100 px, prepared at longest side 1024): detx's CPU default (``exact``: one image per forward pass) and
+   its same-shape batching (``batches_by_key`` + ``BatchedPredictor(exact=False)``, what CUDA runs; also with oneDNN
+   off, which makes it bit-exact) against detectron2's ``DefaultPredictor`` image by image and against the previous
+   batching (sorted by aspect ratio, each batch padded to its largest image); the boxes that differ from the image
+   alone are counted for each batching.
 4. Ensembling 5 models x hflip (10 prediction sets) of 100 boxes each on 3,000 images with WBF:
    ``weighted_boxes_fusion_batched`` (all images in one call) against ``ensemble_boxes.weighted_boxes_fusion``
    called image by image; both outputs are checked equal.
@@ -157,8 +158,9 @@ def vinbigdata_like_sizes(n_images: int, seed: int = 0, prepared: int = 1024) ->
 
 def bench_batching(n_images: int, batch_size: int, config: str = CONFIG, size: int = 512, rounds: int = 2
                    ) -> list[dict]:
-    """Images/s on a prepared set of mixed VinBigData-like sizes: same-shape batching (exact and oneDNN kernels)
-    against DefaultPredictor and the previous pad-to-largest batching; best of ``rounds`` alternating rounds."""
+    """Images/s on a prepared set of mixed VinBigData-like sizes: detx's exact CPU default and same-shape batching
+    against DefaultPredictor and the previous pad-to-largest batching; best of ``rounds`` alternating rounds; and per
+    batching the boxes that differ (> 1e-3 px in original pixels) from the image predicted alone."""
     from detectron2.engine import DefaultPredictor
 
     from detx.inference.predictor import BatchedPredictor, batches_by_key, inference_resize, model_input
@@ -189,6 +191,10 @@ def bench_batching(n_images: int, batch_size: int, config: str = CONFIG, size: i
             out.update(zip(g, model([images[i] for i in g], [orig[i] for i in g])))
         return out
 
+    def same_shape_native():
+        with torch.backends.mkldnn.flags(enabled=False):
+            return same_shape(onednn)
+
     @torch.no_grad()
     def pad_to_largest():  # the previous BatchedPredictor: a batch of mixed shapes padded to its largest image
         resize = inference_resize(exact.cfg.INPUT.MIN_SIZE_TEST, exact.cfg.INPUT.MAX_SIZE_TEST)
@@ -197,14 +203,19 @@ def bench_batching(n_images: int, batch_size: int, config: str = CONFIG, size: i
             idx = order[k:k + batch_size]
             res = onednn.model([{"image": model_input(images[i], resize, "BGR"), "height": orig[i][1],
                                  "width": orig[i][0]} for i in idx])
-            out.update({i: r["instances"] for i, r in zip(idx, res)})
+            out.update({i: r["instances"].pred_boxes.tensor.numpy() for i, r in zip(idx, res)})
         return out
 
     def one_by_one():
         return {i: default(images[i]) for i in range(n_images)}
 
-    cases = {"same-shape exact": lambda: same_shape(exact), "same-shape oneDNN": lambda: same_shape(onednn),
-             "pad to largest (before)": pad_to_largest, "DefaultPredictor": one_by_one}
+    cases = {"exact (CPU default)": lambda: same_shape(exact), "same-shape batches": lambda: same_shape(onednn),
+             "same-shape, oneDNN off": same_shape_native, "pad to largest (before)": pad_to_largest,
+             "DefaultPredictor": one_by_one}
+    for i in {exact.batch_key(im.shape[:2], view): i for i, im in enumerate(images)}.values():
+        onednn([images[i]], [orig[i]])  # warm-up: oneDNN builds its kernels once per input shape
+        with torch.backends.mkldnn.flags(enabled=False):
+            onednn([images[i]], [orig[i]])
     best = dict.fromkeys(cases, float("inf"))
     results = {}
     for r in range(rounds):
@@ -213,39 +224,43 @@ def bench_batching(n_images: int, batch_size: int, config: str = CONFIG, size: i
             results[name] = cases[name]()
             best[name] = min(best[name], time.perf_counter() - t)
     ips = {name: n_images / t for name, t in best.items()}
-    # boxes of the previous batching without an equal twin (1e-3 px, original pixels) among the same image's alone
-    alone = {i: onednn([images[i]], [orig[i]])[0] for i in range(n_images)}
-    moved = total = 0
-    for i, inst in results["pad to largest (before)"].items():
-        b = inst.pred_boxes.tensor.numpy()
-        a = alone[i].boxes
-        total += len(b)
-        if len(a) == 0:
-            moved += len(b)
-            continue
-        d = np.abs(b[:, None, :] - a[None, :, :]).max(axis=2).min(axis=1)
-        moved += int((d > 1e-3).sum())
-    exact_equal = all(np.array_equal(results["same-shape exact"][i].boxes, exact([images[i]], [orig[i]])[0].boxes)
-                      for i in range(n_images))
+    # boxes without an equal twin (1e-3 px, original pixels) among the same image's predicted alone
+    alone = {i: onednn([images[i]], [orig[i]])[0].boxes for i in range(n_images)}
+    with torch.backends.mkldnn.flags(enabled=False):
+        alone_native = {i: onednn([images[i]], [orig[i]])[0].boxes for i in range(n_images)}
+
+    def moved(boxes: dict, ref: dict) -> tuple[int, int]:
+        n_moved = n = 0
+        for i, b in boxes.items():
+            b = b.boxes if hasattr(b, "boxes") else b
+            n += len(b)
+            if len(ref[i]) == 0:
+                n_moved += len(b)
+            elif len(b):
+                n_moved += int((np.abs(b[:, None, :] - ref[i][None]).max(axis=2).min(axis=1) > 1e-3).sum())
+        return n_moved, n
+
+    diffs = {"exact (CPU default)": moved(results["exact (CPU default)"], alone),
+             "same-shape batches": moved(results["same-shape batches"], alone),
+             "same-shape, oneDNN off": moved(results["same-shape, oneDNN off"], alone_native),
+             "pad to largest (before)": moved(results["pad to largest (before)"], alone)}
     where = f"CPU ({torch.get_num_threads()} threads)"
     base = "DefaultPredictor"
     print(f"Batching {n_images} VinBigData-like images (1,800-3,100 px, prepared at 1024, tested at {size} px), "
           f"batch {batch_size}, {where}: {len(shapes)} padded shapes, {len(groups)} same-shape batches")
     for name in cases:
-        print(f"  {name:26s} {ips[name]:7.2f} img/s   ratio to {base} {ips[name] / ips[base]:.2f}x")
-    print(f"  previous batching: {moved} of {total} boxes ({100 * moved / max(total, 1):.1f}%) differ from the "
-          f"image alone; same-shape exact equals alone bit for bit: {exact_equal}")
+        extra = "" if name == base else \
+            f"   boxes differing from alone: {diffs[name][0]} of {diffs[name][1]}"
+        print(f"  {name:26s} {ips[name]:7.2f} img/s   ratio to {base} {ips[name] / ips[base]:.2f}x{extra}")
     rows = []
     for name in cases:
         if name == base:
             continue
-        rows.append({"case": f"{name} batching, batch {batch_size}, {n_images} mixed VinBigData-like images, "
+        rows.append({"case": f"{name}, batch {batch_size}, {n_images} mixed VinBigData-like images, "
                              f"{size} px, {where}", "value": ips[name], "unit": "images/s",
                      "baseline": "detectron2 DefaultPredictor, one image at a time (same run)",
-                     "baseline_value": ips[base], "ratio": ips[name] / ips[base]})
-    rows.append({"case": f"boxes moved by pad-to-largest batching ({n_images} mixed images, batch {batch_size})",
-                 "value": moved, "unit": "boxes", "baseline": "boxes of the batched run", "baseline_value": total,
-                 "ratio": moved / max(total, 1)})
+                     "baseline_value": ips[base], "ratio": ips[name] / ips[base],
+                     "boxes_differing_from_alone": diffs[name][0], "boxes": diffs[name][1]})
     return rows
 
 
@@ -338,8 +353,8 @@ def main() -> None:
             notes.append("Detectors: best of alternating rounds on the same images; ratio < 1: slower than the "
                          "Faster R-CNN.")
         if "batching" in args.cases:
-            notes.append("Batching: best of alternating rounds; 'exact' runs the CPU convolutions without oneDNN, "
-                         "whose kernel depends on the batch size.")
+            notes.append("Batching: best of alternating rounds; 'exact' (the CPU default) runs one image per forward "
+                         "pass; same-shape batches are what CUDA runs; oneDNN's kernels depend on the batch size.")
         if "wbf" in args.cases:
             notes.append("WBF outputs checked equal to ensemble-boxes.")
         write_json(args.json, {"name": "inference", "title": "Batched prediction and WBF ensembling; RetinaNet and "
