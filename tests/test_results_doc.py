@@ -14,15 +14,43 @@ from detx.core.predictions import Predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 QUOTE = re.compile(r"`(\w+) (\d+\.\d{3})`(?: \(95% CI (\d+\.\d{3})-(\d+\.\d{3})\))?")
+DEMO = ROOT / "docs" / "results" / "demo.json"
+# Until a demo run on the locked environment is recorded (make demo; python tools/results_doc.py --demo
+# output/demo/results.json), there is nothing to compare the README with.
+recorded = pytest.mark.skipif(not DEMO.exists(), reason="no demo run recorded in docs/results/demo.json yet")
 
 
+def _demo_results(seconds: float = 375.0) -> dict:
+    numbers = {"mAP40": 0.6181, "auc": 0.9, "cnn_auc": 0.7, "test_mAP40": 0.6049, "test_auc": 0.615,
+               "test_auc_detection": 0.98, "pointing_game": 0.0}
+    return {"numbers": numbers, "ci95": {"mAP40": [0.51234, 0.70111], "test_mAP40": None}, "n_boot": 1000,
+            "seconds": seconds, "settings": {"seed": 0},
+            "environment": {"python": "3.11.7", "torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2.2.6",
+                            "opencv-python-headless": "4.12.0.88", "albumentations": "2.0.8",
+                            "detectron2": "0.6 (detectron2-pure)"}}
+
+
+def test_render_hand_made_results():
+    doc = load_script("tools/results_doc.py")
+    spread = {"description": "3 seeds", "keys": ["mAP40", "cnn_auc"], "spread": {"mAP40": 0.04, "cnn_auc": None},
+              "runs": [{"name": "seed 0", "numbers": {"mAP40": 0.6, "cnn_auc": None}, "seconds": 360.0},
+                       {"name": "seed 1", "numbers": {"mAP40": 0.64, "cnn_auc": None}, "seconds": 390.0}]}
+    text = doc.render(_demo_results(), spread)
+    assert "| `mAP40` | held-out fold, challenge metric (mAP@0.4) | 0.618 | 0.512-0.701 |" in text
+    assert "| `test_mAP40` | synthetic test set, challenge metric | 0.605 | n/a |" in text
+    assert "opencv-python-headless 4.12.0.88" in text and "6.2 min" in text and "`pointing_game 0.000`" in text
+    assert "| seed 1 | 0.640 | n/a | 6.5 |" in text and "| **spread (max - min)** | 0.040 | n/a | |" in text
+
+
+@recorded
 def test_results_md_is_generated_from_the_results_files():
     doc = load_script("tools/results_doc.py")
     assert (ROOT / "docs" / "results.md").read_text() == doc.render(*doc.load())
 
 
+@recorded
 def test_readme_quotes_the_demo_results_file():
-    demo = json.loads((ROOT / "docs" / "results" / "demo.json").read_text())
+    demo = json.loads(DEMO.read_text())
     readme = (ROOT / "README.md").read_text()
     quoted = {}
     for m in QUOTE.finditer(readme):
@@ -58,8 +86,3 @@ def test_bootstrap_map_interval():
     assert bootstrap_map_ci({}, {}, n_boot=5) is None
 
 
-@pytest.mark.parametrize("key", ["mAP40", "test_mAP40"])
-def test_results_doc_lists_the_headline_numbers(key):
-    text = (ROOT / "docs" / "results.md").read_text()
-    demo = json.loads((ROOT / "docs" / "results" / "demo.json").read_text())
-    assert f"| `{key}` |" in text and f"{demo['numbers'][key]:.3f}" in text
