@@ -272,8 +272,8 @@ class _BatchedModel:
     one would get other boxes than alone. A call with mixed shapes runs one forward pass per shape, in input order.
     Same-shape batches are still not bit-exact: oneDNN (CPU) and cuDNN/cuBLAS (CUDA) pick their kernels by batch
     size, which moves the last bits (measured on the CPU: boxes by up to ~0.005 px, scores by ~1e-7;
-    docs/reproducibility.md). So with ``exact`` (the default) a CPU model runs one image per forward pass, where
-    batching gains little, and every image gets bit for bit what it gets alone (and what ``DefaultPredictor`` and
+    docs/reproducibility.md). So with ``exact`` (the default) a CPU model runs one image per forward pass (where
+    batching gains less than on a GPU), and every image gets bit for bit what it gets alone (and what ``DefaultPredictor`` and
     an exported file give); on CUDA, where batching pays, same-shape batches run and :attr:`exact_batching` is False.
     """
 
