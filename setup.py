@@ -60,9 +60,10 @@ extras_require = {
         "iterative-stratification>=0.1.7",  # reference for the fold stratifier tests
         "nbformat>=5.9",
         "ipykernel>=6.25",
-        # the real Kaggle VinBigData train.csv (data/vinbigdata-train.csv.gz) that tests/test_reader_panels.py and
-        # tests/test_reader_styles.py check tools/readers.py and --drop-panels against (read from the wheel)
-        "torchxrayvision>=1.2",
+        # real data that installs from the package index (DESIGN 4b), read by tests from the installed package:
+        "torchxrayvision>=1.2",  # the real Kaggle VinBigData train.csv, Open-i reports, NIH / RSNA boxes
+        "pydicom-data>=1.0",  # real computed radiographs (RG1_*, RG3_*), uncompressed and JPEG 2000
+        "faster-coco-eval>=1.6",  # a second COCO mAP implementation to check detx's against
         "mkdocs>=1.6",  # the documentation site (`make docs`; built strictly by tests/test_docs.py)
         "mkdocstrings[python]>=0.26",  # its API reference from the docstrings
     ],

@@ -220,12 +220,15 @@ def test_classifier_parity(exported_cls, trained_cls_dir, png_dir, fmt):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("options", [[], ["--batch-size", 1, "--tta", "hflip"]], ids=["defaults", "bs1-hflip"])
 def test_predict_exported_equals_eager(exported_det, exported_cls, tiny_random_checkpoint, trained_cls_dir, png_dir,
-                                       tmp_path, fmt):
+                                       tmp_path, fmt, options):
+    """The same submission (twins within 1e-3 in score and 1 px) from the exported files and the checkpoints, with
+    the default options too (--batch-size 4: the eager models give each image what it gets alone)."""
     cfg_file, weights = tiny_random_checkpoint
     cls = ["--classifier-config", trained_cls_dir / "config.yaml", "--classifier-weights",
            trained_cls_dir / "model_final.pth"]
-    common = ["--input", png_dir, "--batch-size", 1, "--tta", "hflip"]
+    common = ["--input", png_dir, *options]
     assert _predict("--config-file", cfg_file, "--weights", weights, *cls, *common, "--out",
                     tmp_path / "eager.csv", "MODEL.DEVICE", "cpu") == 0
     # no --config-file/--weights: the files carry what prediction needs; detector and classifier told apart

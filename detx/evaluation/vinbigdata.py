@@ -16,7 +16,7 @@ import numpy as np
 from detx.core.predictions import GroundTruth, Predictions
 from detx.evaluation.matching import flatten_ground_truth, flatten_predictions, match_detections
 
-__all__ = ["voc_ap", "vinbigdata_map", "map_key"]
+__all__ = ["voc_ap", "vinbigdata_map", "map_key", "bootstrap_map_ci"]
 
 
 def voc_ap(tp: np.ndarray, num_gt: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -101,3 +101,31 @@ def vinbigdata_map(
     out: dict[str, Any] = {"mAP": mean, map_key(iou_thr): mean, "iou_thr": float(iou_thr),
                            "AP_per_class": ap_per_class, "num_gt": num_gt, "num_pred": num_pred, "curves": curves}
     return out
+
+
+def bootstrap_map_ci(
+    gt: GroundTruth,
+    preds: Mapping[str, Predictions],
+    num_classes: int = 14,
+    iou_thr: float = 0.4,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the challenge metric (:func:`vinbigdata_map`): the images of ``gt`` resampled
+    with replacement ``n_boot`` times (a drawn image keeps its own predictions); None when no resample has a class
+    with ground truth."""
+    ids = list(gt)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(int(n_boot)):
+        pick = rng.integers(0, len(ids), len(ids))
+        g = {f"{k}|{ids[j]}": gt[ids[j]] for k, j in enumerate(pick)}
+        p = {f"{k}|{ids[j]}": preds[ids[j]] for k, j in enumerate(pick) if ids[j] in preds}
+        m = vinbigdata_map(g, p, num_classes=num_classes, iou_thr=iou_thr)["mAP"]
+        if np.isfinite(m):
+            values.append(m)
+    if not values:
+        return None
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return float(np.percentile(values, lo)), float(np.percentile(values, hi))
