@@ -58,3 +58,72 @@ def test_other_fusions_unchanged_vs_reference(tmp_path, fusion):
     got = human_baseline(table, fusion=fusion)
     want = reference_human_baseline(table, fusion=fusion)
     _compare(got, want)
+
+
+def _random_gt_preds(seed, n_images=40, k=5):
+    import numpy as np
+
+    from detx.core.predictions import Predictions
+
+    rng = np.random.default_rng(seed)
+    gt, preds = {}, {}
+    for i in range(n_images):
+        m = int(rng.integers(0, 4)) if rng.random() < 0.5 else 0
+        xy = rng.uniform(0, 200, (m, 2))
+        gb = np.hstack([xy, xy + rng.uniform(10, 80, (m, 2))])
+        gc = rng.integers(0, k - 1, m)  # class k - 1 never has ground truth
+        gt[f"i{i}"] = (gb, gc)
+        n = int(rng.integers(0, 12))
+        xy = rng.uniform(0, 200, (n, 2))
+        b = np.hstack([xy, xy + rng.uniform(10, 80, (n, 2))])
+        c = rng.integers(0, k + 1, n)  # k = No finding
+        j = min(m, n)
+        b[:j] = gb[:j] + rng.normal(0, 3, (j, 4))
+        c[:j] = gc[:j]
+        preds[f"i{i}"] = Predictions(b, np.round(rng.uniform(0, 1, n), 1), c)
+    return gt, preds
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_froc_from_the_challenge_matching_equals_froc(seed):
+    import numpy as np
+
+    from detx.evaluation.froc import froc, froc_from_vinbigdata
+    from detx.evaluation.vinbigdata import vinbigdata_map
+
+    gt, preds = _random_gt_preds(seed)
+    want = froc(gt, preds, num_classes=5)
+    got = froc_from_vinbigdata(vinbigdata_map(gt, preds, num_classes=5), num_classes=5, num_images=len(gt))
+    assert got["sensitivity"] == want["sensitivity"] and got["mean"] == want["mean"]
+    assert got["num_lesions"] == want["num_lesions"] > 0
+    np.testing.assert_array_equal(got["curve"]["fp_per_image"], want["curve"]["fp_per_image"])
+    np.testing.assert_array_equal(got["curve"]["sensitivity"], want["curve"]["sensitivity"])
+
+
+def test_prediction_string_fast_path_equals_entry_loop():
+    """A valid string goes through the one-pass numpy check; the same entries followed by a bad one go through the
+    entry loop, which skips only the bad one: both give the same predictions."""
+    import numpy as np
+
+    from detx.core.submission import parse_prediction_string
+
+    rng = np.random.default_rng(0)
+    n = 50
+    xy = rng.uniform(0, 2000, (n, 2))
+    vals = np.column_stack([rng.integers(0, 15, n), rng.uniform(0, 1, n), xy, xy + rng.uniform(0, 300, (n, 2))])
+    vals[3, 1], vals[4, 1] = 0.0, 1.0  # the confidence bounds are valid
+    vals[5, 4] = vals[5, 2]  # an empty box (x_max == x_min) is valid
+    text = " ".join(f"{int(v[0])} " + " ".join(f"{x:.6g}" for x in v[1:]) for v in vals)
+    fast = parse_prediction_string(text, "a")
+    problems: list[str] = []
+    slow = parse_prediction_string(text + " 3 0.5 nan 0 1 1", "a", strict=False, problems=problems)
+    assert len(problems) == 1 and "non-finite" in problems[0]
+    for attr in ("boxes", "scores", "classes"):
+        np.testing.assert_array_equal(getattr(fast, attr), getattr(slow, attr))
+        assert getattr(fast, attr).dtype == getattr(slow, attr).dtype
+    assert len(fast) == n
+    for bad in ("15 0.5 0 0 1 1", "1.5 0.5 0 0 1 1", "1 1.01 0 0 1 1", "1 0.5 0 0 1 x", "1 -0.1 0 0 1 1",
+                "1 0.5 0 2 1 1"):
+        problems = []
+        out = parse_prediction_string(text + " " + bad, "a", strict=False, problems=problems)
+        assert len(out) == n and len(problems) == 1, bad

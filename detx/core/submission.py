@@ -91,6 +91,23 @@ def _problem(msg: str, strict: bool, problems: list[str] | None) -> None:
         problems.append(msg)
 
 
+def _parse_valid(tokens: list[str], num_classes: int) -> Predictions | None:
+    """The entries of ``tokens`` (a multiple of 6) when every one is valid, converted with ``float`` as the entry
+    loop does and checked with numpy in one pass (a million boxes: seconds, not tens of seconds); None when any
+    value is not a number or any entry breaks a rule (the caller's loop then names each problem)."""
+    try:
+        values = np.array(list(map(float, tokens)), np.float64).reshape(-1, 6)
+    except ValueError:
+        return None
+    cls, score = values[:, 0], values[:, 1]
+    with np.errstate(invalid="ignore"):
+        ok = (np.isfinite(values).all(axis=1) & (cls == np.trunc(cls)) & (cls >= 0) & (cls < num_classes)
+              & (score >= 0.0) & (score <= 1.0) & (values[:, 4] >= values[:, 2]) & (values[:, 5] >= values[:, 3]))
+    if not ok.all():
+        return None
+    return Predictions(values[:, 2:6], score, cls.astype(np.int64))
+
+
 def parse_prediction_string(
     text: str | float | None,
     image_id: str,
@@ -124,7 +141,10 @@ def parse_prediction_string(
             problems,
         )
         return Predictions()
-    classes, scores, boxes = [], [], []
+    fast = _parse_valid(tokens, num_classes)
+    if fast is not None:
+        return fast
+    classes, scores, boxes = [], [], []  # a bad entry somewhere: entry by entry, naming each problem
     for k in range(len(tokens) // 6):
         entry = tokens[6 * k : 6 * k + 6]
         where = f"image {image_id}: entry {k + 1} ({' '.join(entry)})"
