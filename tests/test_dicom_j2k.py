@@ -42,7 +42,7 @@ def _chest_like(h=520, w=640, seed=0):
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("j2k")
     px = _chest_like()
-    kw = dict(photometric="MONOCHROME1", bits_stored=12, window=(2000, 3600))
+    kw = {"photometric": "MONOCHROME1", "bits_stored": 12, "window": (2000, 3600)}
     return write_dicom(d / "a_j2k.dcm", px, compress="j2k", **kw), write_dicom(d / "a_raw.dcm", px, **kw)
 
 

@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 
 import pytest
+from evaluate_case import write_case  # tests/ is on sys.path (pytest prepend mode)
 
 from detx.workflows.evaluate import evaluate_files
-from evaluate_case import write_case  # tests/ is on sys.path (pytest prepend mode)
 
 EXPECTED = Path(__file__).parent / "data" / "evaluate_medium_expected.json"
 
@@ -49,9 +49,10 @@ def test_metrics_json_equal_to_before(tmp_path):
 @pytest.mark.parametrize("fusion", ["none", "nms"])
 def test_other_fusions_unchanged_vs_reference(tmp_path, fusion):
     """The other fusion methods: the human baseline equals the per-reader reference loop kept in the test."""
+    from reference_reader_scores import reference_human_baseline
+
     from detx.data.readers import read_reader_csv
     from detx.evaluation.reader_agreement import human_baseline
-    from reference_reader_scores import reference_human_baseline
 
     gt, _ = write_case(tmp_path, n_images=120, seed=3)
     table, _ = read_reader_csv(gt)
