@@ -128,3 +128,14 @@ def test_prediction_string_fast_path_equals_entry_loop():
         problems = []
         out = parse_prediction_string(text + " " + bad, "a", strict=False, problems=problems)
         assert len(out) == n and len(problems) == 1, bad
+
+
+def test_prediction_string_unusual_numbers_read_as_python_float_does():
+    """Text beyond plain decimals takes the entry loop (Python's float), as before the fast path."""
+    from detx.core.submission import parse_prediction_string
+
+    problems: list[str] = []
+    out = parse_prediction_string("1_0 0.5 0 0 1 1 0x1 0.5 0 0 1 1 2 5e-1 1E1 0 2e1 1", "a", strict=False,
+                                  problems=problems)
+    assert out.classes.tolist() == [10, 2] and out.boxes.tolist() == [[0, 0, 1, 1], [10, 0, 20, 1]]
+    assert len(problems) == 1 and "non-numeric" in problems[0]
