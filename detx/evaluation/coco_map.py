@@ -7,7 +7,8 @@ thresholds; thresholds are evaluated independently, so the extra 0.4 changes non
 VOC's). "No finding" is not a box category and is left out. Category ids are the 0-based class ids.
 
 **Why faster-coco-eval.** pycocotools' ``evaluate``/``accumulate`` loop in Python over every (image, class, area)
-triple; on the whole VinBigData training set (15,000 images, ~1M predicted boxes) they took about 2 minutes.
+triple; on the whole VinBigData training set (15,000 images, ~1M predicted boxes) they were most of
+``tools/evaluate.py``'s time and memory (docs/evaluation.md, ``benchmarks/bench_evaluate.py``).
 faster-coco-eval (maintained, MIT/BSD, the same algorithm with ``evaluateImg`` and ``accumulate`` in C++) gives the
 same ``eval["precision"]`` / ``eval["recall"]`` arrays: ``tests/test_metric_coco.py`` checks all twelve stats,
 ``coco_mAP40`` and the per-class APs against pycocotools to 1e-6 on hand-made and random cases (empty images, many
