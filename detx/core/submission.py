@@ -15,6 +15,8 @@ import csv
 import logging
 import math
 import os
+import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,33 @@ def _problem(msg: str, strict: bool, problems: list[str] | None, log: bool = Tru
         problems.append(msg)
 
 
+#: a PredictionString of plain decimal numbers only (no nan/inf/hex/underscores), which C's strtod and Python's float
+#: read to the same (correctly rounded) value
+_PLAIN_NUMBERS = re.compile(r"[0-9eE+\-.\s]*")
+
+
+def _parse_valid(text: str, n_tokens: int, num_classes: int) -> Predictions | None:
+    """The entries of ``text`` (``n_tokens`` values, a multiple of 6) when every one is valid, read by numpy in one
+    C pass and checked in one vectorized pass (a million boxes: seconds, not tens of seconds); None when the text
+    holds anything but plain decimal numbers or any entry breaks a rule (the caller's entry loop then reads it as
+    before and names each problem)."""
+    if not _PLAIN_NUMBERS.fullmatch(text):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns where a token is not a number; the count check catches it
+        values = np.fromstring(text, dtype=np.float64, sep=" ")
+    if values.size != n_tokens:
+        return None
+    values = values.reshape(-1, 6)
+    cls, score = values[:, 0], values[:, 1]
+    with np.errstate(invalid="ignore"):
+        ok = (np.isfinite(values).all(axis=1) & (cls == np.trunc(cls)) & (cls >= 0) & (cls < num_classes)
+              & (score >= 0.0) & (score <= 1.0) & (values[:, 4] >= values[:, 2]) & (values[:, 5] >= values[:, 3]))
+    if not ok.all():
+        return None
+    return Predictions(values[:, 2:6], score, cls.astype(np.int64))
+
+
 def parse_prediction_string(
     text: str | float | None,
     image_id: str,
@@ -131,7 +160,10 @@ def parse_prediction_string(
             problems,
         )
         return Predictions()
-    classes, scores, boxes = [], [], []
+    fast = _parse_valid(str(text), len(tokens), num_classes)
+    if fast is not None:
+        return fast
+    classes, scores, boxes = [], [], []  # a bad entry somewhere: entry by entry, naming each problem
     for k in range(len(tokens) // 6):
         entry = tokens[6 * k : 6 * k + 6]
         where = f"image {image_id}: entry {k + 1} ({' '.join(entry)})"

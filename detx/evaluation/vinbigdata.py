@@ -68,7 +68,8 @@ def vinbigdata_map(
     Returns:
         ``{"mAP": float, "mAP40": float (key from map_key(iou_thr)), "iou_thr": float,
         "AP_per_class": {class_id: ap or None (no ground truth: excluded)}, "num_gt": {class_id: int},
-        "num_pred": {class_id: int}, "curves": {class_id: {"precision", "recall", "scores"} arrays}}``.
+        "num_pred": {class_id: int}, "curves": {class_id: {"precision", "recall", "scores", "tp"} arrays},
+        "unmatched_scores": {class_id: scores of the detections of a class without ground truth}}``.
         mAP is NaN when no class has ground truth.
 
     Raises:
@@ -81,6 +82,7 @@ def vinbigdata_map(
     num_gt: dict[int, int] = {}
     num_pred: dict[int, int] = {}
     curves: dict[int, dict[str, np.ndarray]] = {}
+    unmatched: dict[int, np.ndarray] = {}
     g_sort = np.argsort(g.classes, kind="stable")
     g_bounds = np.searchsorted(g.classes[g_sort], np.arange(n_cls + 1))
     p_sort = np.argsort(p.classes, kind="stable")
@@ -91,15 +93,17 @@ def vinbigdata_map(
         num_gt[c], num_pred[c] = len(gi), len(pi)
         if len(gi) == 0:
             ap_per_class[c] = None
+            unmatched[c] = p.scores[pi]  # every detection a false positive (FROC pools them)
             continue
         m = match_detections(g.boxes[gi], g.image[gi], p.boxes[pi], p.scores[pi], p.image[pi], iou_thr)
         ap, precision, recall = voc_ap(m.tp, len(gi))
         ap_per_class[c] = ap
-        curves[c] = {"precision": precision, "recall": recall, "scores": m.scores}
+        curves[c] = {"precision": precision, "recall": recall, "scores": m.scores, "tp": m.tp}
     valid = [v for v in ap_per_class.values() if v is not None]
     mean = float(np.mean(valid)) if valid else float("nan")
     out: dict[str, Any] = {"mAP": mean, map_key(iou_thr): mean, "iou_thr": float(iou_thr),
-                           "AP_per_class": ap_per_class, "num_gt": num_gt, "num_pred": num_pred, "curves": curves}
+                           "AP_per_class": ap_per_class, "num_gt": num_gt, "num_pred": num_pred, "curves": curves,
+                           "unmatched_scores": unmatched}
     return out
 
 

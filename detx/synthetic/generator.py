@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from detx.core.classes import NO_FINDING, SPINEXR_CLASSES, VINDR_CXR_CLASSES, no_finding_id
 from detx.core.io import atomic_path, atomic_write_text
@@ -108,7 +108,8 @@ def write_dicom(
         window: optional VOI window ``(center, width)`` in modality units (after rescale), written as
             WindowCenter / WindowWidth.
         rescale: optional modality LUT ``(slope, intercept)``, written as RescaleSlope / RescaleIntercept.
-        compress: None (Explicit VR Little Endian) or "rle" (RLE Lossless, encoded by pydicom).
+        compress: None (Explicit VR Little Endian), "rle" (RLE Lossless, encoded by pydicom) or "j2k" (JPEG 2000
+            Lossless, encoded by pylibjpeg-openjpeg through pydicom, as the Kaggle VinBigData DICOMs are stored).
         image_id: seeds the UIDs (SOP/Study/Series Instance UID) so the file is reproducible; by default they
             are derived from the pixel data.
         **extra_tags: further DICOM keywords and values, e.g. ``PatientID="x"``, ``ImagerPixelSpacing=[.14, .14]``.
@@ -131,8 +132,8 @@ def write_dicom(
         raise ValueError(f"{path}: pixel values [{lo}, {hi}] do not fit in {bits_stored} unsigned bits")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"{path}: photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
-    if compress not in (None, "rle"):
-        raise ValueError(f"{path}: compress must be None or 'rle', got {compress!r}")
+    if compress not in (None, "rle", "j2k"):
+        raise ValueError(f"{path}: compress must be None, 'rle' or 'j2k', got {compress!r}")
     if window is not None and float(window[1]) <= 0:
         raise ValueError(f"{path}: window width must be > 0, got {window[1]}")
     if rescale is not None and float(rescale[0]) == 0:
@@ -173,6 +174,8 @@ def write_dicom(
     ds.PixelData = arr.tobytes()
     if compress == "rle":
         _rle_compress(ds, arr)
+    elif compress == "j2k":
+        ds.compress(JPEG2000Lossless, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return path

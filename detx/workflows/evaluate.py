@@ -29,7 +29,7 @@ from detx.core.predictions import Predictions
 from detx.core.submission import align_to, coverage, read_submission
 from detx.data.readers import boxes_without_reader, describe_boxes_without_reader
 from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
-from detx.evaluation.froc import froc
+from detx.evaluation.froc import froc_from_vinbigdata
 from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
 from detx.evaluation.image_level import (
     classification_metrics,
@@ -84,7 +84,7 @@ def evaluate_submission(
 
     vb = vinbigdata_map(gt, preds, num_classes=k, iou_thr=iou_thr)
     coco = coco_metrics(gt, preds, num_classes=k, extra_iou_thr=iou_thr)
-    fr = froc(gt, preds, num_classes=k, iou_thr=iou_thr)
+    fr = froc_from_vinbigdata(vb, num_classes=k, num_images=len(image_ids))  # reuses vb's VOC matching
 
     empty = Predictions()
     labels = np.array([len(gt[i][1]) > 0 for i in image_ids], np.int64)
