@@ -60,6 +60,7 @@ extras_require = {
         "iterative-stratification>=0.1.7",  # reference for the fold stratifier tests
         "nbformat>=5.9",
         "ipykernel>=6.25",
+        "torchxrayvision>=1.2",  # real public label/report tables (Open-i reports + DICOM headers) the tests read
     ],
 }
 
