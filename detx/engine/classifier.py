@@ -49,7 +49,8 @@ class DetxClassifier(nn.Module):
 
     @configurable
     def __init__(self, *, backbone: Backbone, in_feature: str, num_outputs: int, pixel_mean: list[float],
-                 pixel_std: list[float], pos_weight: list[float] | None = None, dropout: float = 0.0):
+                 pixel_std: list[float], pos_weight: list[float] | None = None, dropout: float = 0.0,
+                 head: nn.Module | None = None):
         """
         Args:
             backbone: a detectron2 backbone.
@@ -58,6 +59,8 @@ class DetxClassifier(nn.Module):
             pixel_mean, pixel_std: input normalization (``MODEL.PIXEL_MEAN/STD``).
             pos_weight: BCE positive-class weight per output (None: 1).
             dropout: dropout before the linear layer.
+            head: the pooled feature -> logits module (default one linear layer; ``MODEL.CLASSIFIER.HEAD "mlgcn"``:
+                :class:`detx.engine.mlgcn.MLGCNHead`).
         """
         super().__init__()
         shapes = backbone.output_shape()
@@ -69,7 +72,7 @@ class DetxClassifier(nn.Module):
         self.stride = int(shapes[in_feature].stride or 1)
         self.num_outputs = int(num_outputs)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(int(shapes[in_feature].channels), self.num_outputs)
+        self.head = head if head is not None else nn.Linear(int(shapes[in_feature].channels), self.num_outputs)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if pos_weight:
@@ -82,8 +85,10 @@ class DetxClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        backbone = build_backbone(cfg)
         return {
-            "backbone": build_backbone(cfg),
+            "backbone": backbone,
+            "head": _build_head(cfg, backbone),
             "in_feature": cfg.MODEL.CLASSIFIER.IN_FEATURE,
             "num_outputs": 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES),
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
@@ -133,6 +138,19 @@ class DetxClassifier(nn.Module):
             return {"loss_cls": loss}
         probs = torch.sigmoid(logits.float())
         return [{"cls_probs": p} for p in probs]
+
+
+def _build_head(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
+    """``MODEL.CLASSIFIER.HEAD``: ``"linear"`` (None: the default layer) or ``"mlgcn"`` (label-graph head)."""
+    kind = str(cfg.MODEL.CLASSIFIER.HEAD).lower()
+    if kind == "linear":
+        return None
+    if kind == "mlgcn":
+        from detx.engine.mlgcn import build_mlgcn_head
+
+        channels = int(backbone.output_shape()[cfg.MODEL.CLASSIFIER.IN_FEATURE].channels)
+        return build_mlgcn_head(cfg, channels, 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES))
+    raise ValueError(f"MODEL.CLASSIFIER.HEAD {cfg.MODEL.CLASSIFIER.HEAD!r}: expected 'linear' or 'mlgcn'")
 
 
 class DenseNetBackbone(Backbone):

@@ -74,6 +74,14 @@ def add_detx_config(cfg: CfgNode) -> None:
     # BCE positive-class weight per output ("abnormal" first, then the classes); [] = 1 for all
     cfg.MODEL.CLASSIFIER.POS_WEIGHT = []
     cfg.MODEL.CLASSIFIER.DROPOUT = 0.0
+    # the head over the pooled feature: "linear" (one layer) or "mlgcn" (ML-GCN, Chen et al. CVPR 2019: per-output
+    # classifiers from 2 graph convolutions over the training labels' co-occurrence graph; detx/engine/mlgcn.py)
+    cfg.MODEL.CLASSIFIER.HEAD = "linear"
+    cfg.MODEL.CLASSIFIER.MLGCN = CfgNode()
+    cfg.MODEL.CLASSIFIER.MLGCN.TAU = 0.4  # binarize P(L_j | L_i) at tau
+    cfg.MODEL.CLASSIFIER.MLGCN.P = 0.2  # re-weighting: neighbours share p, the node keeps 1 - p
+    cfg.MODEL.CLASSIFIER.MLGCN.HIDDEN = 1024  # the first graph convolution's width
+    cfg.MODEL.CLASSIFIER.MLGCN.EMBEDDINGS = ""  # .npy of (1 + K, D) label embeddings; "" = one-hot node features
     # torchvision DenseNet backbones (BACKBONE.NAME "build_densenet_backbone"): depth 121/169/201 and an optional
     # ImageNet state dict the user downloaded (torchvision's densenet121-a639ec97.pth, ...)
     cfg.MODEL.DENSENET = CfgNode()
