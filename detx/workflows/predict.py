@@ -433,10 +433,18 @@ def image_answer(plan: _Plan, scored: _Scored, image_id: str, body_part: str | N
         p_nf = float(row.scores[nf][0]) if nf.any() else None
     probs = scored.per_class.get(image_id, ())
     record = next(r for r in plan.inputs.images if r.image_id == image_id)
+    part_probs: dict[str, float] = {}
+    cfg = plan.cls_cfgs[0] if plan.cls_cfgs else None
+    if cfg is not None and cfg.MODEL.CLASSIFIER.BODY_PART_HEAD and image_id in scored.cnn:
+        tail = scored.cnn[image_id][1 + plan.cls_k:]
+        part_probs = {str(n): float(v) for n, v in zip(cfg.MODEL.CLASSIFIER.BODY_PARTS, tail)}
+    predicted_part = max(part_probs, key=part_probs.get) if part_probs else None
     return ImageAnswer(image_id=image_id, width=int(w), height=int(h), p_abnormal=float(scored.p_abn[image_id]),
                        threshold=float(scored.threshold),
                        class_probs={str(c): float(p) for c, p in zip(scored.columns, probs)},
-                       findings=findings, p_no_finding=p_nf, body_part=body_part or mura_body_part(record.path),
+                       findings=findings, p_no_finding=p_nf,
+                       body_part=body_part or predicted_part or mura_body_part(record.path),
+                       body_part_probs=part_probs,
                        source="<array>" if record.pixels is not None else str(record.path))
 
 
