@@ -13,7 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import load_script, run_train_net
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from detx.core.classes import MURA_BODY_PARTS
 from detx.evaluation.body_part import body_part_index, body_part_metrics, per_part_thresholds
