@@ -163,10 +163,9 @@ def test_prepare_real_reports_placeholder_images(openi_files, tmp_path):
 
 
 def test_openi_config_names_the_prepared_findings():
-    import yaml
-
     from detx.data.openi import OPENI_FINDINGS
+    from detx.engine.config import get_detx_cfg
 
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/classification/openi_densenet121.yaml")
-                         .read_text())["MODEL"]["CLASSIFIER"]
-    assert cfg["IMAGE_LABELS"] == list(OPENI_FINDINGS) and cfg["NUM_CLASSES"] == len(OPENI_FINDINGS)
+    cfg = get_detx_cfg(str(Path(__file__).resolve().parents[1] / "configs/classification/openi_densenet121.yaml"))
+    assert list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS) == list(OPENI_FINDINGS)
+    assert len(OPENI_FINDINGS) == cfg.MODEL.CLASSIFIER.NUM_CLASSES
