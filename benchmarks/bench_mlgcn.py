@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     def fmt(v: float) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
-    lines = ["| output | linear head AUC | ML-GCN head AUC |", "|---|---|---|"]
+    lines = ["| output | linear head AUC | ML-GCN head AUC |", "|---|---|---|",
+             f"| abnormal | {fmt(res['linear'].get('auc'))} | {fmt(res['mlgcn'].get('auc'))} |"]
     for c in classes:
         lines.append(f"| {c} | {fmt(res['linear'].get('auc-' + c))} | {fmt(res['mlgcn'].get('auc-' + c))} |")
     lines.append(f"| macro (classes) | {fmt(res['linear'].get('auc_macro'))} | {fmt(res['mlgcn'].get('auc_macro'))} |")
