@@ -17,6 +17,7 @@ install_requires = [
     "pandas>=2.0",
     "scipy>=1.10",
     "scikit-learn>=1.3",
+    "optuna>=3.5",  # tools/tune.py: hyperparameter search, resumable through its SQLite storage (heartbeat retries)
     "opencv-python-headless>=4.8",  # the only cv2 distribution: albumentations uses the same one
     "albumentations>=1.4",
     "pydicom>=2.4",

@@ -136,17 +136,25 @@ def prepare_main(dataset: str, description: str, argv: list[str] | None = None) 
     """The whole of ``datasets/prepare_<dataset>.py``: parse, prepare, print the summary; the exit status."""
     from detx.workflows.prepare import add_prepare_arguments, prepare_from_args
     from detx.workflows.prepare_mura import add_mura_arguments, prepare_mura_from_args
+    from detx.workflows.prepare_openi import add_openi_arguments, prepare_openi_from_args
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if dataset == "mura":
         add_mura_arguments(parser)
+    elif dataset == "openi":
+        add_openi_arguments(parser)
     else:
         add_prepare_arguments(parser, dataset)
     args = add_version(parser).parse_args(argv)
     setup_logging(logging.INFO)
 
     def prepare() -> int:
-        summary = prepare_mura_from_args(args) if dataset == "mura" else prepare_from_args(args, dataset)
+        if dataset == "mura":
+            summary = prepare_mura_from_args(args)
+        elif dataset == "openi":
+            summary = prepare_openi_from_args(args)
+        else:
+            summary = prepare_from_args(args, dataset)
         print(summary.format())
         return EXIT_OK
 

@@ -8,6 +8,7 @@ detectron2 checkpoints, test-time augmentation and WBF ensembling, plus an image
     python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv \\
         --classifier classifier.json --nofinding-low 0.05 --nofinding-high 0.95 MODEL.DEVICE cuda
     python tools/predict.py --exported model_fold0.ts model_fold1.onnx --input dicoms/ --out submission.csv
+    python tools/predict.py --classifier-config CFG --classifier-weights W --input one_image.dcm   # one sentence
     python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv --num-gpus 4
     python tools/predict.py --config-file faster/config.yaml retinanet/config.yaml cascade/config.yaml \\
         --weights faster/model_best.pth retinanet/model_best.pth cascade/model_best.pth --model-weights 2 1 1 \\
@@ -22,6 +23,10 @@ written as `<nf> 1 0 0 1 1` with a warning (--strict: exit 1), marked `status un
 CSV, listed in <out stem>.problems.csv and counted in the closing line. PNGs of unknown original size (no
 meta.csv) are refused unless --png-frame. Exit status: 0 done, 1 an unreadable image with --strict, 2 bad
 arguments or input.
+
+--input FILE (one DICOM or PNG) answers in a sentence ("X-ray 0a1b is abnormal (P(abnormal) 0.912, threshold 0.5).
+Findings: ..."); --out/--classification-out are then optional, --json prints the whole answer (boxes in original
+pixels, per-class probabilities), the same as Python's detx.XrayPredictor(...).predict(FILE).
 """
 
 from __future__ import annotations
@@ -107,6 +112,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="rendezvous of the processes, tcp://HOST:PORT of machine 0 (default auto: a free local port, "
                         "one machine only)")
     p.add_argument("--strict", action="store_true", help="stop (exit 1) at the first image that cannot be read")
+    p.add_argument("--body-part", default=None, help="--input FILE: the body part to name in the sentence (MURA: "
+                   "XR_HUMERUS; default: read from a MURA path)")
+    p.add_argument("--json", action="store_true", help="--input FILE: also print the whole answer as one JSON line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_version(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -133,6 +141,21 @@ def main(args: argparse.Namespace) -> int:
         score_scaling=args.score_scaling, exported=args.exported, png_frame=args.png_frame)
     summary = run_predict(options, LaunchOptions(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url))
     failed = summary["failed"]
+    if "answers" in summary:  # one image file: the answer in a sentence
+        import json
+
+        from detx.inference.answer import ImageAnswer
+
+        for d in summary["answers"]:
+            answer = ImageAnswer.from_dict(d)
+            if args.body_part:
+                answer.body_part = args.body_part
+            print(answer.sentence(min_score=args.vis_score))
+            if args.json:
+                print(json.dumps(answer.to_dict()))
+        for image_id, why in failed.items():
+            print(f"error: image {image_id} cannot be read: {why}", file=sys.stderr)
+        return 1 if failed else 0
     cnn = f", {summary['classifiers']} image classifier(s)" if summary["classifiers"] else ""
     if failed:
         cnn += f", {len(failed)} unreadable written as no finding"

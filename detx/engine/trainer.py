@@ -102,7 +102,9 @@ class Trainer(DefaultTrainer):
         if is_classifier(cfg):
             return ClassificationEvaluator(dataset_name, int(cfg.MODEL.CLASSIFIER.NUM_CLASSES), output_dir=out,
                                            n_boot=int(cfg.DETX.EVAL.BOOTSTRAP),
-                                           label_names=list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS))
+                                           label_names=list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS),
+                                           body_parts=list(cfg.MODEL.CLASSIFIER.BODY_PARTS)
+                                           if cfg.MODEL.CLASSIFIER.BODY_PART_HEAD else None)
         return VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR, output_dir=out)
 
     def build_hooks(self) -> list:

@@ -35,7 +35,15 @@ from detx.core.prepared import (
     read_meta_sizes,
     test_split_unreadable,
 )
-from detx.data.dicom import find_dicoms, find_pngs, load_dicom_image
+from detx.data.dicom import (
+    PNG_SUFFIXES,
+    dicom_image_id,
+    find_dicoms,
+    find_pngs,
+    is_dicom_file,
+    load_dicom_image,
+    to_uint8,
+)
 from detx.engine.checkpoint import check_checkpoint
 from detx.engine.config import is_classifier, num_classes, num_classes_key
 from detx.inference.tta import TTAView, hflip_boxes, hflip_image
@@ -73,9 +81,12 @@ class InputImage:
     orig_width: int | None = None
     orig_height: int | None = None
     error: str | None = None  # set for an image known to be unreadable before decoding (a test set's failures)
+    pixels: np.ndarray | None = None  # kind "array": the image itself (one-image API)
 
     def identity(self) -> str:
         """What the pixels are: the file's absolute path, byte count and modification time (the cache key)."""
+        if self.pixels is not None:
+            return f"<array>|{self.image_id}|{self.pixels.shape}|{hash(self.pixels.tobytes())}"
         try:
             st = os.stat(self.path)
         except OSError:
@@ -96,8 +107,53 @@ class InputSet:
     size: int | None = None  # the image size a prepared JSON was prepared at
 
 
+def is_single_image(path: str | os.PathLike) -> bool:
+    """Whether ``--input`` names one image file (a DICOM or a PNG) rather than a prepared JSON or a folder."""
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() != ".json"
+
+
+def single_image_record(path: str | os.PathLike) -> InputImage:
+    """The record of one DICOM (any file with the DICM marker, ``.dcm``, ``.dicom``) or PNG file; a PNG's original
+    size comes from a ``meta.csv`` beside it when that lists it, else it is the PNG's own.
+
+    Raises:
+        PredictionInputError: neither a DICOM nor a PNG.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PNG_SUFFIXES:
+        try:
+            meta = read_meta_sizes(path.parent)
+        except PreparedDatasetError as e:
+            raise PredictionInputError(str(e)) from e
+        m = meta.get(path.stem)
+        return InputImage(path.stem, path, "png", m[0] if m else None, m[1] if m else None)
+    if is_dicom_file(path):
+        return InputImage(dicom_image_id(path), path, "dicom")
+    raise PredictionInputError(f"input {path}: expected a DICOM (.dcm, .dicom or the DICM marker), a PNG, a prepared "
+                               "COCO .json, a DICOM folder or a PNG folder")
+
+
+def array_record(image: np.ndarray, image_id: str = "image", orig_size: tuple[int, int] | None = None) -> InputImage:
+    """The record of an image array: 2-D grayscale (uint8, or uint16 read as 0..65535, as a 16-bit prepared PNG) or
+    H x W x 3 RGB uint8; ``orig_size`` (width, height) is the frame of the boxes (default the array's size).
+
+    Raises:
+        PredictionInputError: another shape or pixel type.
+    """
+    arr = np.asarray(image)
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)) or arr.dtype not in (np.uint8, np.uint16):
+        raise PredictionInputError(f"image array {image_id}: expected H x W (uint8/uint16) or H x W x 3 (uint8 RGB), "
+                                   f"got shape {arr.shape} of {arr.dtype}")
+    if arr.ndim == 3 and arr.dtype != np.uint8:
+        raise PredictionInputError(f"image array {image_id}: a 3-channel array must be uint8 RGB, got {arr.dtype}")
+    w, h = orig_size if orig_size is not None else (arr.shape[1], arr.shape[0])
+    return InputImage(image_id, Path("<array>"), "array", int(w), int(h), pixels=arr)
+
+
 def collect_inputs(path: str | os.PathLike) -> InputSet:
-    """The images of a prepared COCO JSON, a DICOM folder or a PNG folder (sorted by image id).
+    """The images of a prepared COCO JSON, a DICOM folder or a PNG folder (sorted by image id), or one DICOM or PNG
+    file.
 
     Raises:
         PredictionInputError: the path does not exist, or a folder holds no DICOM or PNG image.
@@ -105,9 +161,9 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
     path = Path(path)
     if not path.exists():
         raise PredictionInputError(f"input {path} does not exist")
+    if is_single_image(path):
+        return InputSet([single_image_record(path)], path)
     if path.is_file():
-        if path.suffix.lower() != ".json":
-            raise PredictionInputError(f"input {path}: expected a prepared COCO .json, a DICOM folder or a PNG folder")
         try:
             coco = load_prepared_coco(path)
         except (ValueError, KeyError) as e:
@@ -182,6 +238,11 @@ def load_image(record: InputImage, fmt: str, dicom_size: int) -> LoadedImage:
     if record.error is not None:
         return LoadedImage(record, error=record.error)
     try:
+        if record.pixels is not None:
+            arr = record.pixels
+            arr = to_uint8(arr) if arr.dtype == np.uint16 else arr
+            fmt_arr = to_model_format(arr, fmt)
+            return LoadedImage(record, fmt_arr, (record.orig_width or arr.shape[1], record.orig_height or arr.shape[0]))
         if record.kind == "dicom":
             gray, orig_w, orig_h = load_dicom_image(record.path, dicom_size)
             return LoadedImage(record, to_model_format(gray, fmt), (orig_w, orig_h))
