@@ -55,6 +55,10 @@ def add_detx_config(cfg: CfgNode) -> None:
     cfg.DETX.BEST_METRIC = "vinbigdata/mAP40"
     cfg.DETX.BOX_MASKS = False
     cfg.DETX.CURVES = True
+    # stop taking training steps once the training process has used this much CPU time (seconds, user + system, from
+    # the first step; 0 = no limit): the remaining iterations are skipped, the final evaluation and checkpoints still
+    # run. For comparing recipes at equal CPU cost (benchmarks/bench_classifier_recipes.py).
+    cfg.DETX.CPU_BUDGET_S = 0.0
 
     cfg.DETX.EVAL = CfgNode()
     cfg.DETX.EVAL.IOU_THR = 0.4

@@ -74,6 +74,24 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def run_step(self) -> None:
+        """One training step, unless ``DETX.CPU_BUDGET_S`` is spent (the rest of the iterations are then skipped)."""
+        budget = float(self.cfg.DETX.CPU_BUDGET_S)
+        if budget > 0:
+            import time
+
+            now = time.process_time()
+            if getattr(self, "_cpu_start", None) is None:
+                self._cpu_start = now
+            elif now - self._cpu_start >= budget:
+                if not getattr(self, "_budget_logged", False):
+                    logger.info("DETX.CPU_BUDGET_S %.0f s spent after %d iterations: the remaining ones are skipped",
+                                budget, self.iter)
+                    self.storage.put_scalar("cpu_budget_iters", float(self.iter), smoothing_hint=False)
+                    self._budget_logged = True
+                return
+        super().run_step()
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         """detectron2's train loader (``DATALOADER.SAMPLER_TRAIN``: ``TrainingSampler`` or
