@@ -338,7 +338,12 @@ def test_classifier_from_a_detector_checkpoint_trains(tiny_random_checkpoint, pr
 
 def test_vgg16_frozen_features_train_a_head(prepared_cxr_dir, tmp_path):
     out = tmp_path / "vgg"
+    # with a CPU budget spent after the first step: the other steps are skipped, the final evaluation still runs
     proc = _train(out, prepared_cxr_dir, str(Q / "vindr_cxr_cls_vgg16_frozen_tiny.yaml"),
-                  "MODEL.CLASSIFIER.FEATURE_CACHE", str(out / "features.pt"))
+                  "MODEL.CLASSIFIER.FEATURE_CACHE", str(out / "features.pt"), "DETX.CPU_BUDGET_S", "1e-6")
     assert "frozen features: computed" in proc.stdout + proc.stderr
-    assert _metric_rows(out / "metrics.json", "cls/auc")
+    assert "DETX.CPU_BUDGET_S 0 s spent after 1 iterations" in proc.stdout + proc.stderr
+    assert [r["cpu_budget_iters"] for r in _metric_rows(out / "metrics.json", "cpu_budget_iters")] == [1.0]
+    rows = _metric_rows(out / "metrics.json", "cls/auc")
+    assert rows and rows[-1]["iteration"] == 8  # the final evaluation, after the last (skipped) iteration
+    assert len(_metric_rows(out / "metrics.json", "loss_cls")) <= 1
