@@ -34,7 +34,7 @@ def test_every_classifier_config_loads(config):
     cfg = get_detx_cfg(str(ROOT / config))
     # the contrastive stage 1 keeps the checkpoint of the best k-NN AUC of its embeddings
     best = "cls/knn_auc" if cfg.MODEL.CLASSIFIER.LOSS == "supcon" else "cls/auc"
-    assert is_classifier(cfg) and cfg.DETX.BEST_METRIC == best
+    assert is_classifier(cfg) and best == cfg.DETX.BEST_METRIC
     assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False and cfg.INPUT.RANDOM_FLIP == "none"
     name = Path(config).name
     expected = 28 if "physionet_labels" in name else 7 if "spinexr" in name else 14 if "vindr_cxr" in name else 0
