@@ -56,10 +56,12 @@ def _last(metrics: Path, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
-def train(out: Path, config: Path, demo: Path, budget: float, size: int, log: Path, *opts: str) -> Path:
-    """One training run under the CPU budget; returns its OUTPUT_DIR."""
-    if (out / "model_final.pth").is_file():
-        return out
+def train(out: Path, config: Path, demo: Path, budget: float, size: int, log: Path, *opts: str) -> tuple[Path, float]:
+    """One training run under the CPU budget; returns its OUTPUT_DIR and the CPU seconds it used (recorded in
+    ``OUTPUT_DIR/cpu_s.txt``, so that a second invocation reuses the run and its figure)."""
+    if (out / "model_final.pth").is_file() and (out / "cpu_s.txt").is_file():
+        return out, float((out / "cpu_s.txt").read_text())
+    cpu0 = _child_cpu()
     _run([sys.executable, "tools/train_net.py", "--config-file", config, "--overwrite",
           "DETX.DATA_ROOT", demo / "prepared", "DETX.FOLD", "0", "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu",
           "MODEL.CLASSIFIER.NUM_CLASSES", "14", "SOLVER.MAX_ITER", "5000", "SOLVER.STEPS", "()",
@@ -67,7 +69,9 @@ def train(out: Path, config: Path, demo: Path, budget: float, size: int, log: Pa
           "DETX.BEST_METRIC", "", "DETX.CURVES", "False", "DETX.EVAL.BOOTSTRAP", "0", "DETX.CPU_BUDGET_S", str(budget),
           "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size, "INPUT.MIN_SIZE_TEST", size,
           "INPUT.MAX_SIZE_TEST", size, "SEED", "0", *opts], log)
-    return out
+    cpu = _child_cpu() - cpu0
+    (out / "cpu_s.txt").write_text(f"{cpu:.1f}\n")
+    return out, cpu
 
 
 def score(run: Path, demo: Path, size: int, log: Path) -> dict[str, float | None]:
@@ -118,36 +122,30 @@ def main(argv: list[str] | None = None) -> int:
     b, s1 = args.cpu_seconds, args.cpu_seconds * args.stage1_share
     tiny, cache = str(Q / "vindr_cxr_cls_tiny.yaml"), "MODEL.CLASSIFIER.FEATURE_CACHE"
     rows: dict[str, dict] = {}
-    stage1, stage1_cpu, knn = out / "supcon-stage1", None, None
+    stage1 = out / "supcon-stage1"
     for name in args.recipes.split(","):
         if name not in RECIPES:
             print(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}", file=sys.stderr)
             return 2
         shared_cpu = 0.0
         if name.startswith("supcon"):  # stage 1, once for both stage-2 variants; its CPU counts for each
-            if stage1_cpu is None:
-                t1 = _child_cpu()
-                train(stage1, Q / "vindr_cxr_cls_supcon_tiny.yaml", demo, s1, args.size, log)
-                stage1_cpu = _child_cpu() - t1
-                knn = _last(stage1 / "metrics.json", "cls/knn_auc")
-            shared_cpu = stage1_cpu
-        cpu0 = _child_cpu()
+            _, shared_cpu = train(stage1, Q / "vindr_cxr_cls_supcon_tiny.yaml", demo, s1, args.size, log)
         if name == "scratch":
-            run = train(out / name, tiny, demo, b, args.size, log)
+            run, cpu = train(out / name, tiny, demo, b, args.size, log)
         elif name.startswith("supcon"):
             frozen = name == "supcon+frozen"
-            run = train(out / name, Q / "vindr_cxr_cls_stage2_tiny.yaml", demo, b - s1, args.size, log,
-                        "MODEL.WEIGHTS", stage1 / "model_final.pth", "MODEL.CLASSIFIER.FREEZE_BACKBONE", str(frozen),
-                        *([cache, out / name / "features.pt"] if frozen else ["SOLVER.BASE_LR", "0.005"]))
+            run, cpu = train(out / name, Q / "vindr_cxr_cls_stage2_tiny.yaml", demo, b - s1, args.size, log,
+                             "MODEL.WEIGHTS", stage1 / "model_final.pth", "MODEL.CLASSIFIER.FREEZE_BACKBONE",
+                             str(frozen), *([cache, out / name / "features.pt"] if frozen else
+                                            ["SOLVER.BASE_LR", "0.005"]))
         elif name == "detector-init":
-            run = train(out / name, tiny, demo, b, args.size, log, "MODEL.WEIGHTS", det)
+            run, cpu = train(out / name, tiny, demo, b, args.size, log, "MODEL.WEIGHTS", det)
         else:  # vgg16-frozen
-            run = train(out / name, Q / "vindr_cxr_cls_vgg16_frozen_tiny.yaml", demo, b, args.size, log,
-                        cache, out / name / "features.pt")
-        train_cpu = _child_cpu() - cpu0 + shared_cpu
-        rows[name] = {**score(run, demo, args.size, log), "cpu_s": train_cpu}
+            run, cpu = train(out / name, Q / "vindr_cxr_cls_vgg16_frozen_tiny.yaml", demo, b, args.size, log,
+                             cache, out / name / "features.pt")
+        rows[name] = {**score(run, demo, args.size, log), "cpu_s": cpu + shared_cpu}
         print(f"{name}: {rows[name]}", flush=True)
-
+    knn = _last(stage1 / "metrics.json", "cls/knn_auc") if (stage1 / "metrics.json").is_file() else None
     rows = {"detection-derived (reference)": reference(demo), **rows}  # read last: the demo may still be finishing
 
     def f(v: float | None, nd: int = 3) -> str:
