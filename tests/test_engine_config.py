@@ -32,7 +32,9 @@ def test_every_classifier_config_loads(config):
     from detx.engine.config import is_classifier
 
     cfg = get_detx_cfg(str(ROOT / config))
-    assert is_classifier(cfg) and cfg.DETX.BEST_METRIC == "cls/auc"
+    # the contrastive stage 1 keeps the checkpoint of the best k-NN AUC of its embeddings
+    best = "cls/knn_auc" if cfg.MODEL.CLASSIFIER.LOSS == "supcon" else "cls/auc"
+    assert is_classifier(cfg) and best == cfg.DETX.BEST_METRIC
     assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False and cfg.INPUT.RANDOM_FLIP == "none"
     name = Path(config).name
     expected = 28 if "physionet_labels" in name else 15 if "openi" in name else 7 if "spinexr" in name else 14 if "vindr_cxr" in name else 0
@@ -40,6 +42,9 @@ def test_every_classifier_config_loads(config):
     if "densenet" in name.lower():
         assert cfg.MODEL.BACKBONE.NAME == "build_densenet_backbone" and cfg.INPUT.FORMAT == "RGB"
         assert cfg.MODEL.DENSENET.WEIGHTS == ""  # ImageNet weights are a file the user downloads
+    elif "vgg" in name:
+        assert cfg.MODEL.BACKBONE.NAME == "build_vgg_backbone" and cfg.INPUT.FORMAT == "RGB"
+        assert cfg.MODEL.VGG.WEIGHTS == "" and cfg.MODEL.CLASSIFIER.FREEZE_BACKBONE
     elif "R_50" in name:
         assert cfg.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/") and cfg.MODEL.RESNETS.DEPTH == 50
     elif "tiny" in name:

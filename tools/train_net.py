@@ -53,7 +53,9 @@ def setup(args) -> CfgNode:
     # the colour codes detectron2 puts into the config it logs
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fvcore")
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank())
-    plain_log_files()
+    # detx's own messages (what a classifier's MODEL.WEIGHTS loaded, the feature cache, ...) in the console and log.txt
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detx", abbrev_name="detx")
+    plain_log_files(("detectron2", "fvcore", "detx", ""))
     default_setup(cfg, args)  # logging, OUTPUT_DIR/config.yaml, seeds
     if comm.is_main_process():
         atomic_write_text(f"{cfg.OUTPUT_DIR}/environment.txt", collect_env_info() + "\n")

@@ -6,6 +6,7 @@ prediction call these checks first so that a wrong file stops with a message nam
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -15,8 +16,10 @@ import torch
 
 from detx.core.errors import InputError
 
-__all__ = ["CheckpointError", "check_checkpoint", "check_weights_file", "detector_kind", "read_state_dict",
-           "state_num_classes"]
+__all__ = ["CheckpointError", "check_checkpoint", "check_weights_file", "classifier_init_state", "detector_kind",
+           "read_state_dict", "state_num_classes"]
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(InputError):
@@ -166,3 +169,89 @@ def check_checkpoint(model: torch.nn.Module, path: str | os.PathLike, num_classe
         raise CheckpointError(
             f"weights file {path} lacks {len(missing)} of the config's model parameters (e.g. {missing[:3]}): they "
             "would stay random; it was trained with another config (another head or backbone)")
+
+
+#: where a detector with an FPN keeps the backbone that the classifier's backbone is (detectron2's naming)
+FPN_BOTTOM_UP = "backbone.bottom_up."
+
+
+def _prefix_groups(keys: list[str], depth: int = 2) -> str:
+    groups: dict[str, int] = {}
+    for k in keys:
+        g = ".".join(k.split(".")[:depth])
+        groups[g] = groups.get(g, 0) + 1
+    return ", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items())) or "none"
+
+
+def classifier_init_state(model: torch.nn.Module, path: str | os.PathLike, backbone_name: str = ""
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """The tensors of a checkpoint that initialise the image classifier ``model``, and a report of what is loaded.
+
+    ``path`` may be an image classifier's checkpoint (stage 1 of the contrastive recipe, or any earlier run: its
+    ``backbone.*``, and its head and projection where they fit) or a detx detector's (``model_final.pth`` /
+    ``model_best.pth``): with an FPN its ``backbone.bottom_up.*`` is the classifier's ``backbone.*``; without one
+    (C4) its ``backbone.*`` is. Every tensor of the classifier's backbone must come from the file with its shape, and
+    the file's backbone must have no tensor the classifier's lacks (a ResNet-34 is not a ResNet-18): anything else is
+    another backbone family.
+
+    Args:
+        model: the classifier (``DetxClassifier``).
+        path: the checkpoint.
+        backbone_name: ``MODEL.BACKBONE.NAME``, for the message.
+
+    Returns:
+        ``(to_load, report)``: the tensors for ``model.load_state_dict(to_load, strict=False)``; ``report`` has
+        ``source`` ([classifier] or [detector]), ``loaded``, ``not_loaded`` (the file's tensors left out) and
+        ``left_at_init`` (the model's tensors the file does not give: a new head).
+
+    Raises:
+        CheckpointError: missing or unreadable file, no backbone in it, or another backbone family.
+    """
+    path = Path(path)
+    state = read_state_dict(path)
+    own = model.state_dict()
+    if any(k.startswith(FPN_BOTTOM_UP) for k in state):
+        source = "detector"
+        mapped = {"backbone." + k[len(FPN_BOTTOM_UP):]: v for k, v in state.items() if k.startswith(FPN_BOTTOM_UP)}
+        rest = [k for k in state if not k.startswith(FPN_BOTTOM_UP)]
+    elif any(k.startswith("backbone.") for k in state):
+        source = "detector" if detector_kind(state) else "classifier"
+        if source == "detector":
+            mapped = {k: v for k, v in state.items() if k.startswith("backbone.")}
+        else:
+            mapped = dict(state)
+        rest = [k for k in state if k not in mapped]
+    else:
+        raise CheckpointError(f"weights file {path} holds no backbone (no backbone.* or {FPN_BOTTOM_UP}* tensors): "
+                              "it is neither a detx classifier's nor a detx detector's checkpoint")
+    theirs = {k: v for k, v in mapped.items() if k.startswith("backbone.")}
+    ours = [k for k in own if k.startswith("backbone.")]
+    missing = [k for k in ours if k not in theirs]
+    extra = [k for k in theirs if k not in own]
+    wrong = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in ours
+             if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
+    if missing or extra or wrong:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} of the config's {len(ours)} backbone tensors are not in it (e.g. "
+                           f"{missing[:2]})")
+        if extra:
+            details.append(f"it has {len(extra)} backbone tensors the config's backbone lacks (e.g. {extra[:2]})")
+        if wrong:
+            details.append(f"{len(wrong)} have other shapes (e.g. {wrong[:2]})")
+        raise CheckpointError(
+            f"weights file {path} is a {source} checkpoint of another backbone family than the config's "
+            f"({backbone_name or 'MODEL.BACKBONE'}): {'; '.join(details)}. Use a checkpoint trained with the same "
+            "MODEL.BACKBONE.NAME and MODEL.RESNETS/DENSENET/VGG settings")
+    to_load, skipped = {}, list(rest)
+    for k, v in mapped.items():
+        if k in own and tuple(v.shape) == tuple(own[k].shape):
+            to_load[k] = v
+        else:
+            skipped.append(k)
+    left = [k for k in own if k not in to_load]
+    report = {"source": [source], "loaded": sorted(to_load), "not_loaded": sorted(skipped), "left_at_init": left}
+    logger.info("classifier initialised from the %s checkpoint %s: loaded %d tensors (%s); not loaded from the file: "
+                "%s; left at their initialisation: %s", source, path, len(to_load), _prefix_groups(sorted(to_load), 1),
+                _prefix_groups(skipped), _prefix_groups(left, 1))
+    return to_load, report

@@ -12,6 +12,16 @@ batched image scores like a single one) and applies one linear layer with a sigm
 Training takes ``cls_targets`` (the mapper reads them from the prepared dataset:
 :func:`detx.core.prepared.image_level_targets`) and returns ``{"loss_cls": BCE}`` with optional positive-class
 weights (``MODEL.CLASSIFIER.POS_WEIGHT``); inference returns ``[{"cls_probs": (1 + K,) tensor}, ...]``.
+
+Training recipes (docs/classifiers.md):
+
+- ``MODEL.CLASSIFIER.LOSS supcon``: stage 1, the supervised contrastive loss (:func:`supcon_loss`) over two augmented
+  views per image (the mapper's ``image2``) on a projection head (``proj``); the linear head learns beside it from
+  detached features. Inference adds ``"embedding"`` (the normalized projection) for the k-NN metric.
+- ``MODEL.CLASSIFIER.FREEZE_BACKBONE``: the backbone keeps its loaded weights and batch-norm statistics; with a
+  feature cache (:mod:`detx.engine.feature_cache`) the head trains on pooled features computed once.
+- The head (``MODEL.CLASSIFIER.HEAD``: ``linear``, ``mlgcn`` or a name in :data:`CLS_HEAD_REGISTRY`) maps pooled
+  ``(N, C)`` features to ``(N, outputs)`` logits.
 """
 
 from __future__ import annotations
@@ -26,13 +36,67 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
+from detectron2.utils.registry import Registry
 from torch import nn
 
 from detx.engine.config import CLASSIFIER_ARCH
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetxClassifier", "DenseNetBackbone", "build_densenet_backbone", "output_names"]
+__all__ = ["CLS_HEAD_REGISTRY", "DetxClassifier", "DenseNetBackbone", "VGGBackbone", "build_cls_head",
+           "build_densenet_backbone", "build_vgg_backbone", "output_names", "supcon_loss"]
+
+CLS_HEAD_REGISTRY = Registry("CLS_HEAD")
+CLS_HEAD_REGISTRY.__doc__ = """Heads of the image classifier: ``fn(cfg, in_channels, num_outputs) -> nn.Module`` mapping pooled
+``(N, in_channels)`` features to ``(N, num_outputs)`` logits; chosen by name in ``MODEL.CLASSIFIER.HEAD``."""
+
+LOSSES = ("bce", "supcon")
+
+
+@CLS_HEAD_REGISTRY.register()
+def LinearHead(cfg: CfgNode | None, in_channels: int, num_outputs: int) -> nn.Module:  # noqa: N802 - registry name
+    """One linear layer (its parameters are ``head.weight``/``head.bias`` in a checkpoint)."""
+    return nn.Linear(in_channels, num_outputs)
+
+
+def build_cls_head(cfg: CfgNode, in_channels: int, num_outputs: int) -> nn.Module:
+    """``MODEL.CLASSIFIER.HEAD``: ``"linear"`` (:func:`LinearHead`, the default), ``"mlgcn"`` (the label-graph head,
+    :mod:`detx.engine.mlgcn`) or the name of any other head registered in :data:`CLS_HEAD_REGISTRY`."""
+    name = str(cfg.MODEL.CLASSIFIER.HEAD)
+    if name.lower() == "linear":
+        return LinearHead(cfg, in_channels, num_outputs)
+    if name.lower() == "mlgcn":
+        from detx.engine.mlgcn import build_mlgcn_head
+
+        return build_mlgcn_head(cfg, in_channels, num_outputs)
+    if name in CLS_HEAD_REGISTRY:
+        return CLS_HEAD_REGISTRY.get(name)(cfg, in_channels, num_outputs)
+    raise ValueError(f"MODEL.CLASSIFIER.HEAD {name!r}: expected 'linear', 'mlgcn' or a head registered in "
+                     f"CLS_HEAD_REGISTRY ({sorted(k for k, _ in CLS_HEAD_REGISTRY)})")
+
+
+def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """The supervised contrastive loss (Khosla et al. 2020, "L_out") of two views per image.
+
+    The 2N embeddings (normalized here) are anchors in turn; the positives of an anchor are every other embedding of
+    the same label (its own other view included), the denominator every other embedding:
+    ``L = mean_i -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t))``.
+
+    Args:
+        z1, z2: (N, D) embeddings of the first and second view of the same N images.
+        labels: (N,) labels (equal values are positives).
+        temperature: ``t``.
+    """
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    y = torch.cat([labels, labels]).reshape(-1)
+    n = z.shape[0]
+    sim = z @ z.T / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (y[:, None] == y[None, :]) & ~self_mask
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1) / pos.sum(1).clamp(min=1)
+    return per_anchor.mean()
 
 DENSENETS = {121: torchvision.models.densenet121, 169: torchvision.models.densenet169,
              201: torchvision.models.densenet201}
@@ -50,7 +114,9 @@ class DetxClassifier(nn.Module):
     @configurable
     def __init__(self, *, backbone: Backbone, in_feature: str, num_outputs: int, pixel_mean: list[float],
                  pixel_std: list[float], pos_weight: list[float] | None = None, dropout: float = 0.0,
-                 head: nn.Module | None = None, body_part_head: nn.Module | None = None):
+                 head: nn.Module | None = None, body_part_head: nn.Module | None = None, loss: str = "bce",
+                 temperature: float = 0.1, proj_hidden: int = 256, proj_dim: int = 128,
+                 freeze_backbone: bool = False):
         """
         Args:
             backbone: a detectron2 backbone.
@@ -59,10 +125,15 @@ class DetxClassifier(nn.Module):
             pixel_mean, pixel_std: input normalization (``MODEL.PIXEL_MEAN/STD``).
             pos_weight: BCE positive-class weight per output (None: 1).
             dropout: dropout before the linear layer.
-            head: the pooled feature -> logits module (default one linear layer; ``MODEL.CLASSIFIER.HEAD "mlgcn"``:
-                :class:`detx.engine.mlgcn.MLGCNHead`).
+            head: the pooled feature -> logits module (None: one linear layer; ``MODEL.CLASSIFIER.HEAD``,
+                :func:`build_cls_head`).
             body_part_head: ``MODEL.CLASSIFIER.BODY_PART_HEAD`` (:class:`detx.engine.body_part.BodyPartHead`): the
                 body-part loss in training, the part probabilities appended to ``cls_probs`` at inference.
+            loss: "bce" or "supcon" (stage 1: SupCon on a projection head plus the head on detached features).
+            temperature: SupCon's temperature.
+            proj_hidden: width of SupCon's projection head.
+            proj_dim: SupCon's embedding size.
+            freeze_backbone: keep the backbone's parameters and batch-norm statistics as loaded.
         """
         super().__init__()
         shapes = backbone.output_shape()
@@ -74,8 +145,22 @@ class DetxClassifier(nn.Module):
         self.stride = int(shapes[in_feature].stride or 1)
         self.num_outputs = int(num_outputs)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = head if head is not None else nn.Linear(int(shapes[in_feature].channels), self.num_outputs)
+        channels = int(shapes[in_feature].channels)
+        self.head = head if head is not None else nn.Linear(channels, self.num_outputs)
         self.body_part_head = body_part_head
+        if loss not in LOSSES:
+            raise ValueError(f"MODEL.CLASSIFIER.LOSS {loss!r} is not one of {LOSSES}")
+        self.loss = loss
+        self.temperature = float(temperature)
+        if loss == "supcon":
+            self.proj = nn.Sequential(nn.Linear(channels, proj_hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(proj_hidden, proj_dim))
+        self.freeze_backbone = bool(freeze_backbone)
+        if self.freeze_backbone:
+            for q in self.backbone.parameters():
+                q.requires_grad_(False)
+        #: pooled features by image file name (detx.engine.feature_cache), used instead of the backbone when set
+        self.feature_cache: dict[str, torch.Tensor] | None = None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if pos_weight:
@@ -89,16 +174,25 @@ class DetxClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         backbone = build_backbone(cfg)
+        in_feature = cfg.MODEL.CLASSIFIER.IN_FEATURE
+        shapes = backbone.output_shape()
+        num_outputs = 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES)
+        head = build_cls_head(cfg, int(shapes[in_feature].channels), num_outputs) if in_feature in shapes else None
         return {
             "backbone": backbone,
-            "head": _build_head(cfg, backbone),
             "body_part_head": _build_body_part_head(cfg, backbone),
-            "in_feature": cfg.MODEL.CLASSIFIER.IN_FEATURE,
-            "num_outputs": 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES),
+            "in_feature": in_feature,
+            "num_outputs": num_outputs,
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
             "pos_weight": list(cfg.MODEL.CLASSIFIER.POS_WEIGHT) or None,
             "dropout": float(cfg.MODEL.CLASSIFIER.DROPOUT),
+            "head": head,
+            "loss": str(cfg.MODEL.CLASSIFIER.LOSS),
+            "temperature": float(cfg.MODEL.CLASSIFIER.TEMPERATURE),
+            "proj_hidden": int(cfg.MODEL.CLASSIFIER.PROJ_HIDDEN),
+            "proj_dim": int(cfg.MODEL.CLASSIFIER.PROJ_DIM),
+            "freeze_backbone": bool(cfg.MODEL.CLASSIFIER.FREEZE_BACKBONE),
         }
 
     @property
@@ -113,37 +207,65 @@ class DetxClassifier(nn.Module):
         """The pooled feature map of a normalized, padded batch (what attribution methods look at)."""
         return self.backbone(tensor)[self.in_feature]
 
+    def train(self, mode: bool = True) -> DetxClassifier:
+        """A frozen backbone stays in eval mode (its batch-norm statistics do not move)."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def pooled_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
+                           ) -> torch.Tensor:
+        """(N, C) features of a normalized batch, averaged over each image's own area (``image_sizes`` (h, w) mask
+        its padding; None: the whole map)."""
+        if self.freeze_backbone and self.training:
+            with torch.no_grad():
+                fmap = self.features(tensor)
+        else:
+            fmap = self.features(tensor)
+        if image_sizes is None:
+            return fmap.mean(dim=(2, 3))
+        mask = torch.zeros(fmap.shape[0], 1, *fmap.shape[2:], device=fmap.device, dtype=fmap.dtype)
+        for i, (h, w) in enumerate(image_sizes):
+            # ceil(h / stride) written for positive numbers only: ONNX's integer Div truncates, so the usual
+            # -(-h // stride) would cover one cell less in an exported graph
+            mask[i, :, : (h + self.stride - 1) // self.stride, : (w + self.stride - 1) // self.stride] = 1
+        return (fmap * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1)
+
     def logits_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
                            ) -> torch.Tensor:
         """(N, outputs) logits of a normalized batch; ``image_sizes`` (h, w) mask each image's padding."""
         return self.head(self.dropout(self.pooled_from_tensor(tensor, image_sizes)))
 
-    def pooled_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
-                           ) -> torch.Tensor:
-        """(N, channels) pooled features of a normalized batch, each image's padding masked out."""
-        fmap = self.features(tensor)
-        if image_sizes is None:
-            pooled = fmap.mean(dim=(2, 3))
-        else:
-            mask = torch.zeros(fmap.shape[0], 1, *fmap.shape[2:], device=fmap.device, dtype=fmap.dtype)
-            for i, (h, w) in enumerate(image_sizes):
-                # ceil(h / stride) written for positive numbers only: ONNX's integer Div truncates, so the usual
-                # -(-h // stride) would cover one cell less in an exported graph
-                mask[i, :, : (h + self.stride - 1) // self.stride, : (w + self.stride - 1) // self.stride] = 1
-            pooled = (fmap * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1)
-        return pooled
+    def _pooled(self, batched_inputs: list[dict[str, Any]], key: str = "image") -> torch.Tensor:
+        cache = self.feature_cache
+        if cache is not None and key == "image" and all(x.get("file_name") in cache for x in batched_inputs):
+            return torch.stack([cache[x["file_name"]] for x in batched_inputs]).to(self.device)
+        images = self.preprocess_image([{"image": x[key]} for x in batched_inputs])
+        return self.pooled_from_tensor(images.tensor, images.image_sizes)
+
+    def _targets(self, batched_inputs: list[dict[str, Any]]) -> torch.Tensor:
+        if any("cls_targets" not in x for x in batched_inputs):
+            raise ValueError("training DetxClassifier needs 'cls_targets' in every input (image-level labels)")
+        targets = torch.stack([torch.as_tensor(x["cls_targets"], dtype=torch.float32) for x in batched_inputs])
+        if targets.shape[1:] != (self.num_outputs,):
+            raise ValueError(f"cls_targets of shape {tuple(targets.shape[1:])} for {self.num_outputs} outputs")
+        return targets.to(self.device)
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
-        images = self.preprocess_image(batched_inputs)
-        pooled = self.pooled_from_tensor(images.tensor, images.image_sizes)
+        pooled = self._pooled(batched_inputs)
         logits = self.head(self.dropout(pooled))
         if self.training:
-            if any("cls_targets" not in x for x in batched_inputs):
-                raise ValueError("training DetxClassifier needs 'cls_targets' in every input (image-level labels)")
-            targets = torch.stack([torch.as_tensor(x["cls_targets"], dtype=torch.float32) for x in batched_inputs])
-            targets = targets.to(logits.device)
-            if targets.shape != logits.shape:
-                raise ValueError(f"cls_targets of shape {tuple(targets.shape[1:])} for {self.num_outputs} outputs")
+            targets = self._targets(batched_inputs)
+            if self.loss == "supcon":
+                # the second view: the mapper's image2 (a second DETX.AUG draw); without augmentation, the image
+                pooled2 = self._pooled(batched_inputs, "image2") if all("image2" in x for x in batched_inputs) \
+                    else pooled
+                loss = supcon_loss(self.proj(pooled), self.proj(pooled2), targets[:, 0], self.temperature)
+                probe = self.head(self.dropout(pooled.detach()))
+                return {"loss_supcon": loss,
+                        "loss_cls": F.binary_cross_entropy_with_logits(probe.float(), targets,
+                                                                       pos_weight=self.pos_weight)}
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=self.pos_weight)
             if self.body_part_head is not None:
                 return {"loss_cls": loss, "loss_body_part": self.body_part_head.loss(pooled, batched_inputs)}
@@ -154,20 +276,10 @@ class DetxClassifier(nn.Module):
             if p_abnormal is not None:
                 probs = torch.cat([p_abnormal[:, None], probs[:, 1:]], dim=1)
             probs = torch.cat([probs, parts], dim=1)
+        if self.loss == "supcon":
+            emb = F.normalize(self.proj(pooled).float(), dim=1)
+            return [{"cls_probs": p, "embedding": e} for p, e in zip(probs, emb)]
         return [{"cls_probs": p} for p in probs]
-
-
-def _build_head(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
-    """``MODEL.CLASSIFIER.HEAD``: ``"linear"`` (None: the default layer) or ``"mlgcn"`` (label-graph head)."""
-    kind = str(cfg.MODEL.CLASSIFIER.HEAD).lower()
-    if kind == "linear":
-        return None
-    if kind == "mlgcn":
-        from detx.engine.mlgcn import build_mlgcn_head
-
-        channels = int(backbone.output_shape()[cfg.MODEL.CLASSIFIER.IN_FEATURE].channels)
-        return build_mlgcn_head(cfg, channels, 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES))
-    raise ValueError(f"MODEL.CLASSIFIER.HEAD {cfg.MODEL.CLASSIFIER.HEAD!r}: expected 'linear' or 'mlgcn'")
 
 
 def _build_body_part_head(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
@@ -224,6 +336,49 @@ def build_densenet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> DenseNetBac
     if input_shape.channels != 3:
         raise ValueError(f"DenseNet backbones take 3-channel input, got {input_shape.channels}")
     return DenseNetBackbone(int(cfg.MODEL.DENSENET.DEPTH), str(cfg.MODEL.DENSENET.WEIGHTS))
+
+
+VGGS = {11: "vgg11", 13: "vgg13", 16: "vgg16", 19: "vgg19"}
+
+
+class VGGBackbone(Backbone):
+    """torchvision's VGG ``features`` (the convolutional part, five max-pools) as a detectron2 backbone with one
+    output, ``"vgg"`` (512 channels, stride 32): the transfer-learning backbone of the VGG16 + DeepLIFT localizer."""
+
+    def __init__(self, depth: int = 16, bn: bool = False, weights: str = ""):
+        super().__init__()
+        if depth not in VGGS:
+            raise ValueError(f"MODEL.VGG.DEPTH {depth} is not one of {sorted(VGGS)}")
+        net = getattr(torchvision.models, VGGS[depth] + ("_bn" if bn else ""))(weights=None)
+        if weights:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            own = {k: v for k, v in state.items() if k.startswith("features.")}
+            missing = [k for k in net.state_dict() if k.startswith("features.") and k not in own]
+            if missing:
+                raise ValueError(f"MODEL.VGG.WEIGHTS {weights} is not a torchvision VGG-{depth}"
+                                 f"{'-BN' if bn else ''} state dict: it lacks {missing[:3]}")
+            net.load_state_dict({**net.state_dict(), **own}, strict=True)
+            logger.info("VGG-%d ImageNet weights from %s (%d tensors)", depth, weights, len(own))
+        self.body = net.features
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"vgg": self.body(x)}
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {"vgg": ShapeSpec(channels=512, stride=32)}
+
+    @property
+    def size_divisibility(self) -> int:
+        return 32
+
+
+@BACKBONE_REGISTRY.register()
+def build_vgg_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> VGGBackbone:
+    """``MODEL.BACKBONE.NAME: build_vgg_backbone``: VGG-``MODEL.VGG.DEPTH`` (11/13/16/19, ``MODEL.VGG.BN`` for the
+    batch-norm variant), ImageNet weights from ``MODEL.VGG.WEIGHTS`` (a torchvision state dict; "" = random init)."""
+    if input_shape.channels != 3:
+        raise ValueError(f"VGG backbones take 3-channel input, got {input_shape.channels}")
+    return VGGBackbone(int(cfg.MODEL.VGG.DEPTH), bool(cfg.MODEL.VGG.BN), str(cfg.MODEL.VGG.WEIGHTS))
 
 
 assert DetxClassifier.__name__ == CLASSIFIER_ARCH  # the registry name that configs and is_classifier() use

@@ -56,6 +56,10 @@ def add_detx_config(cfg: CfgNode) -> None:
     cfg.DETX.BEST_METRIC = "vinbigdata/mAP40"
     cfg.DETX.BOX_MASKS = False
     cfg.DETX.CURVES = True
+    # stop taking training steps once the training process has used this much CPU time (seconds, user + system, from
+    # the first step; 0 = no limit): the remaining iterations are skipped, the final evaluation and checkpoints still
+    # run. For comparing recipes at equal CPU cost (benchmarks/bench_classifier_recipes.py).
+    cfg.DETX.CPU_BUDGET_S = 0.0
 
     cfg.DETX.EVAL = CfgNode()
     cfg.DETX.EVAL.IOU_THR = 0.4
@@ -75,8 +79,9 @@ def add_detx_config(cfg: CfgNode) -> None:
     # BCE positive-class weight per output ("abnormal" first, then the classes); [] = 1 for all
     cfg.MODEL.CLASSIFIER.POS_WEIGHT = []
     cfg.MODEL.CLASSIFIER.DROPOUT = 0.0
-    # the head over the pooled feature: "linear" (one layer) or "mlgcn" (ML-GCN, Chen et al. CVPR 2019: per-output
-    # classifiers from 2 graph convolutions over the training labels' co-occurrence graph; detx/engine/mlgcn.py)
+    # the head over the pooled feature: "linear" (one layer; checkpoint keys head.weight/bias), "mlgcn" (ML-GCN, Chen
+    # et al. CVPR 2019: per-output classifiers from 2 graph convolutions over the training labels' co-occurrence
+    # graph; detx/engine/mlgcn.py) or the name of a head registered in CLS_HEAD_REGISTRY (detx/engine/classifier.py)
     cfg.MODEL.CLASSIFIER.HEAD = "linear"
     cfg.MODEL.CLASSIFIER.MLGCN = CfgNode()
     cfg.MODEL.CLASSIFIER.MLGCN.TAU = 0.4  # binarize P(L_j | L_i) at tau
@@ -88,11 +93,32 @@ def add_detx_config(cfg: CfgNode) -> None:
     # probabilities follow the other outputs in cls_probs (p_part_<PART> in the classification CSV).
     cfg.MODEL.CLASSIFIER.BODY_PART_HEAD = ""
     cfg.MODEL.CLASSIFIER.BODY_PARTS = list(MURA_BODY_PARTS)
+    # the training loss: "bce" (one sigmoid per output) or "supcon" (stage 1 of the two-stage recipe: the supervised
+    # contrastive loss of Khosla et al. 2020 over two DETX.AUG views per image, on a projection head, with the
+    # normal/abnormal label defining the positives; the linear head is trained beside it on detached features, an
+    # online probe that gives cls/* metrics)
+    cfg.MODEL.CLASSIFIER.LOSS = "bce"
+    cfg.MODEL.CLASSIFIER.TEMPERATURE = 0.1  # SupCon temperature
+    cfg.MODEL.CLASSIFIER.PROJ_HIDDEN = 256  # SupCon projection head: pooled -> PROJ_HIDDEN -> ReLU -> PROJ_DIM
+    cfg.MODEL.CLASSIFIER.PROJ_DIM = 128
+    # stage 2 / transfer learning: the backbone's parameters and batch-norm statistics stay as loaded (MODEL.WEIGHTS);
+    # only the head learns
+    cfg.MODEL.CLASSIFIER.FREEZE_BACKBONE = False
+    # with FREEZE_BACKBONE: a file of the pooled backbone features of every training and validation image, computed
+    # once (test-size resize, no augmentation) and reused by later runs; keyed by the backbone weights, the images'
+    # files (path, size, mtime) and the preprocessing config; a file of another key is refused ("" = no cache)
+    cfg.MODEL.CLASSIFIER.FEATURE_CACHE = ""
     # torchvision DenseNet backbones (BACKBONE.NAME "build_densenet_backbone"): depth 121/169/201 and an optional
     # ImageNet state dict the user downloaded (torchvision's densenet121-a639ec97.pth, ...)
     cfg.MODEL.DENSENET = CfgNode()
     cfg.MODEL.DENSENET.DEPTH = 121
     cfg.MODEL.DENSENET.WEIGHTS = ""
+    # torchvision VGG backbones (BACKBONE.NAME "build_vgg_backbone"): depth 11/13/16/19, with batch norm or not, and an
+    # optional ImageNet state dict the user downloaded (torchvision's vgg16-397923af.pth, ...)
+    cfg.MODEL.VGG = CfgNode()
+    cfg.MODEL.VGG.DEPTH = 16
+    cfg.MODEL.VGG.BN = False
+    cfg.MODEL.VGG.WEIGHTS = ""
 
     cfg.DETX.AUG = CfgNode()
     cfg.DETX.AUG.ENABLED = True

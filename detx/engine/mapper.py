@@ -88,7 +88,7 @@ class DetxDatasetMapper(DatasetMapper):
     def __init__(self, is_train: bool, *, augmentations: list, album: A.Compose | None, image_format: str,
                  use_instance_mask: bool = False, instance_mask_format: str = "polygon",
                  box_masks: bool = False, keep_annotations: bool | None = None, image_targets: int | None = None,
-                 label_names: list[str] | None = None):
+                 label_names: list[str] | None = None, two_views: bool = False):
         """
         Args:
             is_train: training (annotations kept, random augmentation) or inference.
@@ -101,6 +101,9 @@ class DetxDatasetMapper(DatasetMapper):
             keep_annotations: defaults to ``is_train``.
             image_targets: for the image classifier, its K finding classes: the output carries ``cls_targets``
                 (:func:`detx.core.prepared.image_level_targets`) instead of instances; None for detectors.
+            label_names: the image-level labels of the class outputs (``MODEL.CLASSIFIER.IMAGE_LABELS``).
+            two_views: the classifier's contrastive stage: with augmentation on, the output also carries ``image2``,
+                a second, independent draw of the augmentations of the same image.
         """
         super().__init__(is_train, augmentations=augmentations, image_format=image_format,
                          use_instance_mask=use_instance_mask, instance_mask_format=instance_mask_format)
@@ -109,6 +112,7 @@ class DetxDatasetMapper(DatasetMapper):
         self.keep_annotations = is_train if keep_annotations is None else keep_annotations
         self.image_targets = image_targets
         self.label_names = label_names or None
+        self.two_views = bool(two_views) and album is not None and image_targets is not None
         self._seeded_pid: int | None = None
 
     @classmethod
@@ -131,6 +135,7 @@ class DetxDatasetMapper(DatasetMapper):
             "box_masks": cfg.DETX.BOX_MASKS,
             "image_targets": int(cfg.MODEL.CLASSIFIER.NUM_CLASSES) if is_classifier(cfg) else None,
             "label_names": list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS),
+            "two_views": is_classifier(cfg) and cfg.MODEL.CLASSIFIER.LOSS == "supcon" and augment,
         }
 
     def _seed_album(self) -> None:
@@ -165,6 +170,7 @@ class DetxDatasetMapper(DatasetMapper):
             elif not a.get("segmentation") and self.box_masks:
                 a["segmentation"] = box_polygon(a["bbox"])
 
+        raw = image if self.two_views else None
         if self.album is not None:
             self._seed_album()
             image, annos = self.apply_album(image, annos)
@@ -177,6 +183,11 @@ class DetxDatasetMapper(DatasetMapper):
         if self.image_targets is not None:
             if targets is not None:
                 dataset_dict["cls_targets"] = torch.as_tensor(targets)
+            if raw is not None:  # the second view: another draw of albumentations, then the same resize
+                image2, _ = self.apply_album(raw, [])
+                aug2 = T.AugInput(image2)
+                self.augmentations(aug2)
+                dataset_dict["image2"] = torch.as_tensor(np.ascontiguousarray(aug2.image.transpose(2, 0, 1)))
             return dataset_dict
         if not self.keep_annotations:
             return dataset_dict

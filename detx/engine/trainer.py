@@ -27,9 +27,10 @@ from detectron2.utils.logger import setup_logger
 
 from detx.core.errors import InputError
 from detx.core.prepared import PreparedDatasetError, has_image_labels
-from detx.engine.checkpoint import CheckpointError, check_weights_file
+from detx.engine.checkpoint import CheckpointError, check_weights_file, classifier_init_state
 from detx.engine.config import is_classifier, num_classes, num_classes_key
 from detx.engine.datasets import setup_datasets
+from detx.engine.feature_cache import load_or_build_features
 from detx.engine.hooks import PersistentBestCheckpointer, TrainingCurves, ValidationLoss
 from detx.engine.mapper import DetxDatasetMapper
 from detx.evaluation.cls_evaluator import ClassificationEvaluator
@@ -74,11 +75,31 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def run_step(self) -> None:
+        """One training step, unless ``DETX.CPU_BUDGET_S`` is spent (the rest of the iterations are then skipped)."""
+        budget = float(self.cfg.DETX.CPU_BUDGET_S)
+        if budget > 0:
+            import time
+
+            now = time.process_time()
+            if getattr(self, "_cpu_start", None) is None:
+                self._cpu_start = now
+            elif now - self._cpu_start >= budget:
+                if not getattr(self, "_budget_logged", False):
+                    logger.info("DETX.CPU_BUDGET_S %.0f s spent after %d iterations: the remaining ones are skipped",
+                                budget, self.iter)
+                    self.storage.put_scalar("cpu_budget_iters", float(self.iter), smoothing_hint=False)
+                    self._budget_logged = True
+                return
+        super().run_step()
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         """detectron2's train loader (``DATALOADER.SAMPLER_TRAIN``: ``TrainingSampler`` or
-        ``RepeatFactorTrainingSampler``) with :class:`DetxDatasetMapper`."""
-        return build_detection_train_loader(cfg, mapper=DetxDatasetMapper(cfg, is_train=True))
+        ``RepeatFactorTrainingSampler``) with :class:`DetxDatasetMapper`; without augmentation when the classifier
+        trains on cached frozen features (they are those of the unaugmented image)."""
+        augment = not uses_feature_cache(cfg)
+        return build_detection_train_loader(cfg, mapper=DetxDatasetMapper(cfg, is_train=True, augment=augment))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -133,13 +154,42 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True) -> None:
         """detectron2's resume (``last_checkpoint``: iteration, optimizer, LR schedule) or load of
-        ``MODEL.WEIGHTS``, with an unreadable file reported as :class:`TrainingSetupError`."""
-        try:
-            super().resume_or_load(resume=resume)
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
-            what = "the last checkpoint" if resume and self.checkpointer.has_checkpoint() else \
-                f"MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS!r}"
-            raise TrainingSetupError(f"cannot load {what}: {type(e).__name__}: {e}") from e
+        ``MODEL.WEIGHTS``, with an unreadable file reported as :class:`TrainingSetupError`.
+
+        The image classifier loads a local ``.pth`` through :func:`detx.engine.checkpoint.classifier_init_state`: a
+        classifier's checkpoint (the contrastive stage 1) or a detector's (its backbone), every backbone tensor or a
+        clear error. With a frozen backbone and ``MODEL.CLASSIFIER.FEATURE_CACHE``, the features are then computed
+        or reused (:mod:`detx.engine.feature_cache`), before any training step.
+        """
+        cfg = self.cfg
+        resuming = resume and self.checkpointer.has_checkpoint()
+        weights = str(cfg.MODEL.WEIGHTS)
+        model = self._trainer.model
+        model = getattr(model, "module", model)
+        if is_classifier(cfg) and not resuming and weights.endswith(".pth") and "://" not in weights:
+            try:
+                to_load, _ = classifier_init_state(model, weights, str(cfg.MODEL.BACKBONE.NAME))
+            except CheckpointError as e:
+                raise TrainingSetupError(f"MODEL.WEIGHTS: {e}") from e
+            model.load_state_dict(to_load, strict=False)
+            self.start_iter = 0
+        else:
+            try:
+                super().resume_or_load(resume=resume)
+            except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
+                what = "the last checkpoint" if resuming else f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}"
+                raise TrainingSetupError(f"cannot load {what}: {type(e).__name__}: {e}") from e
+        if uses_feature_cache(cfg):
+            dicts = get_detection_dataset_dicts(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST),
+                                                filter_empty=False)
+            mapper = DetxDatasetMapper(cfg, is_train=False)
+            model.feature_cache, _ = load_or_build_features(cfg.MODEL.CLASSIFIER.FEATURE_CACHE, model, dicts, mapper,
+                                                            cfg)
+
+
+def uses_feature_cache(cfg: CfgNode) -> bool:
+    """Whether the classifier trains its head on cached frozen features (``FREEZE_BACKBONE`` + ``FEATURE_CACHE``)."""
+    return is_classifier(cfg) and bool(cfg.MODEL.CLASSIFIER.FREEZE_BACKBONE) and bool(cfg.MODEL.CLASSIFIER.FEATURE_CACHE)
 
 
 def check_weights(cfg: CfgNode, resume: bool = False) -> None:
@@ -331,4 +381,4 @@ def prepare_training(cfg: CfgNode, resume: bool = False, eval_only: bool = False
 
 
 __all__ = ["Trainer", "TrainingSetupError", "PreparedDatasetError", "check_datasets", "check_output_dir",
-           "check_weights", "clear_output_dir", "plain_log_files", "prepare_training", "training_summary"]
+           "check_weights", "uses_feature_cache", "clear_output_dir", "plain_log_files", "prepare_training", "training_summary"]

@@ -2,7 +2,9 @@
 F1, sensitivity and specificity at the Youden threshold (reported) with bootstrap 95% intervals.
 
 Used by the trainer's ``EvalHook``, which flattens ``{"cls": {...}}`` into ``cls/auc``, ``cls/f1``, ... in
-``metrics.json`` (``DETX.BEST_METRIC cls/auc`` keeps the best checkpoint on it). Labels come from the registered
+``metrics.json`` (``DETX.BEST_METRIC cls/auc`` keeps the best checkpoint on it). A model that also returns an
+``embedding`` (the contrastive stage 1) gets ``cls/knn_auc``: the AUC of a leave-one-out k-NN vote (k = min(10, n / 5)) over
+the evaluated images' embeddings (:func:`knn_scores`), a measure of the representation that needs no trained head. Labels come from the registered
 dataset dicts (:func:`detx.core.prepared.image_level_targets`), probabilities from the model's ``cls_probs``.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
+from sklearn.metrics import roc_auc_score
 
 from detx.core.classification_csv import write_classification_csv
 from detx.core.prepared import image_level_targets
@@ -25,7 +28,23 @@ from detx.evaluation.image_level import classification_metrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassificationEvaluator", "flat_cls_metrics"]
+__all__ = ["ClassificationEvaluator", "flat_cls_metrics", "knn_scores"]
+
+#: neighbours of the k-NN representation metric
+KNN_K = 10
+
+
+def knn_scores(emb: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """Leave-one-out k-NN scores: for each row of ``emb`` (L2-normalized), the mean label of its ``k`` nearest other
+    rows by cosine similarity (``k`` capped at n - 1)."""
+    emb = np.asarray(emb, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    n = len(emb)
+    k = max(1, min(int(k), n - 1))
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    nn_idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return labels[nn_idx].mean(axis=1)
 
 
 def flat_cls_metrics(m: dict[str, Any]) -> dict[str, float]:
@@ -72,17 +91,22 @@ class ClassificationEvaluator(DatasetEvaluator):
         classes = self._label_names or list(MetadataCatalog.get(dataset_name).thing_classes)
         self._names = ["abnormal", *classes[: self._num_classes]]
         self._probs: list[tuple[str, np.ndarray]] = []
+        self._emb: list[tuple[str, np.ndarray]] = []
 
     def reset(self) -> None:
         self._probs = []
+        self._emb = []
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         for inp, out in zip(inputs, outputs):
             if "cls_probs" in out:
                 self._probs.append((str(inp["image_id"]), out["cls_probs"].detach().float().cpu().numpy()))
+            if "embedding" in out:
+                self._emb.append((str(inp["image_id"]), out["embedding"].detach().float().cpu().numpy()))
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         probs = gather_on_main(self._probs, self._distributed)
+        emb = gather_on_main(self._emb, self._distributed)
         if probs is None:
             return {}
         if not probs:
@@ -108,7 +132,18 @@ class ClassificationEvaluator(DatasetEvaluator):
             write_classification_csv(os.path.join(self._output_dir, "classification.csv"), uid,
                                      dict(zip(uid, p[:, 0].tolist())), dict(zip(uid, p[:, 1:])), self._names[1:],
                                      m["threshold"])
-        out = OrderedDict([("cls", flat_cls_metrics(m))])
+        flat = flat_cls_metrics(m)
+        if emb:
+            by_id = dict(emb)
+            e = np.stack([by_id[i] for i in ids])
+            y = labels[:, 0]
+            # k well below n: a leave-one-out vote over most of the set is biased against each image's own label
+            # (its removal lowers its class's share among the rest), which pushes the AUC below 0.5
+            k = max(1, min(KNN_K, len(ids) // 5))
+            flat["knn_auc"] = float("nan") if len(set(y.tolist())) < 2 or len(ids) < 2 else \
+                float(roc_auc_score(y, knn_scores(e, y, k)))
+            logger.info("k-NN (k=%d, leave-one-out) AUC of the embeddings: %.4f", k, flat["knn_auc"])
+        out = OrderedDict([("cls", flat)])
         if parts is not None:
             logger.info("Body part on %d images (%d of an unknown part): accuracy %s, macro F1 %s", parts["n"],
                         parts["unknown"], parts["accuracy"], parts["macro_f1"])

@@ -221,6 +221,9 @@ def build_steps(s: DemoSettings) -> list[Step]:
         "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
         "INPUT.MIN_SIZE_TRAIN", f"({s.size},)", "INPUT.MAX_SIZE_TRAIN", str(s.size), "INPUT.MIN_SIZE_TEST",
         str(s.size), "INPUT.MAX_SIZE_TEST", str(s.size),
+        # the classifier starts from the detector's backbone (its FPN bottom-up ResNet-18, the same family as the tiny
+        # classifier's): it has learnt the findings from every box (docs/classifiers.md)
+        "MODEL.WEIGHTS", str(weights),
     ]
     if (cls_train / "last_checkpoint").exists() and not (cls_train / "model_final.pth").exists():
         cls_cmd.insert(4, "--resume")
@@ -251,7 +254,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
              [py, "tools/fit_classifier.py", "--pred", str(p["val_submission"]), "--gt", str(p["val_json"]),
               "--out", str(p["classifier"])],
              [p["classifier"]]),
-        Step("train the tiny image classifier (CNN) on fold 0 (CPU)", cls_cmd,
+        Step("train the tiny image classifier (CNN) on fold 0 (CPU), initialised from the detector's backbone", cls_cmd,
              [cls_train / "model_final.pth", cls_train / "model_best.pth"], console_filter=TRAIN_CONSOLE),
         Step("classify the held-out fold 0 with the CNN",
              [py, "tools/predict.py", *cnn, "--tta", *s.tta, "--input", str(p["val_json"]), "--classification-out",
