@@ -468,11 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m detx.synthetic",
         description="Write a synthetic X-ray dataset (DICOM + reader CSVs) in the VinBigData or VinDr-SpineXR layout.")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default=None, help="output folder (required unless --compare-real)")
     parser.add_argument("--dataset", default="vindr-cxr",
                         help="vindr-cxr (Kaggle layout), spinexr, or mura (MURA v1.1 PNGs; --n-test is the valid split)")
-    parser.add_argument("--n-train", type=int, required=True, help="number of train images")
-    parser.add_argument("--n-test", type=int, required=True, help="number of test images")
+    parser.add_argument("--n-train", type=int, default=None, help="number of train images (required)")
+    parser.add_argument("--n-test", type=int, default=None, help="number of test images (required)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-size", type=int, default=384, help="smallest longer side in px (>= 32)")
     parser.add_argument("--max-size", type=int, default=640, help="largest longer side in px")
@@ -480,8 +480,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="class names to draw (quote names with spaces), or 'all'; default: a learnable subset")
     parser.add_argument("--normal-fraction", type=float, default=0.5, help="fraction of images without findings")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--compare-real", metavar="CSV", default=None,
+                        help="instead of generating: print each annotation statistic of this Kaggle-format reader CSV "
+                             "beside the real VinBigData one (detx/synthetic/vinbigdata_stats.json) and a distance")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.compare_real is not None:
+        from detx.core.errors import DetxError
+        from detx.synthetic.real_stats import compare_csv, format_comparison
+
+        try:
+            rows, note = compare_csv(args.compare_real)
+        except DetxError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(format_comparison(rows, Path(args.compare_real).name))
+        print(f"\n({note}; JS = Jensen-Shannon divergence in bits, ratio = CSV / real, diff = CSV - real)")
+        return 0
+    missing = [f"--{k.replace('_', '-')}" for k in ("out", "n_train", "n_test") if getattr(args, k) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.dataset == "mura":
         from detx.synthetic.mura import generate_mura
 

@@ -36,7 +36,7 @@ from detx.core.errors import InputError
 logger = logging.getLogger(__name__)
 
 __all__ = ["REAL_STATS_PATH", "REAL_IMAGE_SIZE", "annotation_stats", "load_real_stats", "read_kaggle_csv",
-           "compare_stats", "format_comparison", "js_divergence"]
+           "compare_stats", "compare_csv", "dicom_image_sizes", "format_comparison", "js_divergence"]
 
 #: the committed aggregates of the real Kaggle VinBigData train.csv (written by tools/real_stats.py)
 REAL_STATS_PATH = Path(__file__).with_name("vinbigdata_stats.json")
@@ -352,3 +352,36 @@ def format_comparison(rows: Sequence[Mapping[str, Any]], other_name: str = "CSV"
         d = "-" if r["distance"] is None else f"{r['distance']:.4g} ({r['measure']})"
         lines.append(f"| {r['statistic']} | {_fmt(r['real'])} | {_fmt(r['other'])} | {d} |")
     return "\n".join(lines)
+
+
+def dicom_image_sizes(csv: str | os.PathLike, image_ids: Sequence[str]) -> dict[str, tuple[float, float]] | None:
+    """image_id -> (width, height) from the DICOM headers beside a Kaggle-layout CSV (``train/`` or ``test/`` next
+    to it, ``<image_id>.dicom``), or None when some image has no file there."""
+    import pydicom
+
+    root = Path(csv).parent
+    sizes: dict[str, tuple[float, float]] = {}
+    for i in image_ids:
+        f = next((p for p in (root / "train" / f"{i}.dicom", root / "test" / f"{i}.dicom") if p.is_file()), None)
+        if f is None:
+            return None
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+        sizes[i] = (float(ds.Columns), float(ds.Rows))
+    return sizes
+
+
+def compare_csv(csv: str | os.PathLike, real: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Compare a Kaggle-format reader CSV with the real aggregates: (rows of :func:`compare_stats`, a note on how
+    its box sizes were made relative).
+
+    Raises:
+        InputError: ``csv`` is not a Kaggle-format reader CSV (:func:`read_kaggle_csv`).
+    """
+    real = load_real_stats() if real is None else real
+    df = read_kaggle_csv(csv)
+    ids = sorted(set(df.loc[df["class_name"] != NO_FINDING, "image_id"]))
+    sizes = dicom_image_sizes(csv, ids)
+    note = ("box sizes divided by each image's size from its DICOM header" if sizes is not None else
+            f"no DICOMs beside {Path(csv).name}: every image taken as {REAL_IMAGE_SIZE[0]:.0f} x "
+            f"{REAL_IMAGE_SIZE[1]:.0f} px, as for the real CSV")
+    return compare_stats(real, annotation_stats(df, sizes, source=str(csv))), note
