@@ -567,12 +567,17 @@ CHEST_LESIONS: dict[str, Callable[[_Chest], Box | None]] = {
 }
 
 
-def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str]) -> tuple[np.ndarray, list[Finding]]:
+def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str],
+               boxes_only: bool = False) -> tuple[np.ndarray | None, list[Finding]]:
     """Draw a PA chest radiograph of ``h`` x ``w`` pixels with the given findings (class names).
 
+    ``boxes_only`` stops once the lesions are placed (before the lung markings, ribs and noise, which use ``rng``
+    only after every box is fixed) and returns ``None`` for the image: the same boxes, a fraction of the time.
+
     Returns:
-        The brightness map (float32, about 0..1.2) and one :class:`Finding` per drawn lesion (a finding whose
-        place does not exist in this image, e.g. a lung too small for the nodule, is skipped).
+        The brightness map (float32, about 0..1.2; None with ``boxes_only``) and one :class:`Finding` per drawn
+        lesion (a finding whose place does not exist in this image, e.g. a lung too small for the nodule, is
+        skipped).
     """
     c = _new_chest(rng, h, w)
     _layout_lungs(c)
@@ -601,6 +606,8 @@ def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
         box = CHEST_LESIONS[name](c)
         if box is not None and box[2] - box[0] >= 2 and box[3] - box[1] >= 2:
             out.append(Finding(name, box))
+    if boxes_only:
+        return None, out
 
     img = 0.03 + body * (0.40 + 0.22 * thick)
     air = lung_soft * (1.0 - c.fill)

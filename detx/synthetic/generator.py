@@ -58,6 +58,8 @@ DEFAULT_CXR_CLASSES: tuple[str, ...] = (
 DEFAULT_SPINEXR_CLASSES: tuple[str, ...] = SPINEXR_CLASSES
 
 MIN_SIZE_LIMIT = 32
+#: the real Kaggle VinBigData train.csv's share of images no reader drew a box on (detx/synthetic/vinbigdata_stats.json)
+REAL_NORMAL_FRACTION = 0.707
 
 
 # --------------------------------------------------------------------------------------------- DICOM
@@ -296,6 +298,115 @@ def _reader_boxes(rng: np.random.Generator, boxes: list[tuple[str, tuple[float, 
     return out
 
 
+PROFILES = ("vinbigdata", "classic")
+#: the trio's boxes are this much smaller than the other readers' (ratio of the class medians, clipped to keep
+#: every reader's box on the drawn lesion); each side is scaled by the square root about the drawn box's centre
+TRIO_SCALE_CLIP = (0.5, 1.6)
+#: per-edge jitter of a reader's box, as a fraction of the box's width/height (normal, sd): sized so that a box's
+#: best IoU with another reader's box of its class has a median near the real 0.68 (tests/test_synthetic_real.py)
+READER_JITTER = 0.09
+#: chance that a reader also draws the mirror image of each of its lung-field boxes (a bilateral call no other
+#: reader makes: the real readers' "additions", boxes whose best IoU with the others' is near 0)
+ADD_MIRROR = 0.3
+#: per-class chance that a reader keeps a true finding is 1 - sqrt(lonely fraction), clipped to this range
+KEEP_CLIP = (0.35, 0.97)
+MIRRORED = frozenset(VINDR_CXR_CLASSES) - {"Aortic enlargement", "Cardiomegaly"}
+
+
+class VinBigDataWorld:
+    """The real annotation statistics (:mod:`detx.synthetic.real_stats`) turned into drawing probabilities:
+    which panel reads an image, how many and which findings it has, and how each reader draws them."""
+
+    def __init__(self, classes: tuple[str, ...], stats: dict[str, Any] | None = None) -> None:
+        from detx.synthetic.real_stats import load_real_stats
+
+        s = load_real_stats() if stats is None else stats
+        self.classes = classes
+        pan = s["panels"]
+        t, a_t, a_o = pan["trio"]["image_share"], pan["trio"]["abnormal_share"], pan["others"]["abnormal_share"]
+        # P(trio | abnormal) and P(trio | normal): the panels keep their real abnormal/normal make-up whatever the
+        # normal fraction
+        self.p_trio = {True: t * a_t / (t * a_t + (1 - t) * a_o),
+                       False: t * (1 - a_t) / (t * (1 - a_t) + (1 - t) * (1 - a_o))}
+        self.trio = tuple(pan["trio"]["readers"])
+        self.others = {}
+        for ab, key in ((True, "reader_share_abnormal"), (False, "reader_share_normal")):
+            shares = {r: v for r, v in pan["others"][key].items() if r not in self.trio or not ab}
+            names = sorted(shares, key=lambda r: (len(r), r))
+            p = np.array([shares[r] for r in names], float)
+            self.others[ab] = (names, p / p.sum())
+        ks = {int(k): v for k, v in s["classes_per_abnormal_image"].items() if int(k) <= len(classes)}
+        self.k_values = np.array(sorted(ks))
+        self.k_p = np.array([ks[k] for k in self.k_values]) / sum(ks.values())
+        self.class_p = {}
+        for group in ("trio", "others"):
+            mix = s["styles"][group]["class_mix"]
+            w = np.array([mix.get(c, 0.0) for c in classes], float)
+            w = w if w.sum() > 0 else np.ones(len(classes))
+            self.class_p[group] = w / w.sum()
+        lonely = s["disagreement"]["lonely_fraction_by_class"]
+        self.keep = {c: float(np.clip(1 - np.sqrt(lonely.get(c, 0.2)), *KEEP_CLIP)) for c in VINDR_CXR_CLASSES}
+        self.scale = {c: float(np.sqrt(np.clip(s["styles"]["trio_scale_by_class"].get(c, 1.0), *TRIO_SCALE_CLIP)))
+                      for c in VINDR_CXR_CLASSES}
+
+    def panel(self, rng: np.random.Generator, abnormal: bool) -> tuple[str, list[str]]:
+        """("trio" or "others", the image's three readers)."""
+        if rng.random() < self.p_trio[abnormal]:
+            return "trio", list(self.trio)
+        names, p = self.others[abnormal]
+        return "others", sorted((names[k] for k in rng.choice(len(names), 3, replace=False, p=p)),
+                                key=lambda r: (len(r), r))
+
+    def findings(self, rng: np.random.Generator, group: str) -> list[str]:
+        """The true findings of an abnormal image: how many from the real classes-per-image distribution, which
+        from the reading panel's class mix (without replacement)."""
+        k = int(rng.choice(self.k_values, p=self.k_p))
+        idx = rng.choice(len(self.classes), size=k, replace=False, p=self.class_p[group])
+        return [self.classes[i] for i in sorted(idx)]
+
+    def readers(self, rng: np.random.Generator, group: str, boxes: list[tuple[str, tuple[float, ...]]],
+                h: int, w: int) -> list[list[tuple]]:
+        """Three readers' boxes of the true ``boxes``: each keeps a finding with its class's probability (at least
+        one reader keeps every finding, and every reader of an abnormal image draws something: VinBigData's
+        unanimous normal/abnormal call), scales it by its panel's style, jitters its edges and sometimes adds the
+        mirror image of a lung-field box."""
+        n = len(boxes)
+        if n == 0:
+            return [[], [], []]
+        keep = np.array([[rng.random() < self.keep[name] for name, _ in boxes] for _ in range(3)])
+        for j in range(n):
+            if not keep[:, j].any():
+                keep[int(rng.integers(3)), j] = True
+        for r in range(3):
+            if not keep[r].any():
+                keep[r, int(rng.integers(n))] = True
+        out = []
+        for r in range(3):
+            rows = []
+            for j, (name, (x0, y0, x1, y1)) in enumerate(boxes):
+                if not keep[r, j]:
+                    continue
+                f = self.scale[name] if group == "trio" else 1.0 / self.scale[name]
+                cx, cy, bw, bh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * f, (y1 - y0) * f
+                rows.append(self._jitter(rng, name, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, h, w))
+            for name, x0, y0, x1, y1 in [b for b in rows if b[0] in MIRRORED]:
+                if rng.random() < ADD_MIRROR:
+                    rows.append(self._jitter(rng, name, w - x1, y0, w - x0, y1, h, w))
+            out.append(rows)
+        return out
+
+    @staticmethod
+    def _jitter(rng: np.random.Generator, name: str, x0: float, y0: float, x1: float, y1: float,
+                h: int, w: int) -> tuple:
+        bw, bh = x1 - x0, y1 - y0
+        d = rng.normal(0.0, READER_JITTER, 4) * np.array([bw, bh, bw, bh])
+        nx0 = float(np.clip(np.rint(x0 + d[0]), 0, w - 1))
+        ny0 = float(np.clip(np.rint(y0 + d[1]), 0, h - 1))
+        nx1 = float(np.clip(np.rint(x1 + d[2]), nx0 + 1, w))
+        ny1 = float(np.clip(np.rint(y1 + d[3]), ny0 + 1, h))
+        return (name, nx0, ny0, nx1, ny1)
+
+
 def _pick_findings(rng: np.random.Generator, classes: tuple[str, ...], counts: dict[str, int]) -> list[str]:
     """1-3 distinct findings, favouring the classes drawn least so far (keeps the classes balanced)."""
     k = min(len(classes), int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2])))
@@ -316,6 +427,19 @@ def _make_image(dataset: str, rng: np.random.Generator, min_size: int, max_size:
     return pixels, kwargs, [(f.class_name, f.box) for f in drawn]
 
 
+def _draw_chest_streams(key: list[int], min_size: int, max_size: int, findings: list[str],
+                        boxes_only: bool) -> tuple[np.ndarray | None, int, int, list[tuple[str, tuple]]]:
+    """The vinbigdata profile's chest: every attempt draws from a stream of its own (``key + [attempt]``), so the
+    boxes are the same whether the pixels are drawn or not (``boxes_only``, :func:`draw_chest`)."""
+    for attempt in range(10):  # a finding whose place is missing in this geometry is skipped: redraw if none is left
+        arng = np.random.default_rng([*key, attempt])
+        h, w = _image_size(arng, min_size, max_size, p_landscape=0.25)
+        img, drawn = draw_chest(arng, h, w, findings, boxes_only=boxes_only)
+        if drawn or not findings:
+            break
+    return img, h, w, [(f.class_name, f.box) for f in drawn]
+
+
 def generate_dataset(
     out: str | os.PathLike,
     dataset: str = "vindr-cxr",
@@ -325,9 +449,11 @@ def generate_dataset(
     min_size: int = 384,
     max_size: int = 640,
     classes: str | Sequence[str] | None = None,
-    normal_fraction: float = 0.5,
+    normal_fraction: float | None = None,
     rle_fraction: float = 0.1,
     progress: bool = True,
+    profile: str = "vinbigdata",
+    annotations_only: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the real layout of ``dataset`` under ``out``.
 
@@ -338,18 +464,35 @@ def generate_dataset(
         seed: the same seed writes identical files.
         min_size, max_size: range of the image's longer side in pixels (the shorter is 72-95% of it, at
             least ``min_size``).
-        classes: None for the default learnable subset (:data:`DEFAULT_CXR_CLASSES`; all 7 for spinexr),
-            "all", or a list of class names of the dataset.
-        normal_fraction: fraction of images without findings (rounded per split).
+        classes: None for the profile's default (vinbigdata: all 14 chest findings; classic: the learnable subset
+            :data:`DEFAULT_CXR_CLASSES`; all 7 for spinexr), "all", or a list of class names of the dataset.
+        normal_fraction: fraction of images without findings (rounded per split); None: the real 0.707 with the
+            vinbigdata profile, 0.5 otherwise.
         rle_fraction: fraction of DICOM files written RLE Lossless compressed.
         progress: show a tqdm bar.
+        profile: "vinbigdata" (chest only; the default): findings, reader panels and reader styles drawn from the
+            real VinBigData aggregates (:class:`VinBigDataWorld`, docs/synthetic.md); "classic": the earlier world
+            (1-3 findings of the chosen classes, balanced, three random readers jittering the same boxes).
+            Ignored for spinexr.
+        annotations_only: vinbigdata profile only: write the CSVs without drawing the pixels or writing DICOMs
+            (the same CSVs as the full run; ``summary["image_sizes"]`` holds each image's (width, height)).
 
     Returns:
         A summary: dataset, out, seed, classes, image and abnormal counts per split, boxes (true lesions)
-        per class, and the paths of the CSV files.
+        per class, the paths of the CSV files and ``image_sizes`` (image_id -> (width, height)).
     """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {list(PROFILES)}")
+    world_on = profile == "vinbigdata" and dataset == "vindr-cxr"
+    if annotations_only and not world_on:
+        raise ValueError("annotations_only needs the vinbigdata profile of the vindr-cxr dataset")
+    if normal_fraction is None:
+        normal_fraction = REAL_NORMAL_FRACTION if world_on else 0.5
     _check_args(dataset, n_train, n_test, min_size, max_size, normal_fraction)
+    if world_on and classes is None:
+        classes = "all"
     chosen = _resolve_classes(dataset, classes)
+    world = VinBigDataWorld(chosen) if world_on else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = VINDR_CXR_CLASSES if dataset == "vindr-cxr" else SPINEXR_CLASSES
@@ -357,7 +500,9 @@ def generate_dataset(
     splits = {"train": int(n_train), "test": int(n_test)}
     counts = dict.fromkeys(chosen, 0)
     summary: dict[str, Any] = {"dataset": dataset, "out": str(out), "seed": seed, "classes": list(chosen),
-                               "images": {}, "abnormal": {}, "boxes_per_class": counts, "files": {}}
+                               "profile": profile if dataset == "vindr-cxr" else "classic",
+                               "images": {}, "abnormal": {}, "boxes_per_class": counts, "files": {},
+                               "image_sizes": {}}
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     try:
         from tqdm import tqdm
@@ -374,12 +519,19 @@ def generate_dataset(
         if progress and tqdm is not None:
             it = tqdm(it, desc=f"synthetic {dataset} {split}", unit="img")
         for i in it:
+            if world is not None:
+                n_abnormal_drawn = _world_image(world, [seed, split_idx, i, 0], bool(abnormal[i]), image_ids[i],
+                                                folder, min_size, max_size, rle_fraction, annotations_only, vocab,
+                                                rows[split], counts, summary["image_sizes"])
+                abnormal[i] = n_abnormal_drawn
+                continue
             rng = np.random.default_rng([seed, split_idx, i, 0 if dataset == "vindr-cxr" else 1])
             findings = _pick_findings(rng, chosen, counts) if abnormal[i] else []
             pixels, kwargs, boxes = _make_image(dataset, rng, min_size, max_size, findings)
             for name, _ in boxes:
                 counts[name] += 1
             h, w = pixels.shape
+            summary["image_sizes"][image_ids[i]] = (w, h)
             # demographics and detector pixel size as VinDr's anonymized files carry them (the field of view
             # of a real film is about 35-43 cm)
             spacing = round(float(rng.uniform(350.0, 430.0)) / max(h, w), 4)
@@ -394,7 +546,7 @@ def generate_dataset(
                 rows[split] += _cxr_rows(rng, image_ids[i], boxes, h, w, vocab)
             else:
                 rows[split] += _spine_rows(rng, image_ids[i], study_ids[i], series_ids[i], boxes, h, w)
-        stale = {f.stem for f in folder.glob("*.dicom")} - set(image_ids)
+        stale = {f.stem for f in folder.glob("*.dicom")} - set(image_ids) if not annotations_only else set()
         if stale:
             logger.warning("%s holds %d .dicom files that this run did not write (an earlier run?); they are not in "
                            "its CSV", folder, len(stale))
@@ -403,6 +555,30 @@ def generate_dataset(
     summary["files"] = _write_tables(out, dataset, rows)
     logger.info("wrote synthetic %s dataset to %s: %s", dataset, out, summary["images"])
     return summary
+
+
+def _world_image(world: VinBigDataWorld, key: list[int], abnormal: bool, image_id: str, folder: Path,
+                 min_size: int, max_size: int, rle_fraction: float, annotations_only: bool, vocab: tuple[str, ...],
+                 rows: list[dict[str, Any]], counts: dict[str, int], sizes: dict[str, tuple[int, int]]) -> bool:
+    """One image of the vinbigdata profile: its panel, true findings and readers (stream ``key + [1]``), its
+    drawing (``key + [2, attempt]``), then its pixels and DICOM tags (``key``). Returns whether it is abnormal."""
+    prng = np.random.default_rng([*key, 1])
+    group, rads = world.panel(prng, abnormal)
+    findings = world.findings(prng, group) if abnormal else []
+    img, h, w, boxes = _draw_chest_streams([*key, 2], min_size, max_size, findings, boxes_only=annotations_only)
+    for name, _ in boxes:
+        counts[name] += 1
+    sizes[image_id] = (w, h)
+    rows += _reader_rows(image_id, rads, world.readers(prng, group, boxes, h, w), vocab)
+    if not annotations_only:
+        rng = np.random.default_rng(key)
+        pixels, kwargs = encode_pixels(rng, img)
+        spacing = round(float(rng.uniform(350.0, 430.0)) / max(h, w), 4)
+        extra = {"PatientSex": str(rng.choice(["M", "F"])), "PatientAge": f"{int(rng.integers(18, 90)):03d}Y",
+                 "ImagerPixelSpacing": [spacing, spacing], "BodyPartExamined": "CHEST"}
+        write_dicom(folder / f"{image_id}.dicom", pixels, image_id=image_id,
+                    compress="rle" if rng.random() < rle_fraction else None, **kwargs, **extra)
+    return bool(boxes)
 
 
 def _spine_studies(rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
@@ -422,6 +598,12 @@ CXR_READERS = tuple(f"R{k}" for k in range(1, 18))
 def _cxr_rows(rng, image_id, boxes, h, w, vocab) -> list[dict[str, Any]]:
     readers = [CXR_READERS[k] for k in rng.choice(len(CXR_READERS), 3, replace=False)]
     per_reader = _reader_boxes(rng, boxes, h, w, n_readers=3, jitter=0.035, miss_small=0.2)
+    return _reader_rows(image_id, readers, per_reader, vocab)
+
+
+def _reader_rows(image_id: str, readers: Sequence[str], per_reader: Sequence[Sequence[tuple]],
+                 vocab: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Kaggle train.csv rows: each reader's boxes, or one "No finding" row for a reader without a box."""
     rows = []
     nan = float("nan")
     for rad, rboxes in zip(readers, per_reader):
@@ -477,8 +659,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-size", type=int, default=384, help="smallest longer side in px (>= 32)")
     parser.add_argument("--max-size", type=int, default=640, help="largest longer side in px")
     parser.add_argument("--classes", nargs="+", default=None,
-                        help="class names to draw (quote names with spaces), or 'all'; default: a learnable subset")
-    parser.add_argument("--normal-fraction", type=float, default=0.5, help="fraction of images without findings")
+                        help="class names to draw (quote names with spaces), or 'all'; default: all 14 with --profile vinbigdata, a learnable subset of 6 with classic")
+    parser.add_argument("--normal-fraction", type=float, default=None,
+                        help="fraction of images without findings (default: the real 0.707 with --profile "
+                             "vinbigdata, 0.5 with classic)")
+    parser.add_argument("--profile", default="vinbigdata", choices=PROFILES,
+                        help="vindr-cxr: vinbigdata (findings, reader panels and styles drawn from the real VinBigData "
+                             "aggregates; all 14 classes by default) or classic (the earlier world: 6 classes, "
+                             "random readers jittering the same boxes)")
+    parser.add_argument("--annotations-only", action="store_true",
+                        help="vinbigdata profile: write the CSVs only (the same CSVs, no pixels or DICOMs)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--compare-real", metavar="CSV", default=None,
                         help="instead of generating: print each annotation statistic of this Kaggle-format reader CSV "
@@ -518,7 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = generate_dataset(args.out, dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
                                    seed=args.seed, min_size=args.min_size, max_size=args.max_size,
                                    classes=args.classes, normal_fraction=args.normal_fraction,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, profile=args.profile,
+                                   annotations_only=args.annotations_only)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
