@@ -299,9 +299,9 @@ def _reader_boxes(rng: np.random.Generator, boxes: list[tuple[str, tuple[float, 
 
 
 PROFILES = ("vinbigdata", "classic")
-#: the trio's boxes are this much smaller than the other readers' (ratio of the class medians, clipped to keep
-#: every reader's box on the drawn lesion); each side is scaled by the square root about the drawn box's centre
-TRIO_SCALE_CLIP = (0.5, 1.6)
+#: the trio draws the lesion's box; the other readers draw it scaled about its centre by the real ratio of their
+#: class median size to the trio's (bigger for most classes), clipped to this range
+OTHERS_SCALE_CLIP = (0.6, 2.8)
 #: per-edge jitter of a reader's box, as a fraction of the box's width/height (normal, sd): sized so that a box's
 #: best IoU with another reader's box of its class has a median near the real 0.68 (tests/test_synthetic_real.py)
 READER_JITTER = 0.09
@@ -346,7 +346,7 @@ class VinBigDataWorld:
             self.class_p[group] = w / w.sum()
         lonely = s["disagreement"]["lonely_fraction_by_class"]
         self.keep = {c: float(np.clip(1 - np.sqrt(lonely.get(c, 0.2)), *KEEP_CLIP)) for c in VINDR_CXR_CLASSES}
-        self.scale = {c: float(np.sqrt(np.clip(s["styles"]["trio_scale_by_class"].get(c, 1.0), *TRIO_SCALE_CLIP)))
+        self.scale = {c: float(np.clip(1.0 / s["styles"]["trio_scale_by_class"].get(c, 1.0), *OTHERS_SCALE_CLIP))
                       for c in VINDR_CXR_CLASSES}
 
     def panel(self, rng: np.random.Generator, abnormal: bool) -> tuple[str, list[str]]:
@@ -368,7 +368,8 @@ class VinBigDataWorld:
                 h: int, w: int) -> list[list[tuple]]:
         """Three readers' boxes of the true ``boxes``: each keeps a finding with its class's probability (at least
         one reader keeps every finding, and every reader of an abnormal image draws something: VinBigData's
-        unanimous normal/abnormal call), scales it by its panel's style, jitters its edges and sometimes adds the
+        unanimous normal/abnormal call), scales it by its panel's style (the trio draws the lesion's box, the others
+        bigger ones), jitters its edges and sometimes adds the
         mirror image of a lung-field box."""
         n = len(boxes)
         if n == 0:
@@ -386,7 +387,7 @@ class VinBigDataWorld:
             for j, (name, (x0, y0, x1, y1)) in enumerate(boxes):
                 if not keep[r, j]:
                     continue
-                f = self.scale[name] if group == "trio" else 1.0 / self.scale[name]
+                f = 1.0 if group == "trio" else self.scale[name]
                 cx, cy, bw, bh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * f, (y1 - y0) * f
                 rows.append(self._jitter(rng, name, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, h, w))
             for name, x0, y0, x1, y1 in [b for b in rows if b[0] in MIRRORED]:
