@@ -80,6 +80,8 @@ def test_annotations_only_writes_the_same_csvs_as_the_full_run(tmp_path):
     assert full["image_sizes"] == fast["image_sizes"] and full["boxes_per_class"] == fast["boxes_per_class"]
     assert len(list((tmp_path / "full" / "train").glob("*.dicom"))) == 8
     assert not (tmp_path / "fast" / "train").exists() or not list((tmp_path / "fast" / "train").glob("*.dicom"))
+    sizes = pd.read_csv(tmp_path / "fast" / "image_sizes.csv", dtype={"image_id": str})
+    assert {i: (w, h) for i, w, h in sizes.itertuples(index=False)} == full["image_sizes"]
 
 
 def test_world_same_seed_same_bytes(tmp_path):
@@ -117,7 +119,7 @@ def test_cli_profile_and_compare(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "| normal fraction | 0.7071 | 0.5 | -0.2071 (diff) |" in r.stdout
-    assert "box sizes divided by each image's size from its DICOM header" in r.stdout
+    assert "box sizes divided by each image's size (DICOM headers or image_sizes.csv)" in r.stdout
 
 
 #: sha1 of the pixel arrays of the 4 + 1 DICOMs below; measured under OpenCV 4.12.0 and 5.1.0 (the same), numpy

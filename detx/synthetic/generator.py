@@ -476,7 +476,7 @@ def generate_dataset(
             (1-3 findings of the chosen classes, balanced, three random readers jittering the same boxes).
             Ignored for spinexr.
         annotations_only: vinbigdata profile only: write the CSVs without drawing the pixels or writing DICOMs
-            (the same CSVs as the full run; ``summary["image_sizes"]`` holds each image's (width, height)).
+            (the same CSVs as the full run), and ``image_sizes.csv`` (image_id, width, height) beside them.
 
     Returns:
         A summary: dataset, out, seed, classes, image and abnormal counts per split, boxes (true lesions)
@@ -554,6 +554,11 @@ def generate_dataset(
         summary["images"][split] = n
         summary["abnormal"][split] = int(abnormal.sum())
     summary["files"] = _write_tables(out, dataset, rows)
+    if annotations_only:  # no DICOM headers to read the sizes from: --compare-real reads this file instead
+        sizes = pd.DataFrame([(i, w, h) for i, (w, h) in summary["image_sizes"].items()],
+                             columns=["image_id", "width", "height"])
+        atomic_write_text(out / IMAGE_SIZES_CSV, sizes.to_csv(index=False, lineterminator="\n"))
+        summary["files"]["image_sizes_csv"] = str(out / IMAGE_SIZES_CSV)
     logger.info("wrote synthetic %s dataset to %s: %s", dataset, out, summary["images"])
     return summary
 
@@ -594,6 +599,8 @@ def _spine_studies(rng: np.random.Generator, n: int) -> tuple[list[str], list[st
 CXR_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 SPINEXR_COLUMNS = ["image_id", "study_id", "series_id", "rad_id", "lesion_type", "xmin", "ymin", "xmax", "ymax"]
 CXR_READERS = tuple(f"R{k}" for k in range(1, 18))
+#: written beside the CSVs by an annotations-only run: image_id, width, height
+IMAGE_SIZES_CSV = "image_sizes.csv"
 
 
 def _cxr_rows(rng, image_id, boxes, h, w, vocab) -> list[dict[str, Any]]:

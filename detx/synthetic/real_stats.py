@@ -355,11 +355,17 @@ def format_comparison(rows: Sequence[Mapping[str, Any]], other_name: str = "CSV"
 
 
 def dicom_image_sizes(csv: str | os.PathLike, image_ids: Sequence[str]) -> dict[str, tuple[float, float]] | None:
-    """image_id -> (width, height) from the DICOM headers beside a Kaggle-layout CSV (``train/`` or ``test/`` next
-    to it, ``<image_id>.dicom``), or None when some image has no file there."""
+    """image_id -> (width, height) from ``image_sizes.csv`` beside a Kaggle-layout CSV (an annotations-only
+    generator run) or else from the DICOM headers (``train/`` or ``test/`` next to it, ``<image_id>.dicom``); None
+    when some image has no size there."""
     import pydicom
 
     root = Path(csv).parent
+    table = root / "image_sizes.csv"  # written by an annotations-only run of the generator
+    if table.is_file():
+        t = pd.read_csv(table, dtype={"image_id": str})
+        sizes = {str(i): (float(w), float(h)) for i, w, h in zip(t["image_id"], t["width"], t["height"])}
+        return sizes if set(image_ids) <= set(sizes) else None
     sizes: dict[str, tuple[float, float]] = {}
     for i in image_ids:
         f = next((p for p in (root / "train" / f"{i}.dicom", root / "test" / f"{i}.dicom") if p.is_file()), None)
@@ -381,7 +387,7 @@ def compare_csv(csv: str | os.PathLike, real: Mapping[str, Any] | None = None) -
     df = read_kaggle_csv(csv)
     ids = sorted(set(df.loc[df["class_name"] != NO_FINDING, "image_id"]))
     sizes = dicom_image_sizes(csv, ids)
-    note = ("box sizes divided by each image's size from its DICOM header" if sizes is not None else
+    note = ("box sizes divided by each image's size (DICOM headers or image_sizes.csv)" if sizes is not None else
             f"no DICOMs beside {Path(csv).name}: every image taken as {REAL_IMAGE_SIZE[0]:.0f} x "
             f"{REAL_IMAGE_SIZE[1]:.0f} px, as for the real CSV")
     return compare_stats(real, annotation_stats(df, sizes, source=str(csv))), note
