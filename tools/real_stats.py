@@ -10,6 +10,8 @@ about its annotations, not the annotations (detx.synthetic.real_stats, docs/synt
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -28,13 +30,13 @@ def setup(argv=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     if args.csv is None:
-        try:
-            import torchxrayvision
-        except ImportError:
+        # located, not imported: torchxrayvision is a [dev] extra, and importing it would load torch models' code
+        spec = importlib.util.find_spec("torchxrayvision")
+        if spec is None or spec.origin is None:
             print("error: torchxrayvision (a [dev] extra) is not installed; pass --csv", file=sys.stderr)
             return 2
-        csv = Path(torchxrayvision.__file__).parent / "data" / "vinbigdata-train.csv.gz"
-        source = f"torchxrayvision {torchxrayvision.__version__} data/{csv.name}"
+        csv = Path(spec.origin).parent / "data" / "vinbigdata-train.csv.gz"
+        source = f"torchxrayvision {importlib.metadata.version('torchxrayvision')} data/{csv.name}"
     else:
         csv, source = Path(args.csv), Path(args.csv).name
     try:
