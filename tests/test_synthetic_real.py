@@ -142,7 +142,7 @@ def test_pixels_of_a_seed_are_pinned(tmp_path):
 
 def test_chest_drawing_avoids_the_opencv_calls_whose_output_changed_between_versions():
     """cv2.GaussianBlur (float32), cv2.putText and cv2.warpAffine gave other pixels under OpenCV 4.12 and 5.1; the
-    chest and spine drawing use none of them (the MURA generator still uses warpAffine: docs/synthetic.md)."""
+    chest and spine drawing use none of them (the MURA generator still uses warpAffine and GaussianBlur: docs/synthetic.md)."""
     src = (Path(__file__).resolve().parent.parent / "detx" / "synthetic" / "draw.py").read_text()
     for call in ("cv2.GaussianBlur", "cv2.putText", "cv2.warpAffine"):
         assert f"{call}(" not in src, call
