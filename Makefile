@@ -6,13 +6,21 @@ DATASET ?= vindr-cxr
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+LOCK := requirements-lock.txt
+LOCK_PYTHON ?= 3.11
+
+.PHONY: install lock demo test lint bench docs clean
 
 # The stamp is rewritten by tools/install.sh only after a verified install, so a second
-# `make install` is a no-op until setup.py, constraints.txt or the installer change.
+# `make install` is a no-op until the lock, setup.py or the installer change.
 install: $(VENV)/.installed
-$(VENV)/.installed: setup.py constraints.txt tools/install.sh
-	VENV=$(VENV) PYTHON=$(PYTHON) bash tools/install.sh
+$(VENV)/.installed: $(LOCK) setup.py tools/install.sh tools/check_lock.py
+	VENV=$(VENV) PYTHON=$(PYTHON) LOCK=$(LOCK) bash tools/install.sh
+
+# Re-resolve the lock (exact versions + hashes) from setup.py and constraints.txt with uv; run it after changing
+# a dependency in setup.py or constraints.txt (UPGRADE=1: newest versions instead of keeping the current pins).
+lock:
+	PYTHON=$(PYTHON) LOCK=$(LOCK) LOCK_PYTHON=$(LOCK_PYTHON) bash tools/lock.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -25,6 +33,9 @@ test: install
 
 demo: install
 	$(PY) -m detx.workflows.demo --dataset $(DATASET) --out output/demo$(if $(filter-out vindr-cxr,$(DATASET)),-$(DATASET),)
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 bench: install
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -7,11 +7,17 @@
 2. The other detectors' prediction throughput: ``BatchedPredictor`` on the tiny RetinaNet and the tiny Cascade
    R-CNN against the tiny Faster R-CNN, same images, same run (with CUDA also RetinaNet R101-FPN and Cascade
    R-CNN R50-FPN against Faster R-CNN R50-FPN at 1024 px).
-3. Ensembling 5 models x hflip (10 prediction sets) of 100 boxes each on 3,000 images with WBF:
+3. Batching images of mixed sizes (a prepared set with VinBigData-like sizes: original widths and heights drawn from
+   1,800-3,100 px, prepared at longest side 1024): detx's CPU default (``exact``: one image per forward pass) and
+   its same-shape batching (``batches_by_key`` + ``BatchedPredictor(exact=False)``, what CUDA runs; also with oneDNN
+   off, which makes it bit-exact) against detectron2's ``DefaultPredictor`` image by image and against the previous
+   batching (sorted by aspect ratio, each batch padded to its largest image); the boxes that differ from the image
+   alone are counted for each batching.
+4. Ensembling 5 models x hflip (10 prediction sets) of 100 boxes each on 3,000 images with WBF:
    ``weighted_boxes_fusion_batched`` (all images in one call) against ``ensemble_boxes.weighted_boxes_fusion``
    called image by image; both outputs are checked equal.
 
-    python benchmarks/bench_inference.py [--quick] [--json OUT.json] [--cases predictor detectors wbf]
+    python benchmarks/bench_inference.py [--quick] [--json OUT.json] [--cases predictor detectors batching wbf]
 """
 
 from __future__ import annotations
@@ -137,6 +143,127 @@ def bench_detectors(n_images: int, batch_size: int, detectors: list[tuple[str, s
     return rows
 
 
+def vinbigdata_like_sizes(n_images: int, seed: int = 0, prepared: int = 1024) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(original (width, height), prepared (height, width)) of ``n_images`` images: original sides drawn uniformly
+    from 1,800-3,100 px (the range of VinBigData's DICOMs), prepared with the longest side ``prepared`` and the aspect
+    ratio kept (rounded as ``datasets/prepare_*.py`` does)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_images):
+        ow, oh = (int(v) for v in rng.integers(1800, 3101, 2))
+        scale = prepared / max(ow, oh)
+        out.append(((ow, oh), (max(1, round(oh * scale)), max(1, round(ow * scale)))))
+    return out
+
+
+def bench_batching(n_images: int, batch_size: int, config: str = CONFIG, size: int = 512, rounds: int = 2
+                   ) -> list[dict]:
+    """Images/s on a prepared set of mixed VinBigData-like sizes: detx's exact CPU default and same-shape batching
+    against DefaultPredictor and the previous pad-to-largest batching; best of ``rounds`` alternating rounds; and per
+    batching the boxes that differ (> 1e-3 px in original pixels) from the image predicted alone."""
+    from detectron2.engine import DefaultPredictor
+
+    from detx.inference.predictor import BatchedPredictor, batches_by_key, inference_resize, model_input
+    from detx.inference.tta import TTAView
+
+    rng = np.random.default_rng(1)
+    sizes = vinbigdata_like_sizes(n_images)
+    images = []
+    for _, (h, w) in sizes:
+        g = (rng.random((h // 8 + 1, w // 8 + 1)) * 255).astype(np.uint8)
+        images.append(np.repeat(np.kron(g, np.ones((8, 8), np.uint8))[:h, :w, None], 3, axis=2))
+    orig = [o for o, _ in sizes]
+    with tempfile.TemporaryDirectory() as tmp:
+        exact = _random_predictor(config, "cpu", size, tmp)
+        onednn = BatchedPredictor(exact.cfg, f"{tmp}/{Path(config).stem}.pth", exact=False)
+        cfg = exact.cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = f"{tmp}/{Path(config).stem}.pth"
+        default = DefaultPredictor(cfg)
+    order = sorted(range(n_images), key=lambda i: orig[i][1] / orig[i][0])  # predict_all's order: aspect ratio
+    view = TTAView()
+    groups = list(batches_by_key(order, lambda i: exact.batch_key(images[i].shape[:2], view), batch_size))
+    shapes = {exact.batch_key(im.shape[:2], view) for im in images}
+
+    def same_shape(model):
+        out = {}
+        for g in groups:
+            out.update(zip(g, model([images[i] for i in g], [orig[i] for i in g])))
+        return out
+
+    def same_shape_native():
+        with torch.backends.mkldnn.flags(enabled=False):
+            return same_shape(onednn)
+
+    @torch.no_grad()
+    def pad_to_largest():  # the previous BatchedPredictor: a batch of mixed shapes padded to its largest image
+        resize = inference_resize(exact.cfg.INPUT.MIN_SIZE_TEST, exact.cfg.INPUT.MAX_SIZE_TEST)
+        out = {}
+        for k in range(0, n_images, batch_size):
+            idx = order[k:k + batch_size]
+            res = onednn.model([{"image": model_input(images[i], resize, "BGR"), "height": orig[i][1],
+                                 "width": orig[i][0]} for i in idx])
+            out.update({i: r["instances"].pred_boxes.tensor.numpy() for i, r in zip(idx, res)})
+        return out
+
+    def one_by_one():
+        return {i: default(images[i]) for i in range(n_images)}
+
+    cases = {"exact (CPU default)": lambda: same_shape(exact), "same-shape batches": lambda: same_shape(onednn),
+             "same-shape, oneDNN off": same_shape_native, "pad to largest (before)": pad_to_largest,
+             "DefaultPredictor": one_by_one}
+    for i in {exact.batch_key(im.shape[:2], view): i for i, im in enumerate(images)}.values():
+        onednn([images[i]], [orig[i]])  # warm-up: oneDNN builds its kernels once per input shape
+        with torch.backends.mkldnn.flags(enabled=False):
+            onednn([images[i]], [orig[i]])
+    best = dict.fromkeys(cases, float("inf"))
+    results = {}
+    for r in range(rounds):
+        for name in list(cases) if r % 2 == 0 else list(cases)[::-1]:
+            t = time.perf_counter()
+            results[name] = cases[name]()
+            best[name] = min(best[name], time.perf_counter() - t)
+    ips = {name: n_images / t for name, t in best.items()}
+    # boxes without an equal twin (1e-3 px, original pixels) among the same image's predicted alone
+    alone = {i: onednn([images[i]], [orig[i]])[0].boxes for i in range(n_images)}
+    with torch.backends.mkldnn.flags(enabled=False):
+        alone_native = {i: onednn([images[i]], [orig[i]])[0].boxes for i in range(n_images)}
+
+    def moved(boxes: dict, ref: dict) -> tuple[int, int]:
+        n_moved = n = 0
+        for i, b in boxes.items():
+            b = b.boxes if hasattr(b, "boxes") else b
+            n += len(b)
+            if len(ref[i]) == 0:
+                n_moved += len(b)
+            elif len(b):
+                n_moved += int((np.abs(b[:, None, :] - ref[i][None]).max(axis=2).min(axis=1) > 1e-3).sum())
+        return n_moved, n
+
+    diffs = {"exact (CPU default)": moved(results["exact (CPU default)"], alone),
+             "same-shape batches": moved(results["same-shape batches"], alone),
+             "same-shape, oneDNN off": moved(results["same-shape, oneDNN off"], alone_native),
+             "pad to largest (before)": moved(results["pad to largest (before)"], alone)}
+    where = f"CPU ({torch.get_num_threads()} threads)"
+    base = "DefaultPredictor"
+    print(f"Batching {n_images} VinBigData-like images (1,800-3,100 px, prepared at 1024, tested at {size} px), "
+          f"batch {batch_size}, {where}: {len(shapes)} padded shapes, {len(groups)} same-shape batches")
+    for name in cases:
+        extra = "" if name == base else \
+            f"   boxes differing from alone: {diffs[name][0]} of {diffs[name][1]}"
+        print(f"  {name:26s} {ips[name]:7.2f} img/s   ratio to {base} {ips[name] / ips[base]:.2f}x{extra}")
+    rows = []
+    for name in cases:
+        if name == base:
+            continue
+        rows.append({"case": f"{name}, batch {batch_size}, {n_images} mixed VinBigData-like images, "
+                             f"{size} px, {where}", "value": ips[name], "unit": "images/s",
+                     "baseline": "detectron2 DefaultPredictor, one image at a time (same run)",
+                     "baseline_value": ips[base], "ratio": ips[name] / ips[base],
+                     "boxes_differing_from_alone": diffs[name][0], "boxes": diffs[name][1]})
+    return rows
+
+
 def make_sets(n_images: int, n_sets: int, n_boxes: int, seed: int = 0):
     """Per image 25 objects; each set (model x view) sees each with jitter and adds false positives."""
     rng = np.random.default_rng(seed)
@@ -197,8 +324,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     p.add_argument("--json", default=None, help="write the results JSON here")
-    p.add_argument("--cases", nargs="+", default=["predictor", "detectors", "wbf"],
-                   choices=["predictor", "detectors", "wbf"], help="what to run (default: all)")
+    p.add_argument("--cases", nargs="+", default=["predictor", "detectors", "batching", "wbf"],
+                   choices=["predictor", "detectors", "batching", "wbf"], help="what to run (default: all)")
     args = p.parse_args()
     rows = []
     if "predictor" in args.cases:
@@ -211,6 +338,8 @@ def main() -> None:
         if torch.cuda.is_available():
             rows += bench_detectors(16 if args.quick else 64, 8, REAL_DETECTORS, ("Faster R-CNN R50-FPN", R50_CONFIG),
                                     "cuda", 1024, rounds=1 if args.quick else 2)
+    if "batching" in args.cases:
+        rows += bench_batching(12 if args.quick else 32, 4 if args.quick else 8, rounds=1 if args.quick else 2)
     if "wbf" in args.cases:
         rows += bench_wbf(300 if args.quick else 3000)
     if args.json:
@@ -223,6 +352,9 @@ def main() -> None:
         if "detectors" in args.cases:
             notes.append("Detectors: best of alternating rounds on the same images; ratio < 1: slower than the "
                          "Faster R-CNN.")
+        if "batching" in args.cases:
+            notes.append("Batching: best of alternating rounds; 'exact' (the CPU default) runs one image per forward "
+                         "pass; same-shape batches are what CUDA runs; oneDNN's kernels depend on the batch size.")
         if "wbf" in args.cases:
             notes.append("WBF outputs checked equal to ensemble-boxes.")
         write_json(args.json, {"name": "inference", "title": "Batched prediction and WBF ensembling; RetinaNet and "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 
 import pandas as pd
 import pytest
@@ -46,6 +47,13 @@ def test_demo_writes_every_report_file_and_reuses_them(tmp_path, capsys):
     assert result["numbers"]["mAP40"] == pytest.approx(val["mAP40"])
     out = capsys.readouterr().out
     assert f"mAP40 {val['mAP40']:.3f}" in out.splitlines()
+    # results.json: the same numbers, bootstrap 95% intervals of the headline ones, the environment
+    results = json.loads(p["results"].read_text())
+    assert results["numbers"] == result["numbers"] and results["environment"]["torch"] == metadata.version("torch")
+    for key in ("mAP40", "auc", "test_mAP40", "test_auc", "test_auc_detection"):
+        lo, hi = results["ci95"][key]
+        assert 0.0 <= lo <= hi <= 1.0, key
+    assert f"mAP40_ci95 {results['ci95']['mAP40'][0]:.3f} {results['ci95']['mAP40'][1]:.3f}" in out.splitlines()
 
     # A second run reuses every output and prints the same numbers.
     again = run_demo(s, quiet=True)

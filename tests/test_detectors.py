@@ -324,7 +324,7 @@ def test_three_detectors_fuse_into_one_submission(trained, trained_tiny_dir, pre
         assert p.boxes[finding][:, [0, 2]].max() <= w + 1e-3 and p.boxes[finding][:, [1, 3]].max() <= h + 1e-3
         assert ((p.scores >= 0) & (p.scores <= 1)).all()
     assert len(list((tmp_path / "vis").glob("*.png"))) == 2
-    assert (tmp_path / "classification.csv").read_text().count("\n") == 1 + len(sizes)
+    assert (tmp_path / "submission.classification.csv").read_text().count("\n") == 1 + len(sizes)
     result = evaluate_files(str(val), str(out))
     assert 0.0 <= result.metrics["mAP40"] <= 1.0
 

@@ -35,7 +35,7 @@ def test_every_classifier_config_loads(config):
     assert is_classifier(cfg) and cfg.DETX.BEST_METRIC == "cls/auc"
     assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False and cfg.INPUT.RANDOM_FLIP == "none"
     name = Path(config).name
-    expected = 28 if "physionet_labels" in name else 7 if "spinexr" in name else 14 if "vindr_cxr" in name else 0
+    expected = 28 if "physionet_labels" in name else 15 if "openi" in name else 7 if "spinexr" in name else 14 if "vindr_cxr" in name else 0
     assert num_classes(cfg) == expected
     if "densenet" in name.lower():
         assert cfg.MODEL.BACKBONE.NAME == "build_densenet_backbone" and cfg.INPUT.FORMAT == "RGB"

@@ -220,12 +220,15 @@ def test_classifier_parity(exported_cls, trained_cls_dir, png_dir, fmt):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("options", [[], ["--batch-size", 1, "--tta", "hflip"]], ids=["defaults", "bs1-hflip"])
 def test_predict_exported_equals_eager(exported_det, exported_cls, tiny_random_checkpoint, trained_cls_dir, png_dir,
-                                       tmp_path, fmt):
+                                       tmp_path, fmt, options):
+    """The same submission (twins within 1e-3 in score and 1 px) from the exported files and the checkpoints, with
+    the default options too (--batch-size 4: the eager models give each image what it gets alone)."""
     cfg_file, weights = tiny_random_checkpoint
     cls = ["--classifier-config", trained_cls_dir / "config.yaml", "--classifier-weights",
            trained_cls_dir / "model_final.pth"]
-    common = ["--input", png_dir, "--batch-size", 1, "--tta", "hflip"]
+    common = ["--input", png_dir, *options]
     assert _predict("--config-file", cfg_file, "--weights", weights, *cls, *common, "--out",
                     tmp_path / "eager.csv", "MODEL.DEVICE", "cpu") == 0
     # no --config-file/--weights: the files carry what prediction needs; detector and classifier told apart
@@ -236,8 +239,8 @@ def test_predict_exported_equals_eager(exported_det, exported_cls, tiny_random_c
     for i in eager:
         a, b = eager[i], exported[i]
         match(a.boxes, a.scores, a.classes, b.boxes, b.scores, b.classes)
-    e_cls = (tmp_path / "classification.csv").read_text().splitlines()
-    assert e_cls[0].startswith("image_id,p_abnormal,label,p_Aortic enlargement")
+    e_cls = (tmp_path / "eager.classification.csv").read_text().splitlines()
+    assert e_cls[0].startswith("image_id,p_abnormal,label,status,p_Aortic enlargement")
 
 
 @pytest.mark.slow
@@ -408,6 +411,9 @@ def five_pngs(tmp_path_factory):
     d.mkdir()
     for k in range(5):
         cv2.imwrite(str(d / f"im{k}.png"), _noise(256 - 16 * k, 192, 10 + k))
+    # the PNGs are the originals: a meta.csv saying so (without one, a detector refuses PNGs of unknown size)
+    (d.parent / "meta.csv").write_text("image_id,orig_width,orig_height,width,height\n" + "".join(
+        f"im{k},192,{256 - 16 * k},192,{256 - 16 * k}\n" for k in range(5)))
     return d
 
 
@@ -427,7 +433,7 @@ def test_two_processes_write_the_single_process_files_and_the_cache_resumes(tiny
                            "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}", "--cache-dir", cache,
                            "MODEL.DEVICE", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    for name in ("sub.csv", "classification.csv"):
+    for name in ("sub.csv", "sub.classification.csv"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     # both processes filled the cache: 5 images (batch 1) x 2 views x (detector + classifier)
     assert len(list(cache.glob("*/*.npz"))) == 5 * 2 * 2
@@ -453,6 +459,7 @@ def test_a_process_that_stops_reports_its_error_and_exit_status(tiny_random_chec
 
     folder = tmp_path / "images"
     shutil.copytree(five_pngs, folder)
+    shutil.copy(five_pngs.parent / "meta.csv", tmp_path / "meta.csv")
     (folder / "im3.png").write_bytes(b"not a png")  # image 3: process 1's share (images 1 and 3)
 
     def fake_launch(main_func, num_gpus, num_machines=1, machine_rank=0, dist_url=None, args=()):

@@ -280,6 +280,8 @@ def png_dir_cls(tmp_path):
     rng = np.random.default_rng(0)
     for k in range(2):
         cv2.imwrite(str(d / f"im{k}.png"), rng.integers(0, 255, (96, 80, 3), dtype=np.uint8))
+    (tmp_path / "meta.csv").write_text("image_id,orig_width,orig_height,width,height\n"
+                                       + "".join(f"im{k},800,960,80,96\n" for k in range(2)))  # known original sizes
     return d
 
 

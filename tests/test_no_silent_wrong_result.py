@@ -219,15 +219,17 @@ def test_prediction_cache_is_not_served_for_changed_pixels(tiny_random_checkpoin
         cv2.imwrite(str(folder / f"im{k}.png"), rng.integers(0, 255, (128, 96, 3), dtype=np.uint8))
     cache = tmp_path / "cache"
     first = tmp_path / "a.csv"
+    # the PNGs are the originals here (no meta.csv): --png-frame accepts their own size
     assert _predict("--config-file", cfg_file, "--weights", weights, "--input", folder, "--out", first,
-                    "--cache-dir", cache) == 0
+                    "--cache-dir", cache, "--png-frame") == 0
     # the same image ids, re-prepared with other pixels at another size
     for k in range(3):
         cv2.imwrite(str(folder / f"im{k}.png"), rng.integers(0, 255, (200, 150, 3), dtype=np.uint8))
     cached, fresh = tmp_path / "b.csv", tmp_path / "c.csv"
     assert _predict("--config-file", cfg_file, "--weights", weights, "--input", folder, "--out", cached,
-                    "--cache-dir", cache) == 0
-    assert _predict("--config-file", cfg_file, "--weights", weights, "--input", folder, "--out", fresh) == 0
+                    "--cache-dir", cache, "--png-frame") == 0
+    assert _predict("--config-file", cfg_file, "--weights", weights, "--input", folder, "--out", fresh,
+                    "--png-frame") == 0
     assert cached.read_text() == fresh.read_text() != first.read_text()
 
 

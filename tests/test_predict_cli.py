@@ -85,8 +85,8 @@ def test_submission_round_trip_in_original_pixels(tiny_random_checkpoint, png_di
         assert got.boxes[finding].max() > 192 * 2  # original pixels (1920 x 2560), not PNG pixels
         p_abn = direct.scores.max()  # default rule: max
         assert got.scores[~finding][0] == pytest.approx(1 - p_abn, abs=1e-5)
-    cls = (tmp_path / "classification.csv").read_text().splitlines()
-    assert cls[0].startswith("image_id,p_abnormal,label,p_Aortic enlargement") and len(cls) == 4
+    cls = (tmp_path / "sub.classification.csv").read_text().splitlines()
+    assert cls[0].startswith("image_id,p_abnormal,label,status,p_Aortic enlargement") and len(cls) == 4
 
 
 def test_identical_weights_fuse_to_the_single_model(tiny_random_checkpoint, png_dir, tmp_path):
@@ -146,7 +146,7 @@ def test_spinexr_no_finding_id_is_7(tmp_path, png_dir):
     sub = read_submission(out, num_classes=8)
     for p in sub.values():
         assert (p.classes == 7).sum() == 1 and p.classes.max() == 7
-    assert "p_Osteophytes" in (tmp_path / "classification.csv").read_text().splitlines()[0]
+    assert "p_Osteophytes" in (tmp_path / "sub.classification.csv").read_text().splitlines()[0]
 
 
 def test_classifier_csv_and_two_class_filter(tiny_random_checkpoint, png_dir, tmp_path):
@@ -156,8 +156,8 @@ def test_classifier_csv_and_two_class_filter(tiny_random_checkpoint, png_dir, tm
     out = tmp_path / "sub.csv"
     assert _predict("--config-file", cfg_file, "--weights", weights, "--input", png_dir, "--out", out,
                     "--classifier-csv", probs, "--nofinding-low", 0.1, "--nofinding-high", 0.9) == 0
-    lines = (tmp_path / "classification.csv").read_text().splitlines()
-    assert lines[1].startswith("im0,0.02,0,") and lines[3].startswith("im2,0.99,1,")
+    lines = (tmp_path / "sub.classification.csv").read_text().splitlines()
+    assert lines[1].startswith("im0,0.02,0,ok,") and lines[3].startswith("im2,0.99,1,ok,")
     base = tmp_path / "base.csv"
     assert _predict("--config-file", cfg_file, "--weights", weights, "--input", png_dir, "--out", base) == 0
     sub, ref = read_submission(out), read_submission(base)

@@ -22,7 +22,7 @@ N_WORLD = 4000
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     summary = generate_dataset(out, n_train=N_WORLD, n_test=1, seed=0, min_size=64, max_size=96, progress=False,
-                               annotations_only=True)
+                               annotations_only=True, profile="vinbigdata")
     return out, summary
 
 
@@ -72,7 +72,7 @@ def _files(root: Path, names) -> dict[str, bytes]:
 
 def test_annotations_only_writes_the_same_csvs_as_the_full_run(tmp_path):
     kw = {"n_train": 8, "n_test": 2, "seed": 3, "min_size": 64, "max_size": 96, "progress": False,
-          "normal_fraction": 0.25}
+          "normal_fraction": 0.25, "profile": "vinbigdata"}
     full = generate_dataset(tmp_path / "full", **kw)
     fast = generate_dataset(tmp_path / "fast", annotations_only=True, **kw)
     names = ("train.csv", "test_ground_truth.csv", "sample_submission.csv")
@@ -86,7 +86,7 @@ def test_annotations_only_writes_the_same_csvs_as_the_full_run(tmp_path):
 
 def test_world_same_seed_same_bytes(tmp_path):
     kw = {"n_train": 4, "n_test": 1, "seed": 9, "min_size": 64, "max_size": 80, "progress": False,
-          "normal_fraction": 0.0}
+          "normal_fraction": 0.0, "profile": "vinbigdata"}
     generate_dataset(tmp_path / "a", **kw)
     generate_dataset(tmp_path / "b", **kw)
     a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in sorted((tmp_path / "a").rglob("*")) if p.is_file()}
@@ -96,15 +96,15 @@ def test_world_same_seed_same_bytes(tmp_path):
 
 def test_world_classes_and_normal_fraction(tmp_path):
     s = generate_dataset(tmp_path, n_train=12, n_test=1, min_size=64, max_size=96, classes=["Nodule/Mass"],
-                         normal_fraction=0.0, annotations_only=True, progress=False)
+                         normal_fraction=0.0, annotations_only=True, progress=False, profile="vinbigdata")
     train = pd.read_csv(tmp_path / "train.csv")
     assert set(train["class_name"]) == {"Nodule/Mass"}  # every reader of an abnormal image draws a box
     assert train.groupby("image_id")["rad_id"].nunique().eq(3).all() and s["abnormal"]["train"] == 12
     s = generate_dataset(tmp_path / "n", n_train=10, n_test=1, min_size=64, max_size=96, normal_fraction=1.0,
-                         annotations_only=True, progress=False)
+                         annotations_only=True, progress=False, profile="vinbigdata")
     assert set(pd.read_csv(tmp_path / "n" / "train.csv")["class_name"]) == {"No finding"}
     with pytest.raises(ValueError, match="annotations_only needs the vinbigdata profile"):
-        generate_dataset(tmp_path / "c", n_train=1, n_test=1, profile="classic", annotations_only=True)
+        generate_dataset(tmp_path / "c", n_train=1, n_test=1, annotations_only=True)  # classic, the default
     with pytest.raises(ValueError, match="unknown profile"):
         generate_dataset(tmp_path / "d", n_train=1, n_test=1, profile="nope")
 
@@ -112,7 +112,8 @@ def test_world_classes_and_normal_fraction(tmp_path):
 def test_cli_profile_and_compare(tmp_path):
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "detx.synthetic", "--out", str(out), "--n-train", "6", "--n-test", "1",
-                        "--min-size", "64", "--max-size", "80", "--no-progress", "--normal-fraction", "0.5"],
+                        "--min-size", "64", "--max-size", "80", "--no-progress", "--normal-fraction", "0.5",
+                        "--profile", "vinbigdata"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "detx.synthetic", "--compare-real", str(out / "train.csv")],
@@ -133,7 +134,7 @@ def test_pixels_of_a_seed_are_pinned(tmp_path):
     import pydicom
 
     generate_dataset(tmp_path, n_train=3, n_test=1, seed=0, min_size=64, max_size=96, normal_fraction=0.0,
-                     progress=False)
+                     profile="vinbigdata", progress=False)
     h = hashlib.sha1()
     for p in sorted(tmp_path.rglob("*.dicom")):
         h.update(pydicom.dcmread(p).pixel_array.tobytes())

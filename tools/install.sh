@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Creates .venv and installs detx with everything it needs (called by `make install`).
-#   1. pinned torch + torchvision (constraints.txt), 2. detx in editable mode with [dev],
+#   1. the locked environment: every package at the exact version of requirements-lock.txt, hashes checked
+#      (`make lock` writes it; docs/reproducibility.md), 2. detx in editable mode (no dependencies of its own:
+#      the lock holds them, [dev] included),
 #   3. detectron2: upstream from GitHub when reachable, else the pure-Python build from PyPI
-#      (sal-detectron2, DESIGN §4). DETX_DETECTRON2=upstream|pure forces one of them.
+#      (sal-detectron2, DESIGN §4), both without dependencies (the lock holds them).
+#      DETX_DETECTRON2=upstream|pure forces one of them.
 #   4. detectron2's model_zoo made independent of pkg_resources (tools/fix_detectron2.py), both routes.
+#   5. the installed versions checked against the lock (tools/check_lock.py).
 # Fails loudly, naming the step, instead of leaving a half-installed environment behind.
 set -Eeuo pipefail
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+LOCK=${LOCK:-requirements-lock.txt}
 D2_UPSTREAM="git+https://github.com/facebookresearch/detectron2.git"
 D2_PURE="sal-detectron2==0.7.2"
 STEP="start"
@@ -21,21 +26,31 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "no '$PYTHON' on PATH; install Pytho
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), sys.version' 2>/dev/null \
   || die "$("$PYTHON" --version 2>&1) is too old; detx needs Python >= 3.10"
 
+STEP="match the lock's Python and platform"
+[ -f "$LOCK" ] || die "no lock file $LOCK (run 'make lock' to resolve one)"
+lock_py=$(sed -n 's/.*--python-version \([0-9][0-9.]*\).*/\1/p' "$LOCK" | head -n 1)
+have_py=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ -n "$lock_py" ] || die "$LOCK does not say which Python it was resolved for (its header has no --python-version)"
+[ "$lock_py" = "$have_py" ] || die "$LOCK is resolved for Python $lock_py, but $PYTHON is Python $have_py: run \
+'make install PYTHON=python$lock_py', or re-resolve the lock for your Python with 'make lock LOCK_PYTHON=$have_py'"
+[ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || die "$LOCK is resolved for Linux x86_64, this is \
+$(uname -s)-$(uname -m): install into your own environment with 'pip install -e .[dev]' (setup.py's ranges) instead"
+
 STEP="create $VENV"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV" || die "'$PYTHON -m venv' failed (on Debian/Ubuntu: apt-get install python3-venv)"
 fi
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt)
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps)
 
 STEP="reach the package registry"
 "$VENV/bin/python" -m pip download --no-deps --disable-pip-version-check -q -d "$(mktemp -d)" tabulate >/dev/null 2>&1 \
   || die "cannot download from the package registry (PyPI); check the network or pip's index settings"
 
-STEP="install torch and torchvision (pinned in constraints.txt)"
-"${PIP[@]}" torch torchvision
+STEP="install the locked environment ($LOCK, hashes checked)"
+"${PIP[@]}" --require-hashes -r "$LOCK"
 
-STEP="install detx[dev] (editable)"
-"${PIP[@]}" -e '.[dev]'
+STEP="install detx (editable; its dependencies, [dev] included, come from the lock)"
+"${PIP[@]}" --no-build-isolation -e .
 
 STEP="check a single OpenCV distribution"
 n_cv=$("$VENV/bin/python" -m pip list 2>/dev/null | grep -ciE '^opencv-' || true)
@@ -72,6 +87,9 @@ STEP="make detectron2's model_zoo work without pkg_resources"
 # setuptools >= 81 no longer ships pkg_resources, which detectron2's model_zoo imports for one call
 # (locating its own config files): replace it there with the standard library (tools/fix_detectron2.py).
 "$VENV/bin/python" tools/fix_detectron2.py
+
+STEP="check the installed versions against $LOCK"
+"$VENV/bin/python" tools/check_lock.py --lock "$LOCK" || die "the environment differs from $LOCK (listed above)"
 
 STEP="verify the environment"
 "$VENV/bin/python" - <<'PY' || die "the installed environment does not import (see the traceback above)"

@@ -8,6 +8,7 @@ detectron2 checkpoints, test-time augmentation and WBF ensembling, plus an image
     python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv \\
         --classifier classifier.json --nofinding-low 0.05 --nofinding-high 0.95 MODEL.DEVICE cuda
     python tools/predict.py --exported model_fold0.ts model_fold1.onnx --input dicoms/ --out submission.csv
+    python tools/predict.py --classifier-config CFG --classifier-weights W --input one_image.dcm   # one sentence
     python tools/predict.py --config-file CFG --weights W --input dicoms/ --out submission.csv --num-gpus 4
     python tools/predict.py --config-file faster/config.yaml retinanet/config.yaml cascade/config.yaml \\
         --weights faster/model_best.pth retinanet/model_best.pth cascade/model_best.pth --model-weights 2 1 1 \\
@@ -16,9 +17,16 @@ detectron2 checkpoints, test-time augmentation and WBF ensembling, plus an image
 Every row carries the No-finding entry `<len(classes)> p 0 0 1 1` with p = 1 - P(abnormal). The 2-class
 filter on P = P(abnormal): P < --nofinding-low -> the row is only `<nf> 1 0 0 1 1`; low <= P <
 --nofinding-high -> boxes kept with confidences multiplied by P; P >= high -> boxes unchanged.
-classification.csv (image_id, p_abnormal, label, per-class max confidence) is written beside the
-submission. An image that cannot be decoded is written as `<nf> 1 0 0 1 1` with a warning (--strict:
-exit 1). Exit status: 0 done, 1 an unreadable image with --strict, 2 bad arguments or input.
+The classification CSV (image_id, p_abnormal, label, status, per-class max confidence) is written beside the
+submission as <out stem>.classification.csv (or --classification-out). An image that cannot be decoded is
+written as `<nf> 1 0 0 1 1` with a warning (--strict: exit 1), marked `status unreadable` in the classification
+CSV, listed in <out stem>.problems.csv and counted in the closing line. PNGs of unknown original size (no
+meta.csv) are refused unless --png-frame. Exit status: 0 done, 1 an unreadable image with --strict, 2 bad
+arguments or input.
+
+--input FILE (one DICOM or PNG) answers in a sentence ("X-ray 0a1b is abnormal (P(abnormal) 0.912, threshold 0.5).
+Findings: ..."); --out/--classification-out are then optional, --json prints the whole answer (boxes in original
+pixels, per-class probabilities), the same as Python's detx.XrayPredictor(...).predict(FILE).
 """
 
 from __future__ import annotations
@@ -79,11 +87,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help="P(abnormal) at or above this: boxes unchanged; between low and high box confidences are "
                         "multiplied by P(abnormal) (default: = --nofinding-low, no middle band)")
     p.add_argument("--classification-out", default=None, metavar="CSV",
-                   help="image-level CSV (default: classification.csv beside --out)")
+                   help="image-level CSV (default: <out stem>.classification.csv beside --out)")
     p.add_argument("--vis-dir", default=None, metavar="DIR",
                    help="write overlays (colour per class; ground truth dashed white for a labelled JSON)")
     p.add_argument("--vis-num", type=int, default=16, help="overlays to draw, spread over the input (default 16)")
     p.add_argument("--vis-score", type=float, default=0.3, help="draw boxes from this confidence (default 0.3)")
+    p.add_argument("--png-frame", action="store_true",
+                   help="accept PNGs whose original size is unknown (no meta.csv): their boxes are written in PNG "
+                        "pixels, listed in <out stem>.problems.csv (without it such an input is refused)")
     p.add_argument("--dicom-size", type=int, default=None,
                    help="longest side DICOMs are decoded to, as in preparation (default: the size the model was "
                         "trained on, DETX.IMAGE_SIZE in its config.yaml; a difference is warned about)")
@@ -101,6 +112,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="rendezvous of the processes, tcp://HOST:PORT of machine 0 (default auto: a free local port, "
                         "one machine only)")
     p.add_argument("--strict", action="store_true", help="stop (exit 1) at the first image that cannot be read")
+    p.add_argument("--body-part", default=None, help="--input FILE: the body part to name in the sentence (MURA: "
+                   "XR_HUMERUS; default: read from a MURA path)")
+    p.add_argument("--json", action="store_true", help="--input FILE: also print the whole answer as one JSON line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_version(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -124,10 +138,27 @@ def main(args: argparse.Namespace) -> int:
         vis_score=args.vis_score, dicom_size=args.dicom_size, num_workers=args.workers, amp=not args.no_amp,
         strict=args.strict, progress=not args.quiet, cache_dir=args.cache_dir,
         classifier_configs=args.classifier_config, classifier_weights=args.classifier_weights,
-        score_scaling=args.score_scaling, exported=args.exported)
+        score_scaling=args.score_scaling, exported=args.exported, png_frame=args.png_frame)
     summary = run_predict(options, LaunchOptions(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url))
     failed = summary["failed"]
+    if "answers" in summary:  # one image file: the answer in a sentence
+        import json
+
+        from detx.inference.answer import ImageAnswer
+
+        for d in summary["answers"]:
+            answer = ImageAnswer.from_dict(d)
+            if args.body_part:
+                answer.body_part = args.body_part
+            print(answer.sentence(min_score=args.vis_score))
+            if args.json:
+                print(json.dumps(answer.to_dict()))
+        for image_id, why in failed.items():
+            print(f"error: image {image_id} cannot be read: {why}", file=sys.stderr)
+        return 1 if failed else 0
     cnn = f", {summary['classifiers']} image classifier(s)" if summary["classifiers"] else ""
+    if failed:
+        cnn += f", {len(failed)} unreadable written as no finding"
     if summary.get("processes", 1) > 1:
         cnn += f", {summary['processes']} processes"
     if summary["classification"] is None:
@@ -139,10 +170,16 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {summary['classification']} ({summary['num_images']} images{cnn})")
     if failed:
-        print(f"warning: {len(failed)} image(s) could not be read and were written as no finding: "
+        print(f"warning: {len(failed)} of {summary['num_images']} image(s) could not be read and were written as no "
+              f"finding (status unreadable in the classification CSV; listed in {summary['problems']}): "
               f"{', '.join(list(failed)[:10])}", file=sys.stderr)
+    if summary.get("png_frame"):
+        print(f"warning: the boxes of {summary['png_frame']} image(s) are in PNG pixels, not original DICOM pixels "
+              f"(--png-frame; listed in {summary['problems']})", file=sys.stderr)
     if summary["vis"]:
-        print(f"{len(summary['vis'])} overlay(s) in {args.vis_dir}")
+        empty = summary.get("vis_empty", 0)
+        note = f"; {empty} show no box at or above --vis-score {summary['vis_score']:g}" if empty else ""
+        print(f"{len(summary['vis'])} overlay(s) in {args.vis_dir}{note}")
     return 0
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import sys
 
+# isort: off
+import detx.cli  # noqa: F401  (first: it hides library noise that importing detectron2 prints)
+# isort: on
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch

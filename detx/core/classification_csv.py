@@ -1,4 +1,4 @@
-"""The classification CSV: ``image_id, p_abnormal[, label], p_<class> ...``, one row per image.
+"""The classification CSV: ``image_id, p_abnormal[, label, status], p_<class> ...``, one row per image.
 
 Written by ``tools/predict.py`` (``classification.csv``: from an image classifier, or derived from detections) and
 by the training evaluator; read by ``tools/evaluate.py``, which tells it from a submission by its columns.
@@ -74,19 +74,21 @@ def read_classification_csv(path: str | os.PathLike) -> ClassificationTable:
 def write_classification_csv(path: str | os.PathLike, image_ids: Sequence[str], p_abnormal: Mapping[str, float],
                              per_class: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float,
                              failed: Mapping[str, str] | None = None) -> Path:
-    """Write ``image_id, p_abnormal, label, p_<class> ...`` atomically.
+    """Write ``image_id, p_abnormal, label, status, p_<class> ...`` atomically.
 
     ``label`` is 1 (abnormal) when ``p_abnormal >= threshold``; ``per_class[image_id]`` holds the class
-    probabilities in ``classes`` order. Unreadable images (``failed``) get p_abnormal 0, label 0 and empty classes.
+    probabilities in ``classes`` order. ``status`` is ``ok``, or ``unreadable`` for an image that could not be
+    decoded (``failed``): such a row gets p_abnormal 0, label 0 (as the submission's No finding 1.0) and empty
+    classes, and only ``status`` tells it from a confident normal.
     """
     failed = failed or {}
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image_id", "p_abnormal", "label", *(f"p_{c}" for c in classes)])
+        w.writerow(["image_id", "p_abnormal", "label", "status", *(f"p_{c}" for c in classes)])
         for i in image_ids:
             if i in failed:
-                w.writerow([i, 0.0, 0, *([""] * len(classes))])
+                w.writerow([i, 0.0, 0, "unreadable", *([""] * len(classes))])
                 continue
             p = p_abnormal[i]
-            w.writerow([i, f"{p:.6g}", int(p >= threshold), *(f"{v:.6g}" for v in per_class.get(i, []))])
+            w.writerow([i, f"{p:.6g}", int(p >= threshold), "ok", *(f"{v:.6g}" for v in per_class.get(i, []))])
     return Path(path)

@@ -99,7 +99,8 @@ class FolderInUseError(InputError):
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (``folder/.detx.lock``, a ``filelock`` lock released by the system when
-    the process dies) for the block, so that two runs never write into the same folder at once.
+    the process dies) for the block, so that two runs never write into the same folder at once. A folder the lock
+    created is removed again when the block wrote nothing into it (a run stopped by bad input).
 
     Raises:
         FolderInUseError: at once, when another run holds it; the message names the folder and that run (pid,
@@ -108,6 +109,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> Itera
     from filelock import FileLock, Timeout
 
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_NAME))
     owner = folder / f"{LOCK_NAME}.json"
@@ -128,3 +130,14 @@ def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> Itera
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+        if created:  # a run that stopped before writing anything leaves no folder holding only the lock behind
+            _remove_if_only_lock(folder)
+
+
+def _remove_if_only_lock(folder: Path) -> None:
+    try:
+        if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:  # another run took the folder meanwhile, or it cannot be listed: leave it
+        pass

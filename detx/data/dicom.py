@@ -9,6 +9,15 @@
    images are inverted so that bone is bright;
 4. the image is resized with its aspect ratio kept (longest side = ``size``, ``cv2.INTER_AREA``).
 
+**JPEG 2000** (the Kaggle VinBigData DICOMs: lossless, 12-bit, MONOCHROME1, about 2,400 x 2,850 px). Its wavelet
+codestream holds the image at every power-of-two resolution; when ``size`` is given, step 1 decodes only the
+coarsest resolution level whose longest side is still at least ``size`` (OpenJPEG's ``reduce``, through Pillow's
+bundled OpenJPEG), which skips most of the decoding work, and steps 2-4 run on it; the resize goes to the size
+computed from the *original* Rows/Columns, so the PNG has the same shape as before. When the full level is needed
+(``size`` None or above half the longest side) the file takes the ordinary path and the PNG is bit-identical.
+The reduced level is the wavelet's low-pass image, not an area average, so the PNG differs slightly from the full
+decode's (measured in docs/data-preparation.md); a codestream Pillow cannot reduce falls back to the full decode.
+
 Steps 2-3 are pointwise functions of the stored integer value, so they are evaluated once per
 distinct value (a lookup table over ``[min, max]`` of the stored values) and applied with one
 indexing pass, in 16 bits; the resize then runs on the 16-bit image and 8-bit output is rounded from
@@ -21,6 +30,7 @@ skips images converted before with the same settings (a journal of settings fing
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -37,19 +47,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from PIL import Image
+from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from tqdm import tqdm
+from pydicom.uid import JPEG2000, JPEG2000Lossless
 
 from detx.core.errors import InputError, MissingFileError
 from detx.core.io import atomic_write_text, write_png
+from detx.core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 #: bump when the decoding changes, so a second run re-converts instead of skipping
-DECODER_VERSION = 1
+DECODER_VERSION = 2  # 2: JPEG 2000 decoded at a reduced resolution level
 DICOM_SUFFIXES: tuple[str, ...] = (".dicom", ".dcm")
 #: largest stored-value range decoded through a lookup table (larger ranges take the float path)
 MAX_TABLE = 1 << 20
+#: transfer syntaxes decoded at a reduced resolution level when the output is smaller (JPEG 2000 part 1)
+J2K_SYNTAXES: frozenset[str] = frozenset({str(JPEG2000Lossless), str(JPEG2000)})
 
 
 class DicomError(InputError):
@@ -63,10 +78,24 @@ def read_dicom(path: str | os.PathLike) -> pydicom.Dataset:
         raise DicomError(f"{path}: cannot read DICOM: {e}") from e
 
 
+def _file_size(path: str | os.PathLike) -> str:
+    try:
+        return f"{os.path.getsize(path)} bytes"
+    except OSError:
+        return "size unknown"
+
+
 def _stored_pixels(ds: pydicom.Dataset, path: str | os.PathLike) -> np.ndarray:
+    pixel_keys = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    if not any(k in ds for k in pixel_keys) and "Rows" in ds and "Columns" in ds:
+        # the header describes an image but the file ends before its pixels (an interrupted copy or download)
+        raise DicomError(f"{path}: truncated file ({_file_size(path)}): its header describes a {ds.Columns} x "
+                         f"{ds.Rows} image but the file ends before the pixel data")
     try:
         raw = ds.pixel_array
     except Exception as e:
+        if "less than expected" in str(e):
+            raise DicomError(f"{path}: truncated file ({_file_size(path)}): {e}") from e
         raise DicomError(f"{path}: cannot decode pixel data "
                          f"(transfer syntax {getattr(ds.file_meta, 'TransferSyntaxUID', '?')}): {e}") from e
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
@@ -102,7 +131,8 @@ def full_range_lut(ds: pydicom.Dataset, lo: int, hi: int, idx: np.ndarray | None
 
     Args:
         ds: the DICOM dataset (its LUT / window / photometric attributes are used).
-        lo, hi: the smallest and largest stored value of the image.
+        lo: the smallest stored value of the image.
+        hi: the largest stored value of the image.
         idx: optional stored values minus ``lo``; only used when the VOI LUT is not monotonic, to take
             the scaling range over the values that occur (a monotonic table has them at its ends).
         out: the precomputed :func:`_chain` of ``lo..hi``.
@@ -123,21 +153,86 @@ def full_range_lut(ds: pydicom.Dataset, lo: int, hi: int, idx: np.ndarray | None
     return np.rint(scaled).astype(np.uint16)
 
 
+def j2k_reduce_level(width: int, height: int, size: int | None, levels: int) -> int:
+    """The coarsest JPEG 2000 resolution level (0 = full) whose longest side, ``ceil(side / 2**r)``, is still at
+    least ``size``; at most ``levels`` (the codestream's wavelet decomposition levels); 0 when ``size`` is None."""
+    if not size:
+        return 0
+    r = 0
+    while r < levels and max(-(-width // (1 << (r + 1))), -(-height // (1 << (r + 1)))) >= size:
+        r += 1
+    return r
+
+
+def _j2k_codestream_info(frame: bytes) -> tuple[int, int, bool] | None:
+    """(decomposition levels, bit precision, signed) of a JPEG 2000 codestream's first component, from its SIZ
+    and COD marker segments; None when they cannot be found."""
+    if not frame.startswith(b"\xff\x4f\xff\x51"):  # SOC then SIZ: a raw codestream (DICOM's form)
+        return None
+    ssiz = frame[4 + 2 + 2 + 32 + 2] if len(frame) > 42 else None  # Lsiz, Rsiz, 8 x 4-byte sizes, Csiz
+    cod = frame.find(b"\xff\x52")
+    if ssiz is None or cod < 0 or len(frame) < cod + 10:
+        return None
+    return frame[cod + 9], (ssiz & 0x7F) + 1, bool(ssiz & 0x80)  # Lcod, Scod, SGcod (4), then levels
+
+
+def _reduced_j2k_pixels(ds: pydicom.Dataset, size: int | None) -> np.ndarray | None:
+    """The stored values at the coarsest JPEG 2000 resolution level still at least ``size`` on the longest side;
+    None when the full level is needed or the file is not a single-frame unsigned grayscale JPEG 2000 image that
+    Pillow's OpenJPEG can reduce (the caller then decodes it in full)."""
+    if not size or str(getattr(ds.file_meta, "TransferSyntaxUID", "")) not in J2K_SYNTAXES:
+        return None
+    if (int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("PixelRepresentation", 0)) != 0
+            or int(ds.get("NumberOfFrames", 1) or 1) != 1):
+        return None
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception:  # noqa: BLE001 - malformed encapsulation: the full decoder reports it
+        return None
+    info = _j2k_codestream_info(frame)
+    if info is None or info[2] or info[1] > 16:
+        return None
+    levels, precision, _ = info
+    r = j2k_reduce_level(int(ds.Columns), int(ds.Rows), size, levels)
+    while r > 0:
+        try:
+            with Image.open(io.BytesIO(frame)) as im:
+                im.reduce = r
+                im.load()
+                arr = np.asarray(im)
+        except Exception as e:  # noqa: BLE001 - some codestreams fail at deep levels in OpenJPEG: try a finer one
+            logger.debug("JPEG 2000 reduce=%d failed (%s); trying %d", r, e, r - 1)
+            r -= 1
+            continue
+        if arr.ndim != 2:
+            return None
+        shift = 16 - precision if arr.dtype == np.uint16 else 0  # Pillow widens 9-15 bit data to 16 bits
+        if shift and (arr & ((1 << shift) - 1)).any():
+            return None  # not the widening we expect: decode in full
+        return (arr >> shift).astype(np.uint16) if shift else arr
+    return None
+
+
 def dicom_to_uint16(ds: pydicom.Dataset, path: str | os.PathLike = "<dataset>", size: int | None = None) -> np.ndarray:
     """The image after LUTs, full-range scaling (0..65535), MONOCHROME1 inversion and resizing.
 
     When the LUT chain is affine over the image's values (no VOI window clipping inside them, no
     non-linear LUT) it commutes with area resizing, so the stored values are resized first and the
-    table is applied to the small image; otherwise the table is applied at full resolution.
+    table is applied to the small image; otherwise the table is applied at full resolution. A JPEG 2000
+    image is decoded at the coarsest resolution level still at least ``size`` (module docstring).
     """
-    raw = _stored_pixels(ds, path)
+    target = resized_shape(int(ds.Columns), int(ds.Rows), size) if size else None
+    raw = _reduced_j2k_pixels(ds, size)
+    if raw is None:
+        raw = _stored_pixels(ds, path)
+        target = resized_shape(raw.shape[1], raw.shape[0], size) if size else None
     lo, hi = int(raw.min()), int(raw.max())
     if raw.dtype not in (np.uint8, np.uint16, np.int16) or hi - lo > MAX_TABLE:
-        return _float_pipeline(ds, raw, size)  # e.g. 32-bit data: a table would be too large
+        return _float_pipeline(ds, raw, target)  # e.g. 32-bit data: a table would be too large
     chain = _chain(ds, lo, hi)
     if _is_affine(chain):
         table = full_range_lut(ds, lo, hi, out=chain)
-        small = resize_longest(raw, size)
+        small = resize_to(raw, target)
         return table[small if lo == 0 else small.astype(np.int32) - lo]
     if lo >= 0:  # index with the stored values themselves: no subtraction pass over the image
         idx = raw
@@ -146,17 +241,17 @@ def dicom_to_uint16(ds: pydicom.Dataset, path: str | os.PathLike = "<dataset>", 
     else:
         idx = raw.astype(np.int32) - lo
         table = full_range_lut(ds, lo, hi, idx, chain)
-    return resize_longest(table[idx], size)
+    return resize_to(table[idx], target)
 
 
-def _float_pipeline(ds: pydicom.Dataset, raw: np.ndarray, size: int | None) -> np.ndarray:
+def _float_pipeline(ds: pydicom.Dataset, raw: np.ndarray, target: tuple[int, int] | None) -> np.ndarray:
     """The same steps on the whole image in floating point (for data a lookup table does not suit)."""
     out = np.asarray(apply_voi_lut(apply_modality_lut(raw, ds), ds), dtype=np.float64)
     vmin, vmax = float(out.min()), float(out.max())
     out = (out - vmin) * (65535.0 / (vmax - vmin)) if vmax > vmin else np.zeros_like(out)
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
         out = 65535.0 - out
-    out = resize_longest(out.astype(np.float32), size)
+    out = resize_to(out.astype(np.float32), target)
     return np.rint(np.clip(out, 0, 65535)).astype(np.uint16)
 
 
@@ -180,6 +275,13 @@ def resize_longest(img: np.ndarray, size: int | None) -> np.ndarray:
     if (new_w, new_h) == (w, h):
         return img
     return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
+
+
+def resize_to(img: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
+    """Resize to ``shape`` = (width, height) with ``cv2.INTER_AREA``; None or the same shape keeps the image."""
+    if shape is None or (img.shape[1], img.shape[0]) == tuple(shape):
+        return img
+    return cv2.resize(img, tuple(shape), interpolation=cv2.INTER_AREA)
 
 
 def to_uint8(img16: np.ndarray) -> np.ndarray:
@@ -221,12 +323,17 @@ def _load(path: str | os.PathLike, size: int | None, bit_depth: int) -> tuple[np
 
 
 def dicom_attributes(ds: pydicom.Dataset) -> dict[str, str | float | int]:
-    """Header attributes worth keeping per image (meta.csv): photometric, bits, sex, age, pixel spacing (mm)."""
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    try:
-        spacing_mm = float(spacing[0]) if spacing else float("nan")
-    except (TypeError, ValueError, IndexError):
-        spacing_mm = float("nan")
+    """Header attributes worth keeping per image (meta.csv): photometric, bits, sex, age, pixel spacing (mm; NaN when
+    unknown, including a spacing of 0, which means "not given")."""
+    spacing_mm = float("nan")  # unknown (an empty cell in meta.csv): absent, unparsable, or 0 (pydicom-data's RG1)
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = float(ds.get(key)[0])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if np.isfinite(value) and value > 0:
+            spacing_mm = value
+            break
     return {
         "photometric": str(ds.get("PhotometricInterpretation", "")).strip(),
         "bits_stored": int(ds.get("BitsStored", 0) or 0),
@@ -465,7 +572,8 @@ def convert_dicoms(
         elif log is not None:
             log.record(r)
 
-    bar = tqdm(total=len(todo), desc="DICOM -> PNG", unit="img", disable=not progress or not todo)
+    desc = "DICOM -> PNG" if source == "dicom" else "PNG -> PNG"
+    bar = progress_bar(total=len(todo), desc=desc, unit="img", disable=not progress or not todo)
     try:
         if workers <= 1 or len(todo) <= 1:
             for job in todo:
@@ -550,3 +658,34 @@ def find_dicoms(root: str | os.PathLike) -> tuple[dict[str, Path], list[tuple[st
         else:
             found[image_id] = p
     return found, duplicates
+
+
+#: the suffixes of the PNG images a folder input may hold (prediction of a prepared ``images/`` folder, MURA)
+PNG_SUFFIXES: tuple[str, ...] = (".png",)
+
+
+def png_image_id(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """The image id of a PNG under ``root``: its path relative to ``root`` without the suffix, ``/``-separated
+    (``im0`` in a flat folder; ``study1_positive/image1`` in a MURA patient folder, whose file names repeat)."""
+    rel = Path(path).relative_to(root)
+    return rel.with_suffix("").as_posix()
+
+
+def find_pngs(root: str | os.PathLike) -> dict[str, Path]:
+    """The PNG files under ``root``, recursively (hidden files and folders skipped), keyed by :func:`png_image_id`.
+
+    The PNG counterpart of :func:`find_dicoms`: prediction calls both and refuses a folder that holds both kinds.
+
+    Raises:
+        MissingFileError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"PNG folder not found: {root}")
+    found: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel) or p.suffix.lower() not in PNG_SUFFIXES or not p.is_file():
+            continue
+        found[png_image_id(p, root)] = p
+    return found

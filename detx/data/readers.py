@@ -495,6 +495,26 @@ def require_reader_ids(table: pd.DataFrame, source: str | os.PathLike, what: str
                          "(Kaggle train.csv, PhysioNet annotations_train.csv, VinDr-SpineXR with rad_id)")
 
 
+def boxes_without_reader(table: pd.DataFrame) -> dict[str, int]:
+    """The finding boxes with no reader id (``rad_id`` column absent or empty) and the images holding them.
+
+    Fusion needs reader ids: such boxes are kept unfused, as one reader's opinion (a consensus, like the PhysioNet
+    test annotations), so a CSV without ``rad_id`` of several readers' boxes would keep every reader's box.
+    Returns ``{"boxes": n, "images": m}`` (both 0 when every box has a reader).
+    """
+    finding = table[(table["class_name"] != NO_FINDING) & (table["rad_id"].astype(str) == "")]
+    return {"boxes": len(finding), "images": int(finding["image_id"].nunique())}
+
+
+def describe_boxes_without_reader(counts: dict[str, int], fusion: str) -> str:
+    """The one line prepare and evaluate print when :func:`boxes_without_reader` found some ("" when none)."""
+    if not counts.get("boxes") or fusion == "none":
+        return ""
+    return (f"fusion ({fusion}) needs reader ids: {counts['boxes']} box(es) on {counts['images']} image(s) have no "
+            "rad_id, so each image's boxes were treated as one reader's (a consensus) and kept unfused; if several "
+            "radiologists drew them, give a CSV with rad_id")
+
+
 @dataclass(frozen=True)
 class ExcludedReaders:
     """What :func:`exclude_readers` did: the readers removed, the ids asked for that the table lacks, and the

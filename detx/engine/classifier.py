@@ -49,7 +49,8 @@ class DetxClassifier(nn.Module):
 
     @configurable
     def __init__(self, *, backbone: Backbone, in_feature: str, num_outputs: int, pixel_mean: list[float],
-                 pixel_std: list[float], pos_weight: list[float] | None = None, dropout: float = 0.0):
+                 pixel_std: list[float], pos_weight: list[float] | None = None, dropout: float = 0.0,
+                 head: nn.Module | None = None, body_part_head: nn.Module | None = None):
         """
         Args:
             backbone: a detectron2 backbone.
@@ -58,6 +59,10 @@ class DetxClassifier(nn.Module):
             pixel_mean, pixel_std: input normalization (``MODEL.PIXEL_MEAN/STD``).
             pos_weight: BCE positive-class weight per output (None: 1).
             dropout: dropout before the linear layer.
+            head: the pooled feature -> logits module (default one linear layer; ``MODEL.CLASSIFIER.HEAD "mlgcn"``:
+                :class:`detx.engine.mlgcn.MLGCNHead`).
+            body_part_head: ``MODEL.CLASSIFIER.BODY_PART_HEAD`` (:class:`detx.engine.body_part.BodyPartHead`): the
+                body-part loss in training, the part probabilities appended to ``cls_probs`` at inference.
         """
         super().__init__()
         shapes = backbone.output_shape()
@@ -69,7 +74,8 @@ class DetxClassifier(nn.Module):
         self.stride = int(shapes[in_feature].stride or 1)
         self.num_outputs = int(num_outputs)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(int(shapes[in_feature].channels), self.num_outputs)
+        self.head = head if head is not None else nn.Linear(int(shapes[in_feature].channels), self.num_outputs)
+        self.body_part_head = body_part_head
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         if pos_weight:
@@ -82,8 +88,11 @@ class DetxClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        backbone = build_backbone(cfg)
         return {
-            "backbone": build_backbone(cfg),
+            "backbone": backbone,
+            "head": _build_head(cfg, backbone),
+            "body_part_head": _build_body_part_head(cfg, backbone),
             "in_feature": cfg.MODEL.CLASSIFIER.IN_FEATURE,
             "num_outputs": 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES),
             "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
@@ -107,6 +116,11 @@ class DetxClassifier(nn.Module):
     def logits_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
                            ) -> torch.Tensor:
         """(N, outputs) logits of a normalized batch; ``image_sizes`` (h, w) mask each image's padding."""
+        return self.head(self.dropout(self.pooled_from_tensor(tensor, image_sizes)))
+
+    def pooled_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
+                           ) -> torch.Tensor:
+        """(N, channels) pooled features of a normalized batch, each image's padding masked out."""
         fmap = self.features(tensor)
         if image_sizes is None:
             pooled = fmap.mean(dim=(2, 3))
@@ -117,11 +131,12 @@ class DetxClassifier(nn.Module):
                 # -(-h // stride) would cover one cell less in an exported graph
                 mask[i, :, : (h + self.stride - 1) // self.stride, : (w + self.stride - 1) // self.stride] = 1
             pooled = (fmap * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1)
-        return self.head(self.dropout(pooled))
+        return pooled
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
         images = self.preprocess_image(batched_inputs)
-        logits = self.logits_from_tensor(images.tensor, images.image_sizes)
+        pooled = self.pooled_from_tensor(images.tensor, images.image_sizes)
+        logits = self.head(self.dropout(pooled))
         if self.training:
             if any("cls_targets" not in x for x in batched_inputs):
                 raise ValueError("training DetxClassifier needs 'cls_targets' in every input (image-level labels)")
@@ -130,9 +145,40 @@ class DetxClassifier(nn.Module):
             if targets.shape != logits.shape:
                 raise ValueError(f"cls_targets of shape {tuple(targets.shape[1:])} for {self.num_outputs} outputs")
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=self.pos_weight)
+            if self.body_part_head is not None:
+                return {"loss_cls": loss, "loss_body_part": self.body_part_head.loss(pooled, batched_inputs)}
             return {"loss_cls": loss}
         probs = torch.sigmoid(logits.float())
+        if self.body_part_head is not None:  # [abnormal, classes, parts] (detx/engine/body_part.py)
+            parts, p_abnormal = self.body_part_head.probabilities(pooled)
+            if p_abnormal is not None:
+                probs = torch.cat([p_abnormal[:, None], probs[:, 1:]], dim=1)
+            probs = torch.cat([probs, parts], dim=1)
         return [{"cls_probs": p} for p in probs]
+
+
+def _build_head(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
+    """``MODEL.CLASSIFIER.HEAD``: ``"linear"`` (None: the default layer) or ``"mlgcn"`` (label-graph head)."""
+    kind = str(cfg.MODEL.CLASSIFIER.HEAD).lower()
+    if kind == "linear":
+        return None
+    if kind == "mlgcn":
+        from detx.engine.mlgcn import build_mlgcn_head
+
+        channels = int(backbone.output_shape()[cfg.MODEL.CLASSIFIER.IN_FEATURE].channels)
+        return build_mlgcn_head(cfg, channels, 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES))
+    raise ValueError(f"MODEL.CLASSIFIER.HEAD {cfg.MODEL.CLASSIFIER.HEAD!r}: expected 'linear' or 'mlgcn'")
+
+
+def _build_body_part_head(cfg: CfgNode, backbone: Backbone) -> nn.Module | None:
+    """``MODEL.CLASSIFIER.BODY_PART_HEAD``: "" (none), ``"parts"`` (7-way) or ``"joint"`` (14-way)."""
+    mode = str(cfg.MODEL.CLASSIFIER.BODY_PART_HEAD).lower()
+    if not mode:
+        return None
+    from detx.engine.body_part import BodyPartHead
+
+    channels = int(backbone.output_shape()[cfg.MODEL.CLASSIFIER.IN_FEATURE].channels)
+    return BodyPartHead(channels, list(cfg.MODEL.CLASSIFIER.BODY_PARTS), mode)
 
 
 class DenseNetBackbone(Backbone):

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 
+from detx.core.classes import MURA_BODY_PARTS
 from detx.core.errors import DetxError, InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,19 @@ def add_detx_config(cfg: CfgNode) -> None:
     # BCE positive-class weight per output ("abnormal" first, then the classes); [] = 1 for all
     cfg.MODEL.CLASSIFIER.POS_WEIGHT = []
     cfg.MODEL.CLASSIFIER.DROPOUT = 0.0
+    # the head over the pooled feature: "linear" (one layer) or "mlgcn" (ML-GCN, Chen et al. CVPR 2019: per-output
+    # classifiers from 2 graph convolutions over the training labels' co-occurrence graph; detx/engine/mlgcn.py)
+    cfg.MODEL.CLASSIFIER.HEAD = "linear"
+    cfg.MODEL.CLASSIFIER.MLGCN = CfgNode()
+    cfg.MODEL.CLASSIFIER.MLGCN.TAU = 0.4  # binarize P(L_j | L_i) at tau
+    cfg.MODEL.CLASSIFIER.MLGCN.P = 0.2  # re-weighting: neighbours share p, the node keeps 1 - p
+    cfg.MODEL.CLASSIFIER.MLGCN.HIDDEN = 1024  # the first graph convolution's width
+    cfg.MODEL.CLASSIFIER.MLGCN.EMBEDDINGS = ""  # .npy of (1 + K, D) label embeddings; "" = one-hot node features
+    # MURA body parts (detx/engine/body_part.py): "" none; "parts" a softmax head over BODY_PARTS beside P(abnormal);
+    # "joint" the 14-way model (BODY_PARTS x normal/abnormal), P(abnormal) its abnormal half. The part
+    # probabilities follow the other outputs in cls_probs (p_part_<PART> in the classification CSV).
+    cfg.MODEL.CLASSIFIER.BODY_PART_HEAD = ""
+    cfg.MODEL.CLASSIFIER.BODY_PARTS = list(MURA_BODY_PARTS)
     # torchvision DenseNet backbones (BACKBONE.NAME "build_densenet_backbone"): depth 121/169/201 and an optional
     # ImageNet state dict the user downloaded (torchvision's densenet121-a639ec97.pth, ...)
     cfg.MODEL.DENSENET = CfgNode()

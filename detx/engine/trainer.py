@@ -46,7 +46,8 @@ class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` with detx's data mapper, evaluator and hooks.
 
     Hooks, in order: detectron2's timer, LR scheduler, (PreciseBN), periodic checkpointer, ``EvalHook``
-    (``TEST.EVAL_PERIOD``: ``vinbigdata/*`` and ``bbox/*``), then :class:`ValidationLoss`
+    (``TEST.EVAL_PERIOD``: ``vinbigdata/*`` and ``bbox/*``; ``0``: no evaluation at all, not even the final one),
+    then :class:`ValidationLoss`
     (``DETX.VAL_PERIOD``), :class:`PersistentBestCheckpointer` (``DETX.BEST_METRIC`` ->
     ``model_best.pth``), the writers (``metrics.json``, TensorBoard, console) and
     :class:`TrainingCurves` (``curves.png``).
@@ -101,7 +102,9 @@ class Trainer(DefaultTrainer):
         if is_classifier(cfg):
             return ClassificationEvaluator(dataset_name, int(cfg.MODEL.CLASSIFIER.NUM_CLASSES), output_dir=out,
                                            n_boot=int(cfg.DETX.EVAL.BOOTSTRAP),
-                                           label_names=list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS))
+                                           label_names=list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS),
+                                           body_parts=list(cfg.MODEL.CLASSIFIER.BODY_PARTS)
+                                           if cfg.MODEL.CLASSIFIER.BODY_PART_HEAD else None)
         return VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR, output_dir=out)
 
     def build_hooks(self) -> list:
@@ -109,11 +112,18 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         # after EvalHook (the metric exists) and before PeriodicWriter (the scalars get written)
         at = next(i for i, h in enumerate(ret) if isinstance(h, d2hooks.EvalHook)) + 1
+        evaluates = cfg.TEST.EVAL_PERIOD > 0
+        if not evaluates:  # TEST.EVAL_PERIOD 0: no evaluation at all, not even detectron2's one after the last step
+            del ret[at - 1]
+            at -= 1
+            # through detectron2's logger, so that it reaches the console and OUTPUT_DIR/log.txt with the run's own lines
+            logging.getLogger("detectron2.detx").info("TEST.EVAL_PERIOD %d: no evaluation during or after training (no %s, no model_best.pth)",
+                        cfg.TEST.EVAL_PERIOD, cfg.DETX.BEST_METRIC or "metric")
         extra = []
         if cfg.DATASETS.TEST and cfg.DETX.VAL_PERIOD >= 0:
             extra.append(ValidationLoss(cfg.DETX.VAL_PERIOD, lambda: self.build_val_loss_loader(cfg),
                                         amp=cfg.SOLVER.AMP.ENABLED))
-        if comm.is_main_process() and cfg.DATASETS.TEST and cfg.DETX.BEST_METRIC:
+        if comm.is_main_process() and cfg.DATASETS.TEST and cfg.DETX.BEST_METRIC and evaluates:
             extra.append(PersistentBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer,
                                                     cfg.DETX.BEST_METRIC, mode="max"))
         ret[at:at] = extra

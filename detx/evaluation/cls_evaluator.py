@@ -19,6 +19,7 @@ from detectron2.evaluation import DatasetEvaluator
 
 from detx.core.classification_csv import write_classification_csv
 from detx.core.prepared import image_level_targets
+from detx.evaluation.body_part import body_part_index, body_part_metrics
 from detx.evaluation.evaluator import gather_on_main
 from detx.evaluation.image_level import classification_metrics
 
@@ -46,7 +47,8 @@ class ClassificationEvaluator(DatasetEvaluator):
     """Image-level metrics of ``DetxClassifier`` on a registered dataset (see the module docstring)."""
 
     def __init__(self, dataset_name: str, num_classes: int, output_dir: str | None = None, n_boot: int = 1000,
-                 distributed: bool = True, label_names: list[str] | None = None):
+                 distributed: bool = True, label_names: list[str] | None = None,
+                 body_parts: list[str] | None = None):
         """
         Args:
             dataset_name: a name in ``DatasetCatalog`` whose metadata has ``thing_classes``.
@@ -57,6 +59,8 @@ class ClassificationEvaluator(DatasetEvaluator):
             distributed: gather predictions from all processes to the main one.
             label_names: the image-level labels the class outputs learn (``MODEL.CLASSIFIER.IMAGE_LABELS``), instead
                 of the dataset's box classes.
+            body_parts: the parts of a body-part head (``MODEL.CLASSIFIER.BODY_PART_HEAD``): its probabilities follow
+                the 1 + K outputs, scored against each image's ``body_part`` as ``body_part/*``.
         """
         self._dataset_name = dataset_name
         self._num_classes = int(num_classes)
@@ -64,6 +68,7 @@ class ClassificationEvaluator(DatasetEvaluator):
         self._n_boot = int(n_boot)
         self._distributed = distributed
         self._label_names = list(label_names or [])
+        self._body_parts = list(body_parts or [])
         classes = self._label_names or list(MetadataCatalog.get(dataset_name).thing_classes)
         self._names = ["abnormal", *classes[: self._num_classes]]
         self._probs: list[tuple[str, np.ndarray]] = []
@@ -90,6 +95,11 @@ class ClassificationEvaluator(DatasetEvaluator):
             raise ValueError(f"predictions for image ids {unknown[:5]} that are not in dataset {self._dataset_name}")
         labels = np.stack([image_level_targets(records[i], self._num_classes, self._label_names or None) for i in ids])
         p = np.stack([v for _, v in probs])
+        parts = None
+        if self._body_parts:
+            p, p_parts = p[:, : 1 + self._num_classes], p[:, 1 + self._num_classes:]
+            true = [body_part_index(self._body_parts, records[i].get("body_part")) for i in ids]
+            parts = body_part_metrics(true, p_parts, self._body_parts)
         m = classification_metrics(labels, p, self._names, n_boot=self._n_boot)
         logger.info("Classification on %d images of %s: AUC %s (95%% CI %s), macro AUC %s", len(ids),
                     self._dataset_name, m["auc"], m["ci"].get("auc"), m["auc_macro"])
@@ -98,4 +108,11 @@ class ClassificationEvaluator(DatasetEvaluator):
             write_classification_csv(os.path.join(self._output_dir, "classification.csv"), uid,
                                      dict(zip(uid, p[:, 0].tolist())), dict(zip(uid, p[:, 1:])), self._names[1:],
                                      m["threshold"])
-        return OrderedDict([("cls", flat_cls_metrics(m))])
+        out = OrderedDict([("cls", flat_cls_metrics(m))])
+        if parts is not None:
+            logger.info("Body part on %d images (%d of an unknown part): accuracy %s, macro F1 %s", parts["n"],
+                        parts["unknown"], parts["accuracy"], parts["macro_f1"])
+            out["body_part"] = {k: float("nan") if parts[k] is None else float(parts[k])
+                                for k in ("accuracy", "macro_f1", "auc_macro")}
+            out["body_part"].update({f"recall-{k}": v["recall"] for k, v in parts["per_part"].items()})
+        return out

@@ -1,82 +1,140 @@
-"""COCO-style detection numbers through pycocotools' ``COCOeval``.
+"""COCO-style detection numbers through faster-coco-eval's ``COCOeval_faster`` (pycocotools' algorithm in C++).
 
-One ``COCOeval`` run with the IoU thresholds ``0.4, 0.5, 0.55, ..., 0.95`` gives both the standard COCO
-numbers (AP@[.5:.95], AP50, AP75, APs/m/l over the default ten thresholds; thresholds are evaluated
-independently, so the extra 0.4 changes none of them) and ``coco_mAP40``: the 101-point interpolated
-AP at IoU >= 0.4 (COCO's matching: a detection may take the best *unmatched* box, unlike VOC's).
-"No finding" is not a box category and is left out. Category ids are the 0-based class ids.
+One evaluation with the IoU thresholds ``0.4, 0.5, 0.55, ..., 0.95`` gives both the standard COCO numbers (the
+twelve ``COCOeval.summarize()`` stats: AP@[.5:.95], AP50, AP75, APs/m/l, AR@1/10/100, ARs/m/l over the default ten
+thresholds; thresholds are evaluated independently, so the extra 0.4 changes none of them) and ``coco_mAP40``: the
+101-point interpolated AP at IoU >= 0.4 (COCO's matching: a detection may take the best *unmatched* box, unlike
+VOC's). "No finding" is not a box category and is left out. Category ids are the 0-based class ids.
+
+**Why faster-coco-eval.** pycocotools' ``evaluate``/``accumulate`` loop in Python over every (image, class, area)
+triple; on the whole VinBigData training set (15,000 images, ~1M predicted boxes) they were most of
+``tools/evaluate.py``'s time and memory (docs/evaluation.md, ``benchmarks/bench_evaluate.py``).
+faster-coco-eval (maintained, MIT/BSD, the same algorithm with ``evaluateImg`` and ``accumulate`` in C++) gives the
+same ``eval["precision"]`` / ``eval["recall"]`` arrays: ``tests/test_metric_coco.py`` checks all twelve stats,
+``coco_mAP40`` and the per-class APs against pycocotools to 1e-6 on hand-made and random cases (empty images, many
+classes, tied scores), and docs/evaluation.md says how it was checked. Its result objects are built here directly from
+the flat arrays (no ``loadRes``: it would add a segmentation polygon to each of a million boxes, unused by ``bbox``
+evaluation); the fields are exactly those pycocotools' ``loadRes`` sets for boxes (``area = w * h``, ids 1..N,
+``iscrowd = 0``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO, COCOeval_faster
 
 from detx.core.predictions import GroundTruth, Predictions
-from detx.evaluation.matching import flatten_ground_truth, flatten_predictions
+from detx.evaluation.matching import FlatBoxes, flatten_ground_truth, flatten_predictions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["coco_metrics", "build_coco_objects"]
+__all__ = ["coco_metrics", "coco_eval_arrays", "build_coco_objects", "SUMMARY_KEYS", "STATS_KEYS"]
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: the twelve numbers of ``COCOeval.summarize()``, in its order
+STATS_KEYS = (*SUMMARY_KEYS, "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    """faster-coco-eval's ``print_function``: its progress lines are not wanted."""
+
+
+def _xywh(b: np.ndarray) -> list[list[float]]:
+    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1).tolist()
+
+
+def _coco(dataset: dict[str, Any]) -> COCO:
+    c = COCO(print_function=_quiet)
+    c.dataset = dataset
+    c.createIndex()
+    return c
+
+
+def _coco_pair(g: FlatBoxes, p: FlatBoxes, categories: list[int]) -> tuple[COCO, COCO]:
+    """faster-coco-eval ground truth and results of the boxes of ``categories`` (image ids 1..N)."""
+    images = [{"id": k + 1} for k in range(len(g.image_ids))]
+    cats = [{"id": c, "name": str(c)} for c in categories]
+    gm, pm = np.isin(g.classes, categories), np.isin(p.classes, categories)
+    gwh, pwh = _xywh(g.boxes[gm]), _xywh(p.boxes[pm])
+    gt_anns = [
+        {"id": j + 1, "image_id": i + 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+        for j, (i, c, b) in enumerate(zip(g.image[gm].tolist(), g.classes[gm].tolist(), gwh))
+    ]
+    dt_anns = [
+        {"id": j + 1, "image_id": i + 1, "category_id": c, "bbox": b, "score": s, "area": b[2] * b[3], "iscrowd": 0}
+        for j, (i, c, b, s) in enumerate(zip(p.image[pm].tolist(), p.classes[pm].tolist(), pwh,
+                                             p.scores[pm].tolist()))
+    ]
+    return (_coco({"images": images, "categories": cats, "annotations": gt_anns}),
+            _coco({"images": list(images), "categories": cats, "annotations": dt_anns}))
+
+
+def _flat(gt: GroundTruth, preds: Mapping[str, Predictions], num_classes: int) -> tuple[FlatBoxes, FlatBoxes]:
+    g = flatten_ground_truth(gt, num_classes, add_no_finding=False)
+    p = flatten_predictions(preds, g.image_ids, max_class=num_classes)
+    return g, p.select(p.classes < num_classes)  # "No finding" is not a box category
 
 
 def build_coco_objects(
     gt: GroundTruth, preds: Mapping[str, Predictions], num_classes: int
 ) -> tuple[COCO, COCO, list[str]]:
-    """In-memory pycocotools ground truth and results (image ids 1..N in ``gt`` order).
+    """In-memory faster-coco-eval ground truth and results of all classes (image ids 1..N in ``gt`` order).
 
     Returns:
         (coco_gt, coco_dt, image_ids) where ``image_ids[k - 1]`` is COCO image ``k``.
     """
-    g = flatten_ground_truth(gt, num_classes, add_no_finding=False)
-    p = flatten_predictions(preds, g.image_ids, max_class=num_classes)
-    keep = p.classes < num_classes  # "No finding" is not a box category
-    p = p.select(keep)
-
-    def xywh(b: np.ndarray) -> np.ndarray:
-        return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
-
-    gwh = xywh(g.boxes)
-    dataset = {
-        "images": [{"id": k + 1} for k in range(len(g.image_ids))],
-        "categories": [{"id": c, "name": str(c)} for c in range(num_classes)],
-        "annotations": [
-            {"id": j + 1, "image_id": int(g.image[j]) + 1, "category_id": int(g.classes[j]),
-             "bbox": gwh[j].tolist(), "area": float(gwh[j, 2] * gwh[j, 3]), "iscrowd": 0}
-            for j in range(len(g.classes))
-        ],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = dataset
-        coco_gt.createIndex()
-        if len(p.classes) == 0:  # loadRes cannot take an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
-            coco_dt.createIndex()
-            return coco_gt, coco_dt, g.image_ids
-        pwh = xywh(p.boxes)
-        results = [
-            {"image_id": int(p.image[j]) + 1, "category_id": int(p.classes[j]), "bbox": pwh[j].tolist(),
-             "score": float(p.scores[j])}
-            for j in range(len(p.classes))
-        ]
-        coco_dt = coco_gt.loadRes(results)
-    return coco_gt, coco_dt, g.image_ids
+    g, p = _flat(gt, preds, num_classes)
+    return (*_coco_pair(g, p, list(range(num_classes))), g.image_ids)
 
 
 def _mean_valid(x: np.ndarray) -> float | None:
     x = x[x > -1]
     return float(np.mean(x)) if x.size else None
+
+
+def coco_eval_arrays(
+    gt: GroundTruth, preds: Mapping[str, Predictions], num_classes: int, iou_thrs: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """COCOeval's accumulated ``precision`` [T, R, K, A, M] and ``recall`` [T, K, A, M] (-1 where undefined) at
+    ``iou_thrs``, category by category.
+
+    COCO's bbox evaluation with categories is separable: matching, ``maxDets`` (per image *and* category) and the
+    accumulation never mix categories, so evaluating each category alone gives the same arrays as one run over
+    all, while only one category's boxes are held as Python objects at a time (the peak memory of a million boxes
+    drops from ~2 GB to a few hundred MB). A category without ground truth is -1 throughout, as in pycocotools.
+
+    Returns:
+        (precision, recall, params) with ``params`` the last evaluation's (area labels, maxDets, recThrs).
+    """
+    g, p = _flat(gt, preds, num_classes)
+    precision = recall = params = None
+    for c in range(num_classes):
+        has_gt = bool((g.classes == c).any())
+        if not has_gt and params is not None:
+            continue
+        coco_gt, coco_dt = _coco_pair(g, p, [c])
+        ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet)
+        ev.params.iouThrs = np.asarray(iou_thrs, np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        if params is None:
+            params = ev.params
+            t, r, _, a, m = np.asarray(ev.eval["precision"]).shape
+            precision = np.full((t, r, num_classes, a, m), -1.0)
+            recall = np.full((t, num_classes, a, m), -1.0)
+        if has_gt:
+            precision[:, :, c] = np.asarray(ev.eval["precision"])[:, :, 0]
+            recall[:, c] = np.asarray(ev.eval["recall"])[:, 0]
+    if params is None:  # no class at all
+        ev = COCOeval_faster(*_coco_pair(g, p, []), "bbox", print_function=_quiet)
+        params = ev.params
+        precision = np.full((len(iou_thrs), len(params.recThrs), 0, len(params.areaRng), len(params.maxDets)), -1.0)
+        recall = np.full((len(iou_thrs), 0, len(params.areaRng), len(params.maxDets)), -1.0)
+    return precision, recall, params
 
 
 def coco_metrics(
@@ -94,36 +152,36 @@ def coco_metrics(
         extra_iou_thr: the threshold of the extra 101-point AP (``coco_mAP40`` for 0.4).
 
     Returns:
-        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "coco_mAP40", "AP_per_class": {class_id: AP@[.5:.95]},
-        "AP40_per_class": {class_id: AP at extra_iou_thr}}`` (key names follow ``extra_iou_thr``).
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "coco_mAP40",
+        "AP_per_class": {class_id: AP@[.5:.95]}, "AP40_per_class": {class_id: AP at extra_iou_thr}}`` (key names
+        follow ``extra_iou_thr``); the twelve ``STATS_KEYS`` are pycocotools' ``summarize()`` stats (None for -1).
     """
-    coco_gt, coco_dt, _ = build_coco_objects(gt, preds, num_classes)
     extra_name = f"coco_mAP{round(extra_iou_thr * 100):d}"
     extra_per_class = f"AP{round(extra_iou_thr * 100):d}_per_class"
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        default_thrs = ev.params.iouThrs.copy()
-        ev.params.iouThrs = np.concatenate([[extra_iou_thr], default_thrs])
-        ev.evaluate()
-        ev.accumulate()
-    precision = ev.eval["precision"]  # [T, R, K, A, M]; T index 0 is the extra threshold
-    std = precision[1:]
-    area = {lbl: i for i, lbl in enumerate(ev.params.areaRngLbl)}
-    m100 = len(ev.params.maxDets) - 1
+    default_thrs = np.linspace(0.5, 0.95, 10)  # COCO's (pycocotools' Params.setDetParams)
+    precision, recall, params = coco_eval_arrays(gt, preds, num_classes,
+                                                 np.concatenate([[extra_iou_thr], default_thrs]))
+    std, std_r = precision[1:], recall[1:]  # T index 0 is the extra threshold
+    area = {lbl: i for i, lbl in enumerate(params.areaRngLbl)}
+    m100 = len(params.maxDets) - 1
+    t50, t75 = np.where(np.isclose(default_thrs, 0.5))[0], np.where(np.isclose(default_thrs, 0.75))[0]
     out: dict[str, Any] = {
         "AP": _mean_valid(std[:, :, :, area["all"], m100]),
-        "AP50": _mean_valid(std[np.where(default_thrs == 0.5)[0], :, :, area["all"], m100]),
-        "AP75": _mean_valid(std[np.where(default_thrs == 0.75)[0], :, :, area["all"], m100]),
+        "AP50": _mean_valid(std[t50, :, :, area["all"], m100]),
+        "AP75": _mean_valid(std[t75, :, :, area["all"], m100]),
         "APs": _mean_valid(std[:, :, :, area["small"], m100]),
         "APm": _mean_valid(std[:, :, :, area["medium"], m100]),
         "APl": _mean_valid(std[:, :, :, area["large"], m100]),
+        "AR1": _mean_valid(std_r[:, :, area["all"], 0]),
+        "AR10": _mean_valid(std_r[:, :, area["all"], 1]),
+        "AR100": _mean_valid(std_r[:, :, area["all"], m100]),
+        "ARs": _mean_valid(std_r[:, :, area["small"], m100]),
+        "ARm": _mean_valid(std_r[:, :, area["medium"], m100]),
+        "ARl": _mean_valid(std_r[:, :, area["large"], m100]),
         extra_name: _mean_valid(precision[0, :, :, area["all"], m100]),
     }
-    cat_ids = list(ev.params.catIds)
-    out["AP_per_class"] = {c: _mean_valid(std[:, :, cat_ids.index(c), area["all"], m100]) for c in range(num_classes)}
-    out[extra_per_class] = {
-        c: _mean_valid(precision[0, :, cat_ids.index(c), area["all"], m100]) for c in range(num_classes)
-    }
+    out["AP_per_class"] = {c: _mean_valid(std[:, :, c, area["all"], m100]) for c in range(num_classes)}
+    out[extra_per_class] = {c: _mean_valid(precision[0, :, c, area["all"], m100]) for c in range(num_classes)}
     return out
 
 

@@ -179,7 +179,8 @@ def study_level_metrics(labels: np.ndarray, probs: np.ndarray, study_ids: Sequen
     """The MURA protocol: a study's probability is the mean of its images', its label the (shared) image label.
 
     Args:
-        labels, probs: (N,) per image, 0/1 and P(abnormal).
+        labels: (N,) per image, 0/1.
+        probs: (N,) per image, P(abnormal).
         study_ids: (N,) the study of each image.
         body_parts: (N,) optional body part of each image (a study lies in one).
         threshold: the operating point on the study probability; None: Youden-optimal over all studies.

@@ -16,7 +16,7 @@ import numpy as np
 from detx.core.predictions import GroundTruth, Predictions
 from detx.evaluation.matching import flatten_ground_truth, flatten_predictions, match_detections
 
-__all__ = ["voc_ap", "vinbigdata_map", "map_key"]
+__all__ = ["voc_ap", "vinbigdata_map", "map_key", "bootstrap_map_ci"]
 
 
 def voc_ap(tp: np.ndarray, num_gt: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -68,7 +68,8 @@ def vinbigdata_map(
     Returns:
         ``{"mAP": float, "mAP40": float (key from map_key(iou_thr)), "iou_thr": float,
         "AP_per_class": {class_id: ap or None (no ground truth: excluded)}, "num_gt": {class_id: int},
-        "num_pred": {class_id: int}, "curves": {class_id: {"precision", "recall", "scores"} arrays}}``.
+        "num_pred": {class_id: int}, "curves": {class_id: {"precision", "recall", "scores", "tp"} arrays},
+        "unmatched_scores": {class_id: scores of the detections of a class without ground truth}}``.
         mAP is NaN when no class has ground truth.
 
     Raises:
@@ -81,6 +82,7 @@ def vinbigdata_map(
     num_gt: dict[int, int] = {}
     num_pred: dict[int, int] = {}
     curves: dict[int, dict[str, np.ndarray]] = {}
+    unmatched: dict[int, np.ndarray] = {}
     g_sort = np.argsort(g.classes, kind="stable")
     g_bounds = np.searchsorted(g.classes[g_sort], np.arange(n_cls + 1))
     p_sort = np.argsort(p.classes, kind="stable")
@@ -91,13 +93,43 @@ def vinbigdata_map(
         num_gt[c], num_pred[c] = len(gi), len(pi)
         if len(gi) == 0:
             ap_per_class[c] = None
+            unmatched[c] = p.scores[pi]  # every detection a false positive (FROC pools them)
             continue
         m = match_detections(g.boxes[gi], g.image[gi], p.boxes[pi], p.scores[pi], p.image[pi], iou_thr)
         ap, precision, recall = voc_ap(m.tp, len(gi))
         ap_per_class[c] = ap
-        curves[c] = {"precision": precision, "recall": recall, "scores": m.scores}
+        curves[c] = {"precision": precision, "recall": recall, "scores": m.scores, "tp": m.tp}
     valid = [v for v in ap_per_class.values() if v is not None]
     mean = float(np.mean(valid)) if valid else float("nan")
     out: dict[str, Any] = {"mAP": mean, map_key(iou_thr): mean, "iou_thr": float(iou_thr),
-                           "AP_per_class": ap_per_class, "num_gt": num_gt, "num_pred": num_pred, "curves": curves}
+                           "AP_per_class": ap_per_class, "num_gt": num_gt, "num_pred": num_pred, "curves": curves,
+                           "unmatched_scores": unmatched}
     return out
+
+
+def bootstrap_map_ci(
+    gt: GroundTruth,
+    preds: Mapping[str, Predictions],
+    num_classes: int = 14,
+    iou_thr: float = 0.4,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the challenge metric (:func:`vinbigdata_map`): the images of ``gt`` resampled
+    with replacement ``n_boot`` times (a drawn image keeps its own predictions); None when no resample has a class
+    with ground truth."""
+    ids = list(gt)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(int(n_boot)):
+        pick = rng.integers(0, len(ids), len(ids))
+        g = {f"{k}|{ids[j]}": gt[ids[j]] for k, j in enumerate(pick)}
+        p = {f"{k}|{ids[j]}": preds[ids[j]] for k, j in enumerate(pick) if ids[j] in preds}
+        m = vinbigdata_map(g, p, num_classes=num_classes, iou_thr=iou_thr)["mAP"]
+        if np.isfinite(m):
+            values.append(m)
+    if not values:
+        return None
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return float(np.percentile(values, lo)), float(np.percentile(values, hi))

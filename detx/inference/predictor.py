@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -35,14 +35,22 @@ from detx.core.prepared import (
     read_meta_sizes,
     test_split_unreadable,
 )
-from detx.data.dicom import find_dicoms, load_dicom_image
+from detx.data.dicom import (
+    PNG_SUFFIXES,
+    dicom_image_id,
+    find_dicoms,
+    find_pngs,
+    is_dicom_file,
+    load_dicom_image,
+    to_uint8,
+)
 from detx.engine.checkpoint import check_checkpoint
 from detx.engine.config import is_classifier, num_classes, num_classes_key
 from detx.inference.tta import TTAView, hflip_boxes, hflip_image
 
 logger = logging.getLogger(__name__)
 
-PNG_SUFFIXES = (".png",)
+T = TypeVar("T")
 #: image formats a batch is decoded in and converted between (a channel swap) for models that differ
 SWAPPABLE_FORMATS = ("BGR", "RGB")
 
@@ -73,9 +81,12 @@ class InputImage:
     orig_width: int | None = None
     orig_height: int | None = None
     error: str | None = None  # set for an image known to be unreadable before decoding (a test set's failures)
+    pixels: np.ndarray | None = None  # kind "array": the image itself (one-image API)
 
     def identity(self) -> str:
         """What the pixels are: the file's absolute path, byte count and modification time (the cache key)."""
+        if self.pixels is not None:
+            return f"<array>|{self.image_id}|{self.pixels.shape}|{hash(self.pixels.tobytes())}"
         try:
             st = os.stat(self.path)
         except OSError:
@@ -96,8 +107,53 @@ class InputSet:
     size: int | None = None  # the image size a prepared JSON was prepared at
 
 
+def is_single_image(path: str | os.PathLike) -> bool:
+    """Whether ``--input`` names one image file (a DICOM or a PNG) rather than a prepared JSON or a folder."""
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() != ".json"
+
+
+def single_image_record(path: str | os.PathLike) -> InputImage:
+    """The record of one DICOM (any file with the DICM marker, ``.dcm``, ``.dicom``) or PNG file; a PNG's original
+    size comes from a ``meta.csv`` beside it when that lists it, else it is the PNG's own.
+
+    Raises:
+        PredictionInputError: neither a DICOM nor a PNG.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PNG_SUFFIXES:
+        try:
+            meta = read_meta_sizes(path.parent)
+        except PreparedDatasetError as e:
+            raise PredictionInputError(str(e)) from e
+        m = meta.get(path.stem)
+        return InputImage(path.stem, path, "png", m[0] if m else None, m[1] if m else None)
+    if is_dicom_file(path):
+        return InputImage(dicom_image_id(path), path, "dicom")
+    raise PredictionInputError(f"input {path}: expected a DICOM (.dcm, .dicom or the DICM marker), a PNG, a prepared "
+                               "COCO .json, a DICOM folder or a PNG folder")
+
+
+def array_record(image: np.ndarray, image_id: str = "image", orig_size: tuple[int, int] | None = None) -> InputImage:
+    """The record of an image array: 2-D grayscale (uint8, or uint16 read as 0..65535, as a 16-bit prepared PNG) or
+    H x W x 3 RGB uint8; ``orig_size`` (width, height) is the frame of the boxes (default the array's size).
+
+    Raises:
+        PredictionInputError: another shape or pixel type.
+    """
+    arr = np.asarray(image)
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)) or arr.dtype not in (np.uint8, np.uint16):
+        raise PredictionInputError(f"image array {image_id}: expected H x W (uint8/uint16) or H x W x 3 (uint8 RGB), "
+                                   f"got shape {arr.shape} of {arr.dtype}")
+    if arr.ndim == 3 and arr.dtype != np.uint8:
+        raise PredictionInputError(f"image array {image_id}: a 3-channel array must be uint8 RGB, got {arr.dtype}")
+    w, h = orig_size if orig_size is not None else (arr.shape[1], arr.shape[0])
+    return InputImage(image_id, Path("<array>"), "array", int(w), int(h), pixels=arr)
+
+
 def collect_inputs(path: str | os.PathLike) -> InputSet:
-    """The images of a prepared COCO JSON, a DICOM folder or a PNG folder (sorted by image id).
+    """The images of a prepared COCO JSON, a DICOM folder or a PNG folder (sorted by image id), or one DICOM or PNG
+    file.
 
     Raises:
         PredictionInputError: the path does not exist, or a folder holds no DICOM or PNG image.
@@ -105,9 +161,9 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
     path = Path(path)
     if not path.exists():
         raise PredictionInputError(f"input {path} does not exist")
+    if is_single_image(path):
+        return InputSet([single_image_record(path)], path)
     if path.is_file():
-        if path.suffix.lower() != ".json":
-            raise PredictionInputError(f"input {path}: expected a prepared COCO .json, a DICOM folder or a PNG folder")
         try:
             coco = load_prepared_coco(path)
         except (ValueError, KeyError) as e:
@@ -123,21 +179,26 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
     dicoms, duplicates = find_dicoms(path)
     for image_id, kept, dup in duplicates:
         logger.warning("two DICOM files for image %s: %s and %s; predicting the first", image_id, kept, dup)
+    found_pngs = find_pngs(path)
+    if dicoms and found_pngs:  # one kind per folder: the PNGs' frame (prepared? original?) is not the DICOMs'
+        raise PredictionInputError(
+            f"input folder {path} holds {len(dicoms)} DICOM and {len(found_pngs)} PNG image(s) (e.g. "
+            f"{next(iter(dicoms.values())).name} and {next(iter(found_pngs.values())).name}): give a folder of one "
+            "kind (the DICOMs, or a prepared images/ folder with its meta.csv)")
     if dicoms:
         return InputSet([InputImage(i, p, "dicom") for i, p in sorted(dicoms.items())], path)
-    pngs = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in PNG_SUFFIXES)
+    pngs = sorted(found_pngs.items())
     if not pngs:
         raise PredictionInputError(f"input folder {path} holds no DICOM (*.dicom, *.dcm, or files with the DICM "
-                                   "marker, searched recursively) or PNG images")
+                                   "marker) or PNG images (both searched recursively)")
     try:
         meta = read_meta_sizes(path)
     except PreparedDatasetError as e:
         raise PredictionInputError(str(e)) from e
     images = []
-    for p in pngs:
-        m = meta.get(p.stem)
-        images.append(InputImage(p.stem, p, "png", m[0] if m else None, m[1] if m else None))
+    for image_id, p in pngs:
+        m = meta.get(image_id)
+        images.append(InputImage(image_id, p, "png", m[0] if m else None, m[1] if m else None))
     images += _unreadable_records(test_split_unreadable(path), path)
     if meta:
         missing = [im.image_id for im in images if im.orig_width is None]
@@ -177,6 +238,11 @@ def load_image(record: InputImage, fmt: str, dicom_size: int) -> LoadedImage:
     if record.error is not None:
         return LoadedImage(record, error=record.error)
     try:
+        if record.pixels is not None:
+            arr = record.pixels
+            arr = to_uint8(arr) if arr.dtype == np.uint16 else arr
+            fmt_arr = to_model_format(arr, fmt)
+            return LoadedImage(record, fmt_arr, (record.orig_width or arr.shape[1], record.orig_height or arr.shape[0]))
         if record.kind == "dicom":
             gray, orig_w, orig_h = load_dicom_image(record.path, dicom_size)
             return LoadedImage(record, to_model_format(gray, fmt), (orig_w, orig_h))
@@ -222,6 +288,17 @@ def inference_resize(min_size: int, max_size: int, view: TTAView | None = None):
     return T.ResizeShortestEdge([min_size, min_size], max_size)
 
 
+def padded_shape(height: int, width: int, size_divisibility: int = 0, square_size: int = 0) -> tuple[int, int]:
+    """The (height, width) detectron2's ``ImageList.from_tensors`` pads an image of this size to when it is alone
+    in its batch: a square of ``square_size`` when given, each side rounded up to ``size_divisibility``."""
+    if square_size > 0:
+        height = width = square_size
+    if size_divisibility > 1:
+        height = -(-height // size_divisibility) * size_divisibility
+        width = -(-width // size_divisibility) * size_divisibility
+    return int(height), int(width)
+
+
 def model_input(image: np.ndarray, resize: Any, model_format: str, view: TTAView | None = None,
                 fmt: str | None = None) -> torch.Tensor:
     """The tensor a model is fed: an HWC uint8 image in ``fmt`` swapped to ``model_format`` (BGR <-> RGB),
@@ -242,15 +319,30 @@ class ImageModel(Protocol):
 
     def cache_key(self, view: TTAView, dicom_size: int) -> str: ...
 
+    def batch_key(self, image_shape: tuple[int, int], view: TTAView) -> Any:
+        """What an image of decoded shape (height, width) must share with the others of a batch for each to get the
+        outputs it gets alone (None: any images may share a batch)."""
+        ...
+
     def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
                  view: TTAView | None = None, fmt: str | None = None) -> list[Any]: ...
 
 
 class _BatchedModel:
     """One checkpoint of a config, run on several images per forward pass: loading and checking the weights,
-    the device, AMP on CUDA, detectron2's test-time resize and the TTA views (shared by detector and classifier)."""
+    the device, AMP on CUDA, detectron2's test-time resize and the TTA views (shared by detector and classifier).
 
-    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True):
+    A forward pass only ever holds images of one padded input shape (:meth:`batch_key`): detectron2 pads a batch to
+    its largest image, and padding moves what the convolutions see near the border, so an image batched with a larger
+    one would get other boxes than alone. A call with mixed shapes runs one forward pass per shape, in input order.
+    Same-shape batches are still not bit-exact: oneDNN (CPU) and cuDNN/cuBLAS (CUDA) pick their kernels by batch
+    size, which moves the last bits (measured on the CPU: boxes by up to ~0.005 px, scores by ~1e-7;
+    docs/reproducibility.md). So with ``exact`` (the default) a CPU model runs one image per forward pass (where
+    batching gains less than on a GPU), and every image gets bit for bit what it gets alone (and what ``DefaultPredictor`` and
+    an exported file give); on CUDA, where batching pays, same-shape batches run and :attr:`exact_batching` is False.
+    """
+
+    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True, exact: bool = True):
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.modeling import build_model
 
@@ -266,6 +358,21 @@ class _BatchedModel:
         if self.input_format not in SWAPPABLE_FORMATS:
             raise InputError(f"INPUT.FORMAT {self.input_format!r} is not supported for prediction "
                              f"({' or '.join(SWAPPABLE_FORMATS)})")
+        #: every image gets bit for bit what it gets alone: one image per forward pass (a CPU model with ``exact``)
+        self.exact_batching = exact and self.device.type == "cpu"
+        backbone = getattr(self.model, "backbone", None)
+        self.size_divisibility = int(getattr(backbone, "size_divisibility", 0) or 0)
+        self.square_size = int((getattr(backbone, "padding_constraints", None) or {}).get("square_size", 0) or 0)
+
+    def batch_key(self, image_shape: tuple[int, int], view: TTAView) -> tuple[int, int]:
+        """The padded (height, width) of the model input of a decoded image of ``image_shape`` under ``view``:
+        images with equal keys pad alike, so batching them gives each what it gets alone."""
+        from detectron2.data.transforms import ResizeShortestEdge
+
+        resize = inference_resize(self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST, view)
+        h, w = ResizeShortestEdge.get_output_shape(int(image_shape[0]), int(image_shape[1]),
+                                                   int(resize.short_edge_length[0]), int(resize.max_size))
+        return padded_shape(h, w, self.size_divisibility, self.square_size)
 
     def cache_key(self, view: TTAView, dicom_size: int) -> str:
         """What determines this predictor's output for a view: weights file (path, size, mtime), config, view."""
@@ -280,8 +387,18 @@ class _BatchedModel:
         resize = inference_resize(self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST, view)
         inputs = [{"image": model_input(image, resize, self.input_format, view, fmt), "height": int(oh),
                    "width": int(ow)} for image, (ow, oh) in zip(images, orig_sizes)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(inputs):
+            h, w = x["image"].shape[-2:]
+            groups.setdefault(padded_shape(h, w, self.size_divisibility, self.square_size), []).append(i)
+        outputs: list[Any] = [None] * len(inputs)
+        step = 1 if self.exact_batching else len(inputs)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
-            return self.model(inputs)
+            for idx in groups.values():
+                for k in range(0, len(idx), step):
+                    for i, out in zip(idx[k:k + step], self.model([inputs[i] for i in idx[k:k + step]])):
+                        outputs[i] = out
+        return outputs
 
 
 class BatchedPredictor(_BatchedModel):
@@ -291,11 +408,11 @@ class BatchedPredictor(_BatchedModel):
     CUDA, TTA views, and boxes returned in original pixels as :class:`Predictions`.
     """
 
-    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True):
+    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True, exact: bool = True):
         if is_classifier(cfg):
             raise InputError(f"{cfg.MODEL.META_ARCHITECTURE} is an image classifier, not a detector: give it as "
                              "--classifier-config/--classifier-weights")
-        super().__init__(cfg, weights, amp)
+        super().__init__(cfg, weights, amp, exact)
 
     def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
                  view: TTAView | None = None, fmt: str | None = None) -> list[Predictions]:
@@ -324,11 +441,12 @@ class BatchedClassifier(_BatchedModel):
     """An image-classifier checkpoint (``DetxClassifier``): per image the probabilities of its outputs
     (``abnormal``, then ``MODEL.CLASSIFIER.NUM_CLASSES`` classes)."""
 
-    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True):
+    def __init__(self, cfg: CfgNode, weights: str | os.PathLike, amp: bool = True, exact: bool = True):
         if not is_classifier(cfg):
             raise InputError(f"{cfg.MODEL.META_ARCHITECTURE} is a detector, not an image classifier: give it as "
                              "--config-file/--weights")
-        super().__init__(cfg, weights, amp)
+        super().__init__(cfg, weights, amp, exact)
+        self.square_size = 0  # DetxClassifier pads to size_divisibility only (no padding_constraints)
         self.num_outputs = 1 + int(cfg.MODEL.CLASSIFIER.NUM_CLASSES)
 
     def __call__(self, images: Sequence[np.ndarray], orig_sizes: Sequence[tuple[int, int]],
@@ -370,10 +488,13 @@ class PredictionCache:
 
     def save(self, k: int, image_ids: Sequence[str], idents: Sequence[str], preds: Sequence[Predictions],
              orig_sizes: Sequence[tuple[int, int]]) -> None:
+        import hashlib
+
         from detx.core.io import atomic_path
 
         counts = np.array([len(p) for p in preds], dtype=np.int64)
-        name = f"{image_ids[0].replace('/', '_')}_{len(image_ids)}.npz"
+        digest = hashlib.sha1("\n".join(image_ids).encode()).hexdigest()[:8]
+        name = f"{image_ids[0].replace('/', '_')}_{len(image_ids)}_{digest}.npz"
         with atomic_path(self.dirs[k] / name) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=np.array(image_ids, dtype=str), idents=np.array(idents, dtype=str), counts=counts,
                      sizes=np.array(orig_sizes, dtype=np.int64).reshape(-1, 2),
@@ -452,6 +573,30 @@ class PredictionRun:
         return {i: np.mean([s[i] for s in self.cls_sets], axis=0) for i in self.order if i in ids}
 
 
+def batches_by_key(items: Iterable[T], key: Callable[[T], Hashable], batch_size: int,
+                   max_waiting: int | None = None) -> Iterator[list[T]]:
+    """Batches of up to ``batch_size`` items that share one ``key`` (for prediction: the padded input shape), so a
+    batch gives each item what it gets alone. Items wait in their key's bucket until it is full; when more than
+    ``max_waiting`` (default ``4 * batch_size + 16``) wait, the fullest bucket goes early (bounded memory); at the
+    end the rest go in order of their keys' first item. Every item is yielded once."""
+    max_waiting = 4 * batch_size + 16 if max_waiting is None else max_waiting
+    buckets: dict[Hashable, list[T]] = {}
+    waiting = 0
+    for item in items:
+        k = key(item)
+        bucket = buckets.setdefault(k, [])
+        bucket.append(item)
+        waiting += 1
+        if len(bucket) >= batch_size:
+            waiting -= len(bucket)
+            yield buckets.pop(k)
+        elif waiting > max_waiting:
+            fullest = max(buckets, key=lambda b: len(buckets[b]))
+            waiting -= len(buckets[fullest])
+            yield buckets.pop(fullest)
+    yield from buckets.values()
+
+
 def predict_all(
     predictors: Sequence[ImageModel],
     records: Sequence[InputImage],
@@ -470,8 +615,11 @@ def predict_all(
     ``predictors`` and ``classifiers`` are eager checkpoints (:class:`BatchedPredictor`, :class:`BatchedClassifier`)
     or exported files (:class:`~detx.inference.exported.ExportedPredictor`, ``ExportedClassifier``), mixed freely.
 
-    Images whose original size is known up front (a prepared JSON, a PNG folder with meta.csv) are
-    batched in order of aspect ratio, so a batch pads less; results are keyed by image id. With
+    A forward pass holds only images of one padded input shape (every model's and view's ``batch_key``), so each
+    image gets what it gets alone, whatever ``batch_size`` is (bit for bit on the CPU, where an eager model runs one
+    image per pass; up to float rounding in same-shape CUDA batches, which the log says); images whose original size is known up front
+    (a prepared JSON, a PNG folder with meta.csv) are decoded in order of aspect ratio, so same shapes come
+    together. Results are keyed by image id, in input order. With
     ``cache_dir`` each batch's raw predictions are saved (:class:`PredictionCache`; a classifier's
     probabilities as entries, one per output) and a rerun skips the images every (model, view) already
     predicted: an interrupted run resumes.
@@ -479,7 +627,7 @@ def predict_all(
     Raises:
         UnreadableImageError: in ``strict`` mode, at the first image that cannot be decoded.
     """
-    from tqdm import tqdm
+    from detx.core.progress import progress_bar
 
     if not predictors and not classifiers:
         raise InputError("no model to predict with")
@@ -509,34 +657,54 @@ def predict_all(
         if done:
             logger.info("%d of %d image(s) found in the prediction cache %s", len(done), len(todo), cache_dir)
         todo = [r for r in todo if r.image_id not in done]
-    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="predict", unit="img", disable=not progress)
     ordered = todo
-    if all(r.orig_width and r.orig_height for r in ordered if r.error is None):  # less padding per batch
+    if all(r.orig_width and r.orig_height for r in ordered if r.error is None):  # same shapes come together
         ordered.sort(key=lambda r: r.orig_height / r.orig_width if r.error is None else 0.0)
-    for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
-        good = []
-        for item in batch:
-            if item.error is not None:
+
+    def run(group: list[LoadedImage]) -> None:
+        images = [g.image for g in group]
+        orig = [g.orig_size for g in group]
+        for k, (mdl, view) in enumerate(jobs):
+            out = mdl(images, orig, view, fmt)
+            preds = out if k < n_det else [_probs_as_entries(p) for p in out]
+            for g, p in zip(group, preds):
+                sets[k][g.record.image_id] = p
+            if cache is not None:
+                cache.save(k, [g.record.image_id for g in group], [idents[g.record.image_id] for g in group], preds,
+                           orig)
+        bar.update(len(group))
+
+    keyers = [getattr(mdl, "batch_key", None) for mdl, _ in jobs]
+    inexact = [m for m, _ in jobs if not getattr(m, "exact_batching", True)]
+    if batch_size > 1 and inexact:
+        logger.warning("--batch-size %d on %s: images of one padded input shape share a forward pass, whose kernels "
+                       "depend on the batch size: boxes and scores equal --batch-size 1 up to float rounding",
+                       batch_size, ", ".join(sorted({str(getattr(m, "device", "?")) for m in inexact})))
+
+    def decoded() -> Iterator[LoadedImage]:
+        for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
+            for item in batch:
+                if item.error is None:
+                    sizes[item.record.image_id] = item.orig_size
+                    yield item
+                    continue
                 if strict:
                     raise UnreadableImageError(f"image {item.record.image_id}: {item.error}")
                 logger.warning("image %s cannot be read, written as no finding: %s", item.record.image_id,
                                item.error)
                 failures[item.record.image_id] = item.error
-            else:
-                good.append(item)
-                sizes[item.record.image_id] = item.orig_size
-        images = [g.image for g in good]
-        orig = [g.orig_size for g in good]
-        for k, (mdl, view) in enumerate(jobs):
-            out = mdl(images, orig, view, fmt)
-            preds = out if k < n_det else [_probs_as_entries(p) for p in out]
-            for g, p in zip(good, preds):
-                sets[k][g.record.image_id] = p
-            if cache is not None and good:
-                cache.save(k, [g.record.image_id for g in good], [idents[g.record.image_id] for g in good], preds,
-                           orig)
-        bar.update(len(batch))
+                bar.update(1)
+
+    def key(item: LoadedImage) -> tuple:  # the padded input shape under every model and view
+        shape = item.image.shape[:2]
+        return tuple(None if f is None else f(shape, view) for f, (_, view) in zip(keyers, jobs))
+
+    for group in batches_by_key(decoded(), key, batch_size):
+        run(group)
     bar.close()
+    in_order = [r.image_id for r in records]
+    sets = [{i: s[i] for i in in_order if i in s} for s in sets]
     cls_sets = [{i: p.scores for i, p in s.items()} for s in sets[n_det:]]
     return PredictionRun(sets[:n_det], [f"m{m}:{v.name}" for m, v in det_pairs], [weights[m] for m, _ in det_pairs],
                          sizes, failures, [r.image_id for r in records], cls_sets)

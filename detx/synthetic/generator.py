@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from detx.core.classes import NO_FINDING, SPINEXR_CLASSES, VINDR_CXR_CLASSES, no_finding_id
 from detx.core.io import atomic_path, atomic_write_text
@@ -110,7 +110,8 @@ def write_dicom(
         window: optional VOI window ``(center, width)`` in modality units (after rescale), written as
             WindowCenter / WindowWidth.
         rescale: optional modality LUT ``(slope, intercept)``, written as RescaleSlope / RescaleIntercept.
-        compress: None (Explicit VR Little Endian) or "rle" (RLE Lossless, encoded by pydicom).
+        compress: None (Explicit VR Little Endian), "rle" (RLE Lossless, encoded by pydicom) or "j2k" (JPEG 2000
+            Lossless, encoded by pylibjpeg-openjpeg through pydicom, as the Kaggle VinBigData DICOMs are stored).
         image_id: seeds the UIDs (SOP/Study/Series Instance UID) so the file is reproducible; by default they
             are derived from the pixel data.
         **extra_tags: further DICOM keywords and values, e.g. ``PatientID="x"``, ``ImagerPixelSpacing=[.14, .14]``.
@@ -133,8 +134,8 @@ def write_dicom(
         raise ValueError(f"{path}: pixel values [{lo}, {hi}] do not fit in {bits_stored} unsigned bits")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"{path}: photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
-    if compress not in (None, "rle"):
-        raise ValueError(f"{path}: compress must be None or 'rle', got {compress!r}")
+    if compress not in (None, "rle", "j2k"):
+        raise ValueError(f"{path}: compress must be None, 'rle' or 'j2k', got {compress!r}")
     if window is not None and float(window[1]) <= 0:
         raise ValueError(f"{path}: window width must be > 0, got {window[1]}")
     if rescale is not None and float(rescale[0]) == 0:
@@ -175,6 +176,8 @@ def write_dicom(
     ds.PixelData = arr.tobytes()
     if compress == "rle":
         _rle_compress(ds, arr)
+    elif compress == "j2k":
+        ds.compress(JPEG2000Lossless, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return path
@@ -453,7 +456,7 @@ def generate_dataset(
     normal_fraction: float | None = None,
     rle_fraction: float = 0.1,
     progress: bool = True,
-    profile: str = "vinbigdata",
+    profile: str = "classic",
     annotations_only: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the real layout of ``dataset`` under ``out``.
@@ -461,20 +464,21 @@ def generate_dataset(
     Args:
         out: output folder (created; files of the same names are replaced).
         dataset: "vindr-cxr" (Kaggle VinBigData layout) or "spinexr" (PhysioNet VinDr-SpineXR layout).
-        n_train, n_test: number of train and test images (>= 1 each).
+        n_train: number of train images (>= 1).
+        n_test: number of test images (>= 1).
         seed: the same seed writes identical files.
-        min_size, max_size: range of the image's longer side in pixels (the shorter is 72-95% of it, at
-            least ``min_size``).
+        min_size: smallest longer side of an image in pixels (the shorter is 72-95% of the longer, at least
+            ``min_size``).
+        max_size: largest longer side of an image in pixels.
         classes: None for the profile's default (vinbigdata: all 14 chest findings; classic: the learnable subset
             :data:`DEFAULT_CXR_CLASSES`; all 7 for spinexr), "all", or a list of class names of the dataset.
         normal_fraction: fraction of images without findings (rounded per split); None: the real 0.707 with the
             vinbigdata profile, 0.5 otherwise.
         rle_fraction: fraction of DICOM files written RLE Lossless compressed.
         progress: show a tqdm bar.
-        profile: "vinbigdata" (chest only; the default): findings, reader panels and reader styles drawn from the
-            real VinBigData aggregates (:class:`VinBigDataWorld`, docs/synthetic.md); "classic": the earlier world
-            (1-3 findings of the chosen classes, balanced, three random readers jittering the same boxes).
-            Ignored for spinexr.
+        profile: "classic" (the default: 1-3 findings of the chosen classes, balanced, three random readers
+            jittering the same boxes) or "vinbigdata" (chest only: findings, reader panels and reader styles drawn
+            from the real VinBigData aggregates, :class:`VinBigDataWorld`, docs/synthetic.md). Ignored for spinexr.
         annotations_only: vinbigdata profile only: write the CSVs without drawing the pixels or writing DICOMs
             (the same CSVs as the full run), and ``image_sizes.csv`` (image_id, width, height) beside them.
 
@@ -505,10 +509,7 @@ def generate_dataset(
                                "images": {}, "abnormal": {}, "boxes_per_class": counts, "files": {},
                                "image_sizes": {}}
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
+    from detx.core.progress import progress_bar
     for split_idx, (split, n) in enumerate(splits.items()):
         n_abnormal = int(round(n * (1.0 - normal_fraction)))
         abnormal = np.zeros(n, bool)
@@ -517,8 +518,8 @@ def generate_dataset(
         study_ids, series_ids = _spine_studies(master, n) if dataset == "spinexr" else ([""] * n, [""] * n)
         folder = out / (split if dataset == "vindr-cxr" else f"{split}_images")
         it = range(n)
-        if progress and tqdm is not None:
-            it = tqdm(it, desc=f"synthetic {dataset} {split}", unit="img")
+        if progress:
+            it = progress_bar(it, desc=f"synthetic {dataset} {split}", unit="img")
         for i in it:
             if world is not None:
                 n_abnormal_drawn = _world_image(world, [seed, split_idx, i, 0], bool(abnormal[i]), image_ids[i],
@@ -667,14 +668,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-size", type=int, default=384, help="smallest longer side in px (>= 32)")
     parser.add_argument("--max-size", type=int, default=640, help="largest longer side in px")
     parser.add_argument("--classes", nargs="+", default=None,
-                        help="class names to draw (quote names with spaces), or 'all'; default: all 14 with --profile vinbigdata, a learnable subset of 6 with classic")
+                        help="class names to draw (quote names with spaces), or 'all'; default: a learnable subset of 6 (classic), "
+                             "all 14 (vinbigdata)")
     parser.add_argument("--normal-fraction", type=float, default=None,
                         help="fraction of images without findings (default: the real 0.707 with --profile "
                              "vinbigdata, 0.5 with classic)")
-    parser.add_argument("--profile", default="vinbigdata", choices=PROFILES,
-                        help="vindr-cxr: vinbigdata (findings, reader panels and styles drawn from the real VinBigData "
-                             "aggregates; all 14 classes by default) or classic (the earlier world: 6 classes, "
-                             "random readers jittering the same boxes)")
+    parser.add_argument("--profile", default="classic", choices=PROFILES,
+                        help="vindr-cxr: classic (the default: 6 classes, random readers jittering the same boxes) or "
+                             "vinbigdata (findings, reader panels and styles drawn from the real VinBigData "
+                             "aggregates; all 14 classes by default)")
     parser.add_argument("--annotations-only", action="store_true",
                         help="vinbigdata profile: write the CSVs only (the same CSVs, no pixels or DICOMs)")
     parser.add_argument("--no-progress", action="store_true")

@@ -115,7 +115,7 @@ def generate_mura(out: str | os.PathLike, n_train: int = 120, n_valid: int = 40,
     Returns:
         A summary: images, studies and abnormal studies per split, the signs drawn, and the CSV paths.
     """
-    from tqdm import tqdm
+    from detx.core.progress import progress_bar
 
     for name, n in (("n_train", n_train), ("n_valid", n_valid)):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -129,7 +129,7 @@ def generate_mura(out: str | os.PathLike, n_train: int = 120, n_valid: int = 40,
     patient = 0
     for split, target in (("train", n_train), ("valid", n_valid)):
         paths, studies = [], []
-        bar = tqdm(total=target, desc=f"synthetic MURA {split}", unit="img", disable=not progress)
+        bar = progress_bar(total=target, desc=f"synthetic MURA {split}", unit="img", disable=not progress)
         n_images = n_abnormal = 0
         while n_images < target:
             patient += 1

@@ -152,6 +152,7 @@ def paths(s: DemoSettings) -> dict[str, Path]:
         "valid_metrics": o / "valid" / "metrics.json",
         "valid_plots": o / "valid" / "plots",
         "report": o / "report.md",
+        "results": o / "results.json",
     }
 
 
@@ -348,6 +349,77 @@ def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
     }
 
 
+#: the headline numbers that get a bootstrap 95% interval in results.json (held-out fold and synthetic test set)
+HEADLINE = ("mAP40", "auc", "cnn_auc", "test_mAP40", "test_auc", "test_auc_detection")
+N_BOOT = 1000
+
+
+def headline_intervals(s: DemoSettings, p: dict[str, Path], n_boot: int = N_BOOT) -> dict[str, list[float] | None]:
+    """Percentile bootstrap 95% intervals (images resampled, ``n_boot`` times, seed 0) of :data:`HEADLINE`: the
+    challenge metric (:func:`~detx.evaluation.vinbigdata.bootstrap_map_ci`) and the image-level AUC from the
+    detections (:func:`~detx.evaluation.image_level.bootstrap_ci`) of the held-out fold and of the test set, scored
+    against the same ground truth as ``tools/evaluate.py``; the CNN's AUC interval is the one its evaluation wrote."""
+    from detx.core.image_scores import image_scores_from_predictions
+    from detx.core.predictions import Predictions
+    from detx.core.submission import read_submission
+    from detx.evaluation.ground_truth import load_ground_truth
+    from detx.evaluation.image_level import bootstrap_ci
+    from detx.evaluation.vinbigdata import bootstrap_map_ci
+
+    raw_test_gt = p["raw"] / DATASETS[s.dataset]["test_gt"]
+    out: dict[str, list[float] | None] = {}
+    for prefix, gt_path, sub_path, auc_key in (("", p["val_json"], p["val_submission"], "auc"),
+                                               ("test_", raw_test_gt, p["submission"], "test_auc"),
+                                               (None, raw_test_gt, p["det_submission"], "test_auc_detection")):
+        gts = load_ground_truth(gt_path)
+        k = len(gts.classes)
+        preds = dict(read_submission(sub_path, strict=False, num_classes=k + 1, image_ids=list(gts.gt)))
+        if prefix is not None:
+            ci = bootstrap_map_ci(gts.gt, preds, num_classes=k, n_boot=n_boot)
+            out[f"{prefix}mAP40"] = list(ci) if ci else None
+        ids = list(gts.gt)
+        labels = [int(len(gts.gt[i][1]) > 0) for i in ids]
+        scores = [image_scores_from_predictions(preds.get(i, Predictions()), k) for i in ids]
+        auc = bootstrap_ci(labels, scores, 0.5, n_boot=n_boot)["auc"]
+        out[auc_key] = list(auc) if auc else None
+    cnn_ci = (json.loads(p["cnn_val_metrics"].read_text()).get("image_level", {}).get("ci") or {}).get("auc")
+    out["cnn_auc"] = list(cnn_ci) if cnn_ci else None
+    return {k: out.get(k) for k in HEADLINE}
+
+
+def write_results(s: DemoSettings, p: dict[str, Path], numbers: dict[str, float | None],
+                  timings: dict[str, float]) -> dict[str, Any]:
+    """``results.json``: the key numbers, the bootstrap 95% intervals of the headline ones, the settings and the
+    environment that made them (the README and docs/results.md quote this file, through tools/results_doc.py)."""
+    import platform
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    import detectron2
+
+    results = {
+        "numbers": numbers,
+        "ci95": headline_intervals(s, p) if s.dataset != "mura" else {},
+        "n_boot": N_BOOT,
+        "settings": s.recorded(),
+        "seconds": round(sum(timings.values()), 1),
+        "environment": {
+            "python": platform.python_version(),
+            **{d: version(d) for d in ("torch", "torchvision", "numpy", "opencv-python-headless",
+                                       "albumentations", "pandas", "scikit-learn")},
+            "detectron2": f"{detectron2.__version__} ({Path(detectron2.__file__).parent.parent.name})",
+            "cpu_threads": os.cpu_count(),
+        },
+    }
+    write_json(p["results"], results, indent=2)
+    return results
+
+
 def check_settings(s: DemoSettings, fresh: bool = False) -> None:
     """Tie ``s.out`` to ``s``: a folder made with other settings is refused (its results would be reused and
     labelled with the new settings) unless ``fresh``, which deletes it first.
@@ -401,10 +473,15 @@ def run_demo(s: DemoSettings, quiet: bool = False, fresh: bool = False) -> dict[
     else:
         numbers = key_numbers(p)
         write_demo_report(s, p, numbers, timings)
+    results = write_results(s, p, numbers, timings)
     numbers_total = time.monotonic() - t_start
-    print(f"\nreport: {p['report']}\nsubmission: {p['submission']}\ntotal time: {numbers_total:.0f} s\n")
+    print(f"\nreport: {p['report']}\nresults: {p['results']}\nsubmission: {p['submission']}\n"
+          f"total time: {numbers_total:.0f} s\n")
     for k, v in numbers.items():
         print(f"{k} {'n/a' if v is None else f'{v:.3f}'}")
+    print(f"\nbootstrap 95% intervals ({N_BOOT} resamples of the images):")
+    for k, ci in results["ci95"].items():
+        print(f"{k}_ci95 {'n/a' if not ci else f'{ci[0]:.3f} {ci[1]:.3f}'}")
     return {"numbers": numbers, "timings": timings, "paths": {k: str(v) for k, v in p.items()}}
 
 

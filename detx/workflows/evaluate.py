@@ -27,8 +27,9 @@ from detx.core.errors import InputError, StrictModeError
 from detx.core.image_scores import class_max_scores, image_scores_from_predictions
 from detx.core.predictions import Predictions
 from detx.core.submission import align_to, coverage, read_submission
+from detx.data.readers import boxes_without_reader, describe_boxes_without_reader
 from detx.evaluation.coco_map import SUMMARY_KEYS, coco_metrics
-from detx.evaluation.froc import froc
+from detx.evaluation.froc import froc_from_vinbigdata
 from detx.evaluation.ground_truth import GroundTruthSet, load_ground_truth
 from detx.evaluation.image_level import (
     classification_metrics,
@@ -83,7 +84,7 @@ def evaluate_submission(
 
     vb = vinbigdata_map(gt, preds, num_classes=k, iou_thr=iou_thr)
     coco = coco_metrics(gt, preds, num_classes=k, extra_iou_thr=iou_thr)
-    fr = froc(gt, preds, num_classes=k, iou_thr=iou_thr)
+    fr = froc_from_vinbigdata(vb, num_classes=k, num_images=len(image_ids))  # reuses vb's VOC matching
 
     empty = Predictions()
     labels = np.array([len(gt[i][1]) > 0 for i in image_ids], np.int64)
@@ -242,6 +243,7 @@ def evaluate_files(
                                          strict=strict)
         result.metrics["pred"] = str(pred_path)
         result.metrics["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
+        _note_boxes_without_reader(result.metrics, gts, gt_fusion)
         return result
     sub = read_submission(pred_path, strict=strict, num_classes=len(gts.classes) + 1)
     cover = coverage(gts.gt, sub)
@@ -258,6 +260,8 @@ def evaluate_files(
     m["coverage"] = cover.to_dict()
     m["pred"] = str(pred_path)
     m["gt_fusion"] = gt_fusion if Path(gt_path).suffix.lower() != ".json" else None
+    _note_boxes_without_reader(m, gts, gt_fusion)
+    m["frame_warning"] = frame_warning(gts.gt, sub, len(gts.classes))
     m["human_baseline"] = (human_baseline(gts.table, iou_thr=iou_thr, fusion=gt_fusion, fusion_iou_thr=fusion_iou_thr,
                                           image_ids=list(gts.gt)) if gts.table is not None else None)
     m["problems"] = {
@@ -266,6 +270,44 @@ def evaluate_files(
         "messages": (sub.problems + gts.problems)[:MAX_PROBLEMS_IN_JSON],
     }
     return result
+
+
+def _note_boxes_without_reader(m: dict[str, Any], gts: GroundTruthSet, gt_fusion: str) -> None:
+    """``m["gt_boxes_without_reader"]`` (``boxes``, ``images``, ``note``) for a reader CSV whose boxes lack
+    ``rad_id``: fusion could not merge them, so the ground truth holds every row's box; warned once."""
+    if gts.table is None:
+        return
+    counts = boxes_without_reader(gts.table)
+    note = describe_boxes_without_reader(counts, gt_fusion)
+    m["gt_boxes_without_reader"] = {**counts, "note": note or None}
+    if note:
+        logger.warning("%s: %s", gts.source, note)
+
+
+#: a submission whose boxes all lie within this share of the ground truth's extent (on both axes) is suspect
+FRAME_SHARE = 0.5
+#: ... when it has at least this many finding boxes (a few small boxes near the corner can be genuine)
+FRAME_MIN_BOXES = 10
+
+
+def frame_warning(gt: dict[str, tuple[np.ndarray, np.ndarray]], sub: dict[str, Predictions], num_classes: int
+                  ) -> str | None:
+    """A warning when the submission's finding boxes all lie within :data:`FRAME_SHARE` of the ground truth's extent
+    (the largest ``x_max``, ``y_max`` of its boxes) on both axes: the mark of boxes in PNG pixels (a prepared
+    dataset's smaller images) scored against original-DICOM ground truth, which scores near 0 for no visible
+    reason. None when nothing looks wrong (or there are too few boxes to tell)."""
+    gt_boxes = [b for b, _ in gt.values() if len(b)]
+    pred = [p.boxes[p.classes < num_classes] for p in sub.values()]
+    pred = [b for b in pred if len(b)]
+    if not gt_boxes or sum(len(b) for b in pred) < FRAME_MIN_BOXES:
+        return None
+    gx, gy = np.concatenate(gt_boxes)[:, 2:].max(axis=0)
+    px, py = np.concatenate(pred)[:, 2:].max(axis=0)
+    if px >= FRAME_SHARE * gx or py >= FRAME_SHARE * gy:
+        return None
+    return (f"every predicted box lies within 0..{px:.0f} x 0..{py:.0f} px, under half the ground truth's extent "
+            f"(0..{gx:.0f} x 0..{gy:.0f}): are the boxes in another frame (PNG pixels of a prepared dataset instead "
+            "of original DICOM pixels)? Predict the prepared JSON, the PNG folder with its meta.csv, or the DICOMs")
 
 
 def _f(v: Any, pct: bool = False) -> str:
@@ -319,6 +361,11 @@ def format_table(metrics: dict[str, Any]) -> str:
     if hb:
         lines.append(f"human baseline (mean reader {key} vs the others' fusion, {hb['n_readers']} readers): "
                      f"{_f(hb[key + '_mean'])}  [model {key}: {_f(metrics[key])}]")
+    if metrics.get("frame_warning"):
+        lines.append(f"WARNING: {metrics['frame_warning']}")
+    unfused = (metrics.get("gt_boxes_without_reader") or {}).get("note")
+    if unfused:
+        lines.append(f"WARNING: ground truth: {unfused}")
     probs = metrics.get("problems")
     if probs and (probs["submission"] or probs["ground_truth"]):
         lines.append(f"Skipped in lenient mode: {probs['submission']} submission problem(s), "

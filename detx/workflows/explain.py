@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from detx.core.errors import InputError
 from detx.core.io import atomic_path, write_json, write_png
 from detx.core.prepared import rescale_boxes
+from detx.core.progress import progress_bar
 from detx.engine.config import get_detx_cfg
 from detx.engine.config import num_classes as model_num_classes
 from detx.evaluation.pointing_game import Peak, peak_hits, pointing_game
@@ -71,6 +71,10 @@ def run_explain(options: ExplainOptions) -> dict[str, Any]:
     cfg = get_detx_cfg(options.config_file, options.opts)
     explainer = Explainer(cfg, options.weights, options.method)
     inputs = collect_inputs(options.input)
+    unsized = [r.image_id for r in inputs.images if r.kind == "png" and r.orig_width is None]
+    if unsized:  # the heatmap peaks of heatmaps.csv are meant in original pixels
+        logger.warning("%d PNG(s) have no original size (no meta.csv): their peaks in heatmaps.csv are in PNG pixels "
+                       "(e.g. %s)", len(unsized), unsized[0])
     k = model_num_classes(cfg)
     classes = class_names_for(k, inputs.classes) if k else tuple(inputs.classes or ())
     names = ["abnormal", *classes[:k]]
@@ -85,7 +89,7 @@ def run_explain(options: ExplainOptions) -> dict[str, Any]:
     gt = inputs.gt
     gt_classes = tuple(inputs.classes or classes)
     peaks, probs, failed = [], [], {}
-    for rec in tqdm(records, desc=f"explain ({options.method})", unit="img", disable=not options.progress):
+    for rec in progress_bar(records, desc=f"explain ({options.method})", unit="img", disable=not options.progress):
         loaded = load_image(rec, explainer.input_format, dicom_size)
         if loaded.error is not None:
             logger.warning("image %s skipped: %s", rec.image_id, loaded.error)

@@ -30,6 +30,7 @@ from detx.core.submission import write_submission
 from detx.engine.checkpoint import check_checkpoint
 from detx.engine.config import get_detx_cfg, num_classes_key
 from detx.engine.config import num_classes as model_num_classes
+from detx.inference.answer import ImageAnswer
 from detx.inference.classifier import ImageClassifier, apply_nofinding_filter, read_probability_csv
 from detx.inference.ensemble import CONF_TYPES, ensemble_predictions
 from detx.inference.export import ExportedModelInfo, read_exported_info
@@ -41,6 +42,7 @@ from detx.inference.predictor import (
     InputSet,
     PredictionRun,
     collect_inputs,
+    is_single_image,
     load_image,
     predict_all,
 )
@@ -89,6 +91,7 @@ class PredictOptions:
     classifier_weights: list[str] = field(default_factory=list)
     score_scaling: bool = False
     exported: list[str] = field(default_factory=list)
+    png_frame: bool = False  # PNGs without a known original size: write their boxes in PNG pixels (marked)
 
 
 def class_names_for(num_classes: int, from_input: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -151,6 +154,27 @@ def decode_size(cfgs: Sequence[CfgNode], requested: int | None, inputs: InputSet
     return size
 
 
+def unsized_pngs(inputs: InputSet) -> list[str]:
+    """The PNG inputs whose original (DICOM) size is unknown: their boxes can only be given in PNG pixels."""
+    return [r.image_id for r in inputs.images if r.kind == "png" and r.orig_width is None]
+
+
+def check_png_frame(inputs: InputSet, png_frame: bool) -> None:
+    """Refuse a detector run on PNGs of unknown original size unless ``png_frame`` (``--png-frame``) accepts boxes in
+    PNG pixels: a submission must hold original-DICOM pixels, and a PNG of a prepared dataset is smaller."""
+    unsized = unsized_pngs(inputs)
+    if not unsized:
+        return
+    if not png_frame:
+        raise InputError(
+            f"input {inputs.source}: {len(unsized)} of {len(inputs.images)} PNG(s) have no original size (no meta.csv "
+            f"beside the folder, or not listed in it; e.g. {unsized[0]}), so their boxes would be in PNG pixels, not "
+            "the original DICOM's. Give the prepared images/ folder with its meta.csv (image_id, orig_width, "
+            "orig_height), the prepared JSON or the DICOMs; or pass --png-frame to write boxes in PNG pixels")
+    logger.warning("--png-frame: the boxes of %d PNG(s) without an original size are in PNG pixels (e.g. %s)",
+                   len(unsized), unsized[0])
+
+
 def _check_options(o: PredictOptions) -> None:
     if o.conf_type not in CONF_TYPES:
         raise InputError(f"--conf-type {o.conf_type!r}: expected one of {CONF_TYPES}")
@@ -172,8 +196,9 @@ def _check_options(o: PredictOptions) -> None:
                          "(--classifier-config, --classifier-weights), exported files (--exported) or several")
 
 
-def _check_models(o: PredictOptions, n_det: int, n_cls: int) -> None:
-    """The checks that depend on what the models are (an exported file's kind is known once its metadata is read)."""
+def _check_models(o: PredictOptions, n_det: int, n_cls: int, single: bool = False) -> None:
+    """The checks that depend on what the models are (an exported file's kind is known once its metadata is read).
+    ``single``: one image, answered in a sentence; the CSVs are then optional."""
     if o.model_weights is not None and len(o.model_weights) != n_det:
         raise InputError(f"{len(o.model_weights)} --model-weights for {n_det} detectors (--weights, then the "
                          "exported detectors)")
@@ -185,6 +210,8 @@ def _check_models(o: PredictOptions, n_det: int, n_cls: int) -> None:
     if o.score_scaling and not (n_det and n_cls):
         raise InputError("--score-scaling multiplies a detector's box confidences by an image classifier's class "
                          "probabilities: it needs both")
+    if single:
+        return
     if not n_det and not o.classification_out:
         raise InputError("without a detector only the classification CSV is written: give --classification-out")
     if n_det and not o.out:
@@ -224,6 +251,7 @@ class _Plan:
     workers: int
     max_dets: int
     cls_labels: list[str] = field(default_factory=list)  # MODEL.CLASSIFIER.IMAGE_LABELS of the classifier
+    orig_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # after prediction: original sizes
 
     @property
     def image_ids(self) -> list[str]:
@@ -234,8 +262,9 @@ class _Plan:
         return len(self.det_cfgs) + len(self.det_files)
 
 
-def _plan(options: PredictOptions) -> _Plan:
-    """Read and check everything but the weights themselves (cheap: run once more in each process)."""
+def _plan(options: PredictOptions, inputs: InputSet | None = None) -> _Plan:
+    """Read and check everything but the weights themselves (cheap: run once more in each process); ``inputs``
+    instead of ``options.input`` (the one-image API gives its images one at a time)."""
     _check_options(options)
     det_cfgs = _load_cfgs(options.config_files, options.weights, options.opts) if options.weights else []
     cls_cfgs = _load_cfgs(options.classifier_configs, options.classifier_weights, options.opts,
@@ -243,7 +272,8 @@ def _plan(options: PredictOptions) -> _Plan:
     infos = {f: read_exported_info(f) for f in options.exported}
     det_files = [f for f in options.exported if infos[f].is_detector]
     cls_files = [f for f in options.exported if not infos[f].is_detector]
-    _check_models(options, len(det_cfgs) + len(det_files), len(cls_cfgs) + len(cls_files))
+    single = inputs is not None or is_single_image(options.input)
+    _check_models(options, len(det_cfgs) + len(det_files), len(cls_cfgs) + len(cls_files), single)
     # each model's class count, named as the user gave it
     det_counts = {f"{num_classes_key(c)} of {f}": model_num_classes(c)
                   for c, f in zip(det_cfgs, options.config_files * len(det_cfgs))}
@@ -265,7 +295,9 @@ def _plan(options: PredictOptions) -> _Plan:
     if options.score_scaling and (not cls_k or cls_labels):
         raise InputError("--score-scaling needs an image classifier with one output per class "
                          "(MODEL.CLASSIFIER.NUM_CLASSES > 0); this one only predicts normal/abnormal")
-    inputs = collect_inputs(options.input)
+    inputs = collect_inputs(options.input) if inputs is None else inputs
+    if det_counts:
+        check_png_frame(inputs, options.png_frame)
     if inputs.classes is not None and num_classes and len(inputs.classes) != num_classes:
         raise InputError(f"input {inputs.source} has {len(inputs.classes)} classes but the model "
                          f"({next(iter(det_counts or cls_counts))}) has {num_classes}")
@@ -359,9 +391,22 @@ def _predict(options: PredictOptions, rank: int = 0, world: int = 1) -> dict[str
     return summary
 
 
-def _write_outputs(plan: _Plan, run: PredictionRun, options: PredictOptions, n_cnns: int, has_detector: bool
-                   ) -> dict[str, Any]:
-    """Fusion, P(abnormal), the 2-class filter and the files, from every image's raw predictions."""
+@dataclass
+class _Scored:
+    """Fused boxes, P(abnormal), the submission rows and the per-class probabilities of every image."""
+
+    fused: dict[str, Predictions]
+    rows: dict[str, Predictions]
+    p_abn: dict[str, float]
+    per_class: dict[str, np.ndarray]
+    columns: Sequence[str]
+    threshold: float
+    cnn: dict[str, np.ndarray]
+
+
+def _score(plan: _Plan, run: PredictionRun, options: PredictOptions, n_cnns: int, has_detector: bool) -> _Scored:
+    """Fusion, P(abnormal) and the 2-class filter, from every image's raw predictions (what the CSVs and the
+    one-image answers are made of)."""
     image_ids, nf_id, num_classes = plan.image_ids, plan.num_classes, plan.num_classes
     cnn = run.cls_probs()
     fused: dict[str, Predictions] = {}
@@ -387,31 +432,133 @@ def _write_outputs(plan: _Plan, run: PredictionRun, options: PredictOptions, n_c
         p_abn = {i: plan.external[i] for i in ok_ids}
     else:
         p_abn = dict(zip(ok_ids, clf.predict_proba([fused[i] for i in ok_ids]).tolist()))
+    rows: dict[str, Predictions] = {}
     if has_detector:
-        rows: dict[str, Predictions] = {}
         for i in image_ids:
             if i in run.failures:
                 rows[i] = no_finding_entry(1.0, nf_id)
             else:
                 rows[i] = apply_nofinding_filter(fused[i], p_abn[i], nf_id, options.nofinding_low,
                                                  options.nofinding_high)
-        write_submission(options.out, rows)
-    cls_path = Path(options.classification_out or Path(options.out).parent / "classification.csv")
-    per_class = {i: cnn[i][1:] for i in ok_ids} if plan.cls_k else \
+    per_class = {i: cnn[i][1:1 + plan.cls_k] for i in ok_ids} if plan.cls_k else \
         {i: class_max_scores(fused[i], num_classes) for i in ok_ids} if has_detector else {}
     columns = plan.cls_labels[:plan.cls_k] if plan.cls_labels else plan.classes
-    write_classification_csv(cls_path, image_ids, p_abn, per_class, columns if per_class else (), threshold,
-                             run.failures)
-    vis = []
+    return _Scored(fused, rows, p_abn, per_class, columns if per_class else (), threshold, cnn)
+
+
+def image_answer(plan: _Plan, scored: _Scored, image_id: str, body_part: str | None = None) -> ImageAnswer:
+    """The one-image answer of ``image_id`` from the scored predictions (the same numbers as the CSVs)."""
+    w, h = plan.orig_sizes[image_id]
+    row = scored.rows.get(image_id)
+    findings, p_nf = [], None
+    if row is not None:
+        findings = ImageAnswer.findings_from(row.boxes, row.scores, row.classes, plan.classes)
+        nf = row.classes == plan.num_classes
+        p_nf = float(row.scores[nf][0]) if nf.any() else None
+    probs = scored.per_class.get(image_id, ())
+    record = next(r for r in plan.inputs.images if r.image_id == image_id)
+    part_probs: dict[str, float] = {}
+    cfg = plan.cls_cfgs[0] if plan.cls_cfgs else None
+    if cfg is not None and cfg.MODEL.CLASSIFIER.BODY_PART_HEAD and image_id in scored.cnn:
+        tail = scored.cnn[image_id][1 + plan.cls_k:]
+        part_probs = {str(n): float(v) for n, v in zip(cfg.MODEL.CLASSIFIER.BODY_PARTS, tail)}
+    predicted_part = max(part_probs, key=part_probs.get) if part_probs else None
+    return ImageAnswer(image_id=image_id, width=int(w), height=int(h), p_abnormal=float(scored.p_abn[image_id]),
+                       threshold=float(scored.threshold),
+                       class_probs={str(c): float(p) for c, p in zip(scored.columns, probs)},
+                       findings=findings, p_no_finding=p_nf,
+                       body_part=body_part or predicted_part or mura_body_part(record.path),
+                       body_part_probs=part_probs,
+                       source="<array>" if record.pixels is not None else str(record.path))
+
+
+def mura_body_part(path: str | os.PathLike) -> str | None:
+    """The MURA body part a path names (``.../XR_HUMERUS/patient.../image1.png`` -> ``XR_HUMERUS``), else None."""
+    import re
+
+    m = re.search(r"(?:^|[/\\_])(XR_[A-Z]+)(?:[/\\_]|$)", str(path))
+    return m.group(1) if m else None
+
+
+def _write_outputs(plan: _Plan, run: PredictionRun, options: PredictOptions, n_cnns: int, has_detector: bool
+                   ) -> dict[str, Any]:
+    """Fusion, P(abnormal), the 2-class filter and the files, from every image's raw predictions. For one image
+    file (``--input FILE``) the CSVs are written only when asked for, and the summary carries its answer."""
+    scored = _score(plan, run, options, n_cnns, has_detector)
+    image_ids, nf_id = plan.image_ids, plan.num_classes
+    single = is_single_image(options.input)
+    if has_detector and options.out:
+        write_submission(options.out, scored.rows)
+    cls_path = None
+    if options.classification_out or (options.out and (not single or has_detector)):
+        cls_path = classification_path(options.out, options.classification_out)
+        write_classification_csv(cls_path, image_ids, scored.p_abn, scored.per_class, scored.columns,
+                                 scored.threshold, run.failures)
+    vis: list[Path] = []
+    vis_empty = 0
     if options.vis_dir and has_detector:
-        vis = write_overlays(options.vis_dir, plan.inputs, fused, plan.classes, run.failures, options.vis_num,
-                             options.vis_score, plan.dicom_size)
+        vis, vis_empty = write_overlays(options.vis_dir, plan.inputs, scored.fused, plan.classes, run.failures,
+                                        options.vis_num, options.vis_score, plan.dicom_size)
     if run.failures:
         logger.warning("%d of %d image(s) could not be read and were written as '%d 1 0 0 1 1': %s",
                        len(run.failures), len(image_ids), nf_id, list(run.failures)[:5])
-    return {"num_images": len(image_ids), "failed": dict(run.failures),
-            "out": str(options.out) if has_detector else None, "classification": str(cls_path), "sets": run.names,
-            "classifiers": n_cnns, "vis": [str(v) for v in vis]}
+    png_frame = unsized_pngs(plan.inputs) if has_detector else []
+    sidecar = (options.out if has_detector and options.out else None) or cls_path
+    problems = write_problems(problems_path(sidecar), run.failures, png_frame) if sidecar else None
+    summary = {"num_images": len(image_ids), "failed": dict(run.failures),
+               "out": str(options.out) if has_detector and options.out else None,
+               "classification": str(cls_path) if cls_path else None, "sets": run.names,
+               "classifiers": n_cnns, "vis": [str(v) for v in vis], "vis_empty": vis_empty,
+               "vis_score": options.vis_score, "png_frame": len(png_frame),
+               "problems": str(problems) if problems else None}
+    if single:
+        plan.orig_sizes = run.orig_sizes
+        summary["answers"] = [image_answer(plan, scored, i).to_dict() for i in image_ids if i not in run.failures]
+    return summary
+
+
+def classification_path(out: str | os.PathLike | None, classification_out: str | os.PathLike | None) -> Path:
+    """Where the classification CSV goes: ``classification_out`` when given, else ``<out stem>.classification.csv``
+    beside the submission (``sub.csv`` -> ``sub.classification.csv``), so that two runs with different ``--out`` in
+    one folder never replace each other's file.
+
+    Raises:
+        InputError: the classification CSV would be the submission itself.
+    """
+    if classification_out:
+        path = Path(classification_out)
+    elif out:
+        path = Path(out).with_name(f"{Path(out).stem}.classification.csv")
+    else:
+        raise InputError("give --classification-out (no --out to name it after)")
+    if out and path.resolve() == Path(out).resolve():
+        raise InputError(f"--classification-out {path} is the submission (--out) itself: give another file")
+    return path
+
+
+def problems_path(out: str | os.PathLike) -> Path:
+    """The sidecar listing a run's problem images: ``<out stem>.problems.csv`` beside ``out`` (the Kaggle
+    submission format has only two columns, so unreadable images are marked here)."""
+    stem = Path(out).stem.removesuffix(".classification")
+    return Path(out).with_name(f"{stem}.problems.csv")
+
+
+def write_problems(path: Path, failures: Mapping[str, str], png_frame: Sequence[str]) -> Path | None:
+    """``path`` (``kind, where, message, image_id``): every unreadable image (written as No finding) and every PNG
+    whose boxes are in PNG pixels (``--png-frame``); None, and an earlier run's file removed, when there are none."""
+    from detx.data.readers import Problem, ProblemLog
+
+    log = ProblemLog()
+    log.items += [Problem("unreadable", "input", f"could not be read ({reason}); written as No finding 1.0", i)
+                  for i, reason in failures.items()]
+    log.items += [Problem("png_frame", "input", "no original size: boxes in PNG pixels (--png-frame)", i)
+                  for i in png_frame]
+    if not log.items:
+        if path.is_file():
+            path.unlink()  # an earlier run's list would describe images this run read
+        return None
+    log.write_csv(path)
+    return path
 
 
 class WorkerError(DetxError):
@@ -500,20 +647,27 @@ def write_overlays(
     num: int = 16,
     score_thr: float = 0.3,
     dicom_size: int = 1024,
-) -> list[Path]:
+) -> tuple[list[Path], int]:
     """Overlays ``<out_dir>/<image_id>.png`` for ``num`` images spread evenly over the input.
+
+    An overlay with no box at or above ``score_thr`` says so on the image; a warning counts them (all of them:
+    lower ``--vis-score``).
 
     Args:
         inputs: the input set (its ground truth is drawn when present).
         preds: image_id -> detections in original pixels.
+
+    Returns:
+        (the overlays written, how many of them show no box).
     """
     failed = failed or {}
     records = [r for r in inputs.images if r.image_id not in failed and r.image_id in preds]
     if num <= 0 or not records:
-        return []
+        return [], 0
     pick = np.unique(np.linspace(0, len(records) - 1, min(num, len(records))).round().astype(int))
     out_dir = Path(out_dir)
     written = []
+    empty: list[float | None] = []  # the best finding confidence of each overlay that shows no box
     for k in pick:
         rec = records[int(k)]
         loaded = load_image(rec, "BGR", dicom_size)
@@ -521,8 +675,17 @@ def write_overlays(
             logger.warning("overlay of %s skipped: %s", rec.image_id, loaded.error)
             continue
         gt = inputs.gt.get(rec.image_id) if inputs.gt is not None else None
-        img = draw_overlay(loaded.image, preds[rec.image_id], classes, loaded.orig_size, gt, score_thr)
+        pred = preds[rec.image_id]
+        img = draw_overlay(loaded.image, pred, classes, loaded.orig_size, gt, score_thr)
         path = out_dir / f"{rec.image_id.replace('/', '_')}.png"
         write_png(path, img)
         written.append(path)
-    return written
+        finding = pred.classes < len(classes)
+        if not (pred.scores[finding] >= score_thr).any():
+            empty.append(float(pred.scores[finding].max()) if finding.any() else None)
+    if empty:
+        best = max((b for b in empty if b is not None), default=None)
+        logger.warning("%d of %d overlay(s) show no box: none at or above --vis-score %g%s", len(empty), len(written),
+                       score_thr, f" (highest confidence among them {best:.3f}; lower --vis-score to see boxes)"
+                       if best is not None else " (no box predicted)")
+    return written, len(empty)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from detx.core.classes import DATASET_CLASSES, NO_FINDING
-from detx.core.errors import InputError
+from detx.core.errors import InputError, MissingFileError
 from detx.core.io import atomic_write_text, folder_lock, write_json
 from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms, find_dicoms
@@ -42,7 +42,9 @@ from detx.data.folds import assign_folds
 from detx.data.fusion import FUSION_METHODS, fuse_readers, image_labels, keep_min_readers
 from detx.data.readers import (
     ProblemLog,
+    boxes_without_reader,
     check_box_bounds,
+    describe_boxes_without_reader,
     join_readers,
     make_table,
     parse_panel,
@@ -108,6 +110,10 @@ class PrepareSummary:
         if self.settings.get("csv"):
             lines.append(f"  boxes: {self.boxes_before_fusion} from readers -> {self.boxes_after_fusion} after "
                          f"fusion ({self.settings.get('fusion')}, IoU {self.settings.get('iou_thr')})")
+            note = describe_boxes_without_reader(self.readers.get("boxes_without_reader") or {},
+                                                 str(self.settings.get("fusion")))
+            if note:
+                lines.append(f"  WARNING: {note}")
             width = max((len(c) for c in self.per_class), default=10)
             lines.append(f"  {'class':<{width}}  readers  fused  images")
             for name, c in self.per_class.items():
@@ -184,6 +190,10 @@ def prepare_dataset(**options: Any) -> PrepareSummary:
     Raises:
         FolderInUseError: another run holds ``out``.
     """
+    for key, what in (("csv", "annotation CSV (--csv)"), ("dicom_dir", "DICOM folder (--dicom-dir)")):
+        path = options.get(key)
+        if path is not None and not Path(path).exists():  # before the output folder is made: nothing left behind
+            raise MissingFileError(f"{what} {path} does not exist")
     with folder_lock(options["out"]):
         return prepare_unlocked(**options)
 
@@ -483,6 +493,7 @@ def prepare_unlocked(
             "drop_panels": [], "keep_panels": [], "keep_normal": False, "images_dropped_panels": 0,
             **readers_info, "weights": weights, "min_readers": min_readers, "boxes_dropped_min_readers": boxes_dropped,
             "images_per_reader": {r: int(per_image[r]) for r in kept_readers},
+            "boxes_without_reader": boxes_without_reader(table),
         }
         summary.images_abnormal = int(meta["abnormal"].sum())
         summary.images_normal = len(meta) - summary.images_abnormal

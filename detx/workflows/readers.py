@@ -203,7 +203,7 @@ def format_report(report: ReaderReport, max_panels: int = 5) -> str:
              _f(r.kappa_vs_others, 3)]
             for r in a.readers.itertuples(index=False)]
     table = tabulate(rows, headers=["reader", "images", "boxes", "boxes/abn. image", "normal", col, "with a box", "robust z",
-                                    "paired d", "sign p", "", "style", "kappa"], tablefmt="github",
+                                    "paired d", "sign p", "outlier", "style", "kappa"], tablefmt="github",
                      disable_numparse=True)
     lines = [table, "",
              f"{len(a.readers)} readers, {a.num_images} images ({a.num_images_shared} read by two or more, "

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""How much the demo's headline numbers move with the seed (and with the environment): its spread.
+
+Runs the whole demo (``python -m detx.workflows.demo``: training + evaluation) once per seed and per Python
+environment, each into its own folder, reads each run's ``results.json`` and prints per number the values and the
+spread (max - min); the issue's bar is a spread within 0.05 of the held-out mAP40 and the classifier's AUC.
+A second environment (``--python``) compares, e.g., the locked install against a copy with another OpenCV:
+
+    python benchmarks/demo_spread.py --seeds 0 1 2 [--python /tmp/venv-lock/bin/python /tmp/venv-cv51/bin/python]
+        [--out output/demo_spread] [--json spread.json] [--n-train N --max-iter N --cls-max-iter N --size N]
+
+A finished run (its results.json exists with the same settings) is reused, so an interrupted spread resumes.
+``python tools/results_doc.py --spread spread.json`` puts the figures into docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("mAP40", "cnn_auc", "auc", "test_mAP40", "test_auc_detection")
+BAR = 0.05
+
+
+def env_name(python: str) -> str:
+    """A short name of an environment: its OpenCV version, asked from that Python."""
+    out = subprocess.run([python, "-c", "import cv2, numpy; print(cv2.__version__, numpy.__version__)"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return f"opencv {out[0]}, numpy {out[1]}"
+
+
+def run_one(python: str, seed: int, out: Path, extra: list[str]) -> dict:
+    results = out / "results.json"
+    t = time.monotonic()
+    cmd = [python, "-m", "detx.workflows.demo", "--out", str(out), "--seed", str(seed), "--quiet", *extra]
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo failed (exit {proc.returncode}) for seed {seed} with {python}:\n{proc.stderr[-3000:]}")
+    r = json.loads(results.read_text())
+    print(f"  seed {seed}: " + ", ".join(f"{k} {r['numbers'].get(k) or float('nan'):.3f}" for k in KEYS)
+          + f"  ({time.monotonic() - t:.0f} s)", flush=True)
+    return r
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--python", nargs="+", default=[sys.executable], help="the environments' Python executables")
+    p.add_argument("--out", default="output/demo_spread", help="one demo folder per run below this")
+    p.add_argument("--json", default=None, help="write the runs and the spread here")
+    for opt in ("--n-train", "--max-iter", "--cls-max-iter", "--size", "--eval-period"):
+        p.add_argument(opt, type=int, default=None, help="passed to the demo")
+    args = p.parse_args()
+    extra = [x for opt in ("n_train", "max_iter", "cls_max_iter", "size", "eval_period")
+             if getattr(args, opt) is not None for x in (f"--{opt.replace('_', '-')}", str(getattr(args, opt)))]
+    runs = []
+    for e, python in enumerate(args.python):
+        name = env_name(python)
+        for seed in args.seeds:
+            r = run_one(python, seed, Path(args.out) / f"env{e}_seed{seed}", extra)
+            runs.append({"name": f"seed {seed}, {name}", "seed": seed, "environment": name,
+                         "numbers": {k: r["numbers"].get(k) for k in KEYS}, "ci95": r.get("ci95", {}),
+                         "seconds": r.get("seconds", 0.0), "settings": r["settings"]})
+    spread = {}
+    for k in KEYS:
+        vals = [r["numbers"][k] for r in runs if r["numbers"][k] is not None]
+        spread[k] = max(vals) - min(vals) if vals else None
+    print(f"\nspread (max - min) over {len(runs)} runs ({len(args.seeds)} seeds x {len(args.python)} environments):")
+    for k in KEYS:
+        vals = [r["numbers"][k] for r in runs]
+        ok = "" if spread[k] is None else ("  within 0.05" if spread[k] <= BAR else "  ABOVE 0.05")
+        print(f"  {k:20s} " + " ".join("  n/a" if v is None else f"{v:.3f}" for v in vals)
+              + f"   spread {'n/a' if spread[k] is None else f'{spread[k]:.3f}'}{ok}")
+    if args.json:
+        settings = runs[0]["settings"] if runs else {}
+        description = (f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}) x {len(args.python)} "
+                       f"environment(s); demo settings: n_train {settings.get('n_train')}, size {settings.get('size')}, "
+                       f"max_iter {settings.get('max_iter')}, cls_max_iter {settings.get('cls_max_iter')}. Spread = max - "
+                       "min over the runs; the bar is 0.05.")
+        Path(args.json).write_text(json.dumps({"description": description, "keys": list(KEYS), "runs": runs,
+                                               "spread": spread}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

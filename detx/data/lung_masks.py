@@ -1,0 +1,158 @@
+"""Lung-field masks in the public layouts users have, paired with their images and checked, and the lung fields'
+bounding box (what a lung crop keeps).
+
+Layouts (``layout``), each an image folder and PNG/GIF masks of the same size:
+
+- ``montgomery`` (NLM Montgomery County set): ``CXR_png/<id>.png``, ``ManualMask/leftMask/<id>.png`` and
+  ``ManualMask/rightMask/<id>.png``;
+- ``shenzhen`` (NLM Shenzhen set with its public lung masks): ``CXR_png/<id>.png``, ``mask/<id>_mask.png`` (both lungs);
+- ``folders`` (JSRT converted to PNG with the SCR masks, or any other): ``--images DIR`` of ``<id>.png`` and
+  ``--masks DIR`` holding ``<id>.png`` / ``<id>_mask.png`` (both lungs), or ``left lung/<id>.*`` and
+  ``right lung/<id>.*`` (SCR's folder names) / ``left/``, ``right/``.
+
+Bad pairs are named, counted and skipped (``ProblemLog``; ``--strict`` stops at the first): an image without a mask
+(``missing_mask``), a mask whose size differs from its image's (``mask_size``), an unreadable file
+(``bad_mask`` / ``bad_image``), an empty mask (``empty_mask``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from detx.core.errors import InputError, MissingFileError
+from detx.data.readers import ProblemLog
+
+__all__ = ["LAYOUTS", "LungPair", "lung_box", "read_lung_mask", "read_lung_pairs"]
+
+LAYOUTS = ("montgomery", "shenzhen", "folders")
+MASK_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class LungPair:
+    """An image and its lung mask file(s): one with both lungs, or ``(left, right)``."""
+
+    image_id: str
+    image: Path
+    masks: tuple[Path, ...]
+    width: int
+    height: int
+
+
+def _read_gray(path: Path) -> np.ndarray | None:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None and path.suffix.lower() == ".gif":  # OpenCV builds without GIF support
+        try:
+            from PIL import Image
+
+            img = np.asarray(Image.open(path).convert("L"))
+        except OSError:
+            return None
+    return img
+
+
+def read_lung_mask(paths: tuple[Path, ...]) -> np.ndarray:
+    """The union of the mask files as a boolean array (a pixel is lung where any file is non-zero).
+
+    Raises:
+        InputError: a file cannot be read, or the files differ in size.
+    """
+    out = None
+    for p in paths:
+        m = _read_gray(p)
+        if m is None:
+            raise InputError(f"mask {p}: cannot be read")
+        m = m > 0
+        if out is not None and m.shape != out.shape:
+            raise InputError(f"mask {p}: {m.shape[1]} x {m.shape[0]} differs from the other lung's "
+                             f"{out.shape[1]} x {out.shape[0]}")
+        out = m if out is None else out | m
+    if out is None:
+        raise InputError("no mask file")
+    return out
+
+
+def lung_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The bounding box ``(x0, y0, x1, y1)`` (exclusive ends, pixels) of a mask's non-zero pixels, None if empty."""
+    ys, xs = np.nonzero(np.asarray(mask))
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _find(folder: Path, stem: str, suffixes: tuple[str, ...] = ("", "_mask")) -> Path | None:
+    for suffix in suffixes:
+        for ext in MASK_SUFFIXES:
+            for e in (ext, ext.upper()):
+                p = folder / f"{stem}{suffix}{e}"
+                if p.is_file():
+                    return p
+    return None
+
+
+def _mask_files(layout: str, root: Path, masks: Path | None, stem: str) -> tuple[Path, ...] | None:
+    if layout == "montgomery":
+        left, right = _find(root / "ManualMask" / "leftMask", stem), _find(root / "ManualMask" / "rightMask", stem)
+        return (left, right) if left and right else None
+    if layout == "shenzhen":
+        m = _find(root / "mask", stem)
+        return (m,) if m else None
+    assert masks is not None
+    for left_dir, right_dir in (("left lung", "right lung"), ("left", "right")):
+        if (masks / left_dir).is_dir():
+            left, right = _find(masks / left_dir, stem), _find(masks / right_dir, stem)
+            return (left, right) if left and right else None
+    m = _find(masks, stem)
+    return (m,) if m else None
+
+
+def read_lung_pairs(layout: str, images: str | os.PathLike, masks: str | os.PathLike | None = None,
+                    strict: bool = False) -> tuple[list[LungPair], ProblemLog]:
+    """Pair each image of a layout (module docstring) with its mask(s), checking them.
+
+    Args:
+        layout: ``montgomery``, ``shenzhen`` (``images`` is the set's root) or ``folders`` (``images`` and ``masks``).
+
+    Raises:
+        InputError / MissingFileError: an unknown layout or a missing folder; DataError: a bad pair under strict.
+    """
+    if layout not in LAYOUTS:
+        raise InputError(f"lung-mask layout {layout!r}: expected one of {LAYOUTS}")
+    root = Path(images)
+    img_dir = root / "CXR_png" if layout in ("montgomery", "shenzhen") else root
+    mask_dir = Path(masks) if masks is not None else None
+    if layout == "folders" and (mask_dir is None or not mask_dir.is_dir()):
+        raise MissingFileError(f"masks folder {mask_dir} does not exist")
+    if not img_dir.is_dir():
+        raise MissingFileError(f"image folder {img_dir} does not exist (layout {layout})")
+    log = ProblemLog(strict)
+    pairs = []
+    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")):
+        stem = img.stem
+        files = _mask_files(layout, root, mask_dir, stem)
+        if files is None:
+            log.add("missing_mask", str(img), f"image {stem} has no lung mask ({layout} layout)", stem)
+            continue
+        im = _read_gray(img)
+        if im is None:
+            log.add("bad_image", str(img), f"image {stem} cannot be read", stem)
+            continue
+        try:
+            mask = read_lung_mask(files)
+        except InputError as e:
+            log.add("bad_mask", str(files[0]), str(e), stem)
+            continue
+        if mask.shape != im.shape[:2]:
+            log.add("mask_size", str(files[0]), f"mask of {stem} is {mask.shape[1]} x {mask.shape[0]} but the image "
+                    f"is {im.shape[1]} x {im.shape[0]}", stem)
+            continue
+        if not mask.any():
+            log.add("empty_mask", str(files[0]), f"mask of {stem} marks no lung pixel", stem)
+            continue
+        pairs.append(LungPair(stem, img, files, int(im.shape[1]), int(im.shape[0])))
+    return pairs, log
