@@ -82,5 +82,7 @@ setup(
     install_requires=install_requires,
     extras_require=extras_require,
     include_package_data=True,
+    # the real VinBigData annotation aggregates the synthetic generator draws from (tools/real_stats.py)
+    package_data={"detx.synthetic": ["*.json"]},
     license="Apache-2.0",
 )

@@ -51,12 +51,14 @@ def load_script(relpath: str):
 @pytest.fixture(scope="session")
 def synthetic_cxr_dir(tmp_path_factory):
     """Kaggle VinBigData layout: train.csv, train/*.dicom (24), test/*.dicom (4), sample_submission.csv,
-    test_ground_truth.csv; images 96-192 px, the default 6 classes, seed 0."""
+    test_ground_truth.csv; images 96-192 px, the vinbigdata profile (docs/synthetic.md): all 14 classes with the real mix, the
+    R8+R9+R10 panel, unanimous calls; half the images abnormal (not the real 0.707 normal, which would leave 7 of 24
+    abnormal images for the tests downstream), seed 0."""
     from detx.synthetic.generator import generate_dataset
 
     out = tmp_path_factory.mktemp("synthetic_cxr")
     generate_dataset(out, dataset="vindr-cxr", n_train=24, n_test=4, seed=0, min_size=96, max_size=192,
-                     progress=False)
+                     normal_fraction=0.5, profile="vinbigdata", progress=False)
     return out
 
 

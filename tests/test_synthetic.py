@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from detx.core.classes import SPINEXR_CLASSES, VINDR_CXR_CLASSES
 from detx.synthetic.draw import CHEST_LESIONS, draw_chest, draw_spine
-from detx.synthetic.generator import DEFAULT_CXR_CLASSES, generate_dataset, write_dicom
+from detx.synthetic.generator import generate_dataset, write_dicom
 
 CXR_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 SPINE_COLUMNS = ["image_id", "study_id", "series_id", "rad_id", "lesion_type", "xmin", "ymin", "xmax", "ymax"]
@@ -133,12 +133,14 @@ def test_cxr_layout_and_boxes(synthetic_cxr_dir):
     boxes = train[~nf]
     assert boxes[["x_min", "y_min", "x_max", "y_max"]].notna().all().all()
     assert all(VINDR_CXR_CLASSES[i] == n for i, n in zip(boxes["class_id"], boxes["class_name"]))
-    assert set(boxes["class_name"]) <= set(DEFAULT_CXR_CLASSES)
     assert len(set(boxes["class_name"])) >= 4
 
-    # half of the images have findings: a normal image has only "No finding" rows
+    # half of the images have findings (the fixture's normal_fraction); the call is unanimous, as on VinBigData:
+    # every reader of an abnormal image draws a box, none on a normal one
     abnormal = train.groupby("image_id")["class_name"].agg(lambda s: (s != "No finding").any())
     assert abnormal.sum() == 12
+    callers = boxes.groupby("image_id")["rad_id"].nunique()
+    assert (callers == 3).all() and len(callers) == 12
     # a reader with no box on an image says "No finding" on it, never both
     per_reader = train.groupby(["image_id", "rad_id"])["class_name"].agg(list)
     assert all(v == ["No finding"] or "No finding" not in v for v in per_reader)
@@ -160,19 +162,25 @@ def test_cxr_layout_and_boxes(synthetic_cxr_dir):
 
 
 def test_cxr_readers_agree_like_real_readers(synthetic_cxr_dir):
-    """Readers' boxes of the same finding overlap well but are not identical (jitter of a few %)."""
+    """Readers' boxes of the same finding overlap, but as loosely as the real readers' (a box's best IoU with
+    another reader's box of its class: real median 0.68; tests/test_synthetic_real.py measures it on 4,000
+    images), and are not identical."""
     train = pd.read_csv(Path(synthetic_cxr_dir) / "train.csv")
     boxes = train[train["class_name"] != "No finding"]
-    ious, identical = [], 0
+    best, identical, pairs = [], 0, 0
     for _, g in boxes.groupby(["image_id", "class_name"]):
         b = g[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
+        rad = g["rad_id"].to_numpy()
         for i in range(len(b)):
+            others = [_iou(b[i], b[j]) for j in range(len(b)) if rad[j] != rad[i]]
+            if others:
+                best.append(max(others))
             for j in range(i + 1, len(b)):
-                ious.append(_iou(b[i], b[j]))
+                pairs += 1
                 identical += bool((b[i] == b[j]).all())
-    assert len(ious) >= 10
-    assert min(ious) > 0.5 and np.median(ious) > 0.7
-    assert identical < len(ious) / 2
+    assert len(best) >= 10
+    assert 0.45 < np.median(best) < 0.9
+    assert identical < pairs / 2
 
 
 def test_cxr_dicom_variety_and_window_matters(synthetic_cxr_dir):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 Box = tuple[float, float, float, float]
 
@@ -29,10 +30,11 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (edges replicated, kernel radius 3 sigma). scipy's, not OpenCV's: cv2.GaussianBlur of a
+    float32 image gives other values under OpenCV 4.12 and 5.1 (docs/synthetic.md, "Same pixels everywhere")."""
     if sigma < 0.3:
         return img.astype(np.float32, copy=False)
-    return cv2.GaussianBlur(img.astype(np.float32, copy=False), (0, 0), sigmaX=float(sigma),
-                            borderType=cv2.BORDER_REPLICATE)
+    return gaussian_filter(img.astype(np.float32, copy=False), float(sigma), mode="nearest", truncate=3.0)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -98,6 +100,21 @@ def _blob(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float, rng: n
     return out
 
 
+def _letter_mask(h: int, w: int, letter: str, x: int, baseline: int, scale: float) -> np.ndarray:
+    """A burned-in side marker, "R" or "L", as anti-aliased strokes (cv2.polylines, whose output is the same
+    under OpenCV 4.12 and 5.1, unlike cv2.putText's), about 22 px tall at ``scale`` 1; values 0..1."""
+    s = 22.0 * scale
+    if letter == "L":
+        strokes = [np.array([[0.0, 0.0], [0.0, 1.0], [0.6, 1.0]])]
+    else:
+        t = np.linspace(-np.pi / 2, np.pi / 2, 9)
+        bowl = np.stack([0.35 + 0.27 * np.cos(t), 0.27 + 0.27 * np.sin(t)], axis=1)
+        strokes = [np.array([[0.0, 1.0], [0.0, 0.0], [0.35, 0.0]]), bowl,
+                   np.array([[0.35, 0.54], [0.0, 0.54]]), np.array([[0.3, 0.54], [0.65, 1.0]])]
+    polys = [np.stack([x + p[:, 0] * s, baseline - s + p[:, 1] * s], axis=1) for p in strokes]
+    return _poly_mask(h, w, polys, closed=False, thickness=max(1, int(round(2 * scale))))
+
+
 def finish_image(rng: np.random.Generator, img: np.ndarray, noise: float = 0.012) -> np.ndarray:
     """Exposure and contrast of the film (gamma), smooth variation (heel effect, uneven tissue), a burned-in
     side marker in a corner of some images, quantum noise and a little unsharpness."""
@@ -110,10 +127,8 @@ def finish_image(rng: np.random.Generator, img: np.ndarray, noise: float = 0.012
         scale = max(h, w) / 400.0
         letter = str(rng.choice(["R", "L"]))
         x = int(w * (0.03 if rng.random() < 0.5 else 0.9))
-        marker = np.zeros((h, w), np.uint8)
-        cv2.putText(marker, letter, (x, int(h * 0.03 + 24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, 255,
-                    max(1, int(round(2 * scale))), cv2.LINE_AA)
-        out = np.maximum(out, marker.astype(np.float32) / 255.0 * 1.05)
+        marker = _letter_mask(h, w, letter, x, int(h * 0.03 + 24 * scale), scale)
+        out = np.maximum(out, marker * 1.05)
     grain = _blur(rng.standard_normal((h, w)).astype(np.float32), 0.6) * (noise * 1.6)
     out = out + grain * np.sqrt(np.clip(out, 0.02, None))
     return np.clip(out, 0.0, 1.2).astype(np.float32)
@@ -567,12 +582,17 @@ CHEST_LESIONS: dict[str, Callable[[_Chest], Box | None]] = {
 }
 
 
-def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str]) -> tuple[np.ndarray, list[Finding]]:
+def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str],
+               boxes_only: bool = False) -> tuple[np.ndarray | None, list[Finding]]:
     """Draw a PA chest radiograph of ``h`` x ``w`` pixels with the given findings (class names).
 
+    ``boxes_only`` stops once the lesions are placed (before the lung markings, ribs and noise, which use ``rng``
+    only after every box is fixed) and returns ``None`` for the image: the same boxes, a fraction of the time.
+
     Returns:
-        The brightness map (float32, about 0..1.2) and one :class:`Finding` per drawn lesion (a finding whose
-        place does not exist in this image, e.g. a lung too small for the nodule, is skipped).
+        The brightness map (float32, about 0..1.2; None with ``boxes_only``) and one :class:`Finding` per drawn
+        lesion (a finding whose place does not exist in this image, e.g. a lung too small for the nodule, is
+        skipped).
     """
     c = _new_chest(rng, h, w)
     _layout_lungs(c)
@@ -601,6 +621,8 @@ def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str]) ->
         box = CHEST_LESIONS[name](c)
         if box is not None and box[2] - box[0] >= 2 and box[3] - box[1] >= 2:
             out.append(Finding(name, box))
+    if boxes_only:
+        return None, out
 
     img = 0.03 + body * (0.40 + 0.22 * thick)
     air = lung_soft * (1.0 - c.fill)

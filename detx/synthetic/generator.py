@@ -58,6 +58,8 @@ DEFAULT_CXR_CLASSES: tuple[str, ...] = (
 DEFAULT_SPINEXR_CLASSES: tuple[str, ...] = SPINEXR_CLASSES
 
 MIN_SIZE_LIMIT = 32
+#: the real Kaggle VinBigData train.csv's share of images no reader drew a box on (detx/synthetic/vinbigdata_stats.json)
+REAL_NORMAL_FRACTION = 0.707
 
 
 # --------------------------------------------------------------------------------------------- DICOM
@@ -299,6 +301,116 @@ def _reader_boxes(rng: np.random.Generator, boxes: list[tuple[str, tuple[float, 
     return out
 
 
+PROFILES = ("vinbigdata", "classic")
+#: the trio draws the lesion's box; the other readers draw it scaled about its centre by the real ratio of their
+#: class median size to the trio's (bigger for most classes), clipped to this range
+OTHERS_SCALE_CLIP = (0.6, 2.8)
+#: per-edge jitter of a reader's box, as a fraction of the box's width/height (normal, sd): sized so that a box's
+#: best IoU with another reader's box of its class has a median near the real 0.68 (tests/test_synthetic_real.py)
+READER_JITTER = 0.09
+#: chance that a reader also draws the mirror image of each of its lung-field boxes (a bilateral call no other
+#: reader makes: the real readers' "additions", boxes whose best IoU with the others' is near 0)
+ADD_MIRROR = 0.3
+#: per-class chance that a reader keeps a true finding is 1 - sqrt(lonely fraction), clipped to this range
+KEEP_CLIP = (0.35, 0.97)
+MIRRORED = frozenset(VINDR_CXR_CLASSES) - {"Aortic enlargement", "Cardiomegaly"}
+
+
+class VinBigDataWorld:
+    """The real annotation statistics (:mod:`detx.synthetic.real_stats`) turned into drawing probabilities:
+    which panel reads an image, how many and which findings it has, and how each reader draws them."""
+
+    def __init__(self, classes: tuple[str, ...], stats: dict[str, Any] | None = None) -> None:
+        from detx.synthetic.real_stats import load_real_stats
+
+        s = load_real_stats() if stats is None else stats
+        self.classes = classes
+        pan = s["panels"]
+        t, a_t, a_o = pan["trio"]["image_share"], pan["trio"]["abnormal_share"], pan["others"]["abnormal_share"]
+        # P(trio | abnormal) and P(trio | normal): the panels keep their real abnormal/normal make-up whatever the
+        # normal fraction
+        self.p_trio = {True: t * a_t / (t * a_t + (1 - t) * a_o),
+                       False: t * (1 - a_t) / (t * (1 - a_t) + (1 - t) * (1 - a_o))}
+        self.trio = tuple(pan["trio"]["readers"])
+        self.others = {}
+        for ab, key in ((True, "reader_share_abnormal"), (False, "reader_share_normal")):
+            shares = {r: v for r, v in pan["others"][key].items() if r not in self.trio or not ab}
+            names = sorted(shares, key=lambda r: (len(r), r))
+            p = np.array([shares[r] for r in names], float)
+            self.others[ab] = (names, p / p.sum())
+        ks = {int(k): v for k, v in s["classes_per_abnormal_image"].items() if int(k) <= len(classes)}
+        self.k_values = np.array(sorted(ks))
+        self.k_p = np.array([ks[k] for k in self.k_values]) / sum(ks.values())
+        self.class_p = {}
+        for group in ("trio", "others"):
+            mix = s["styles"][group]["class_mix"]
+            w = np.array([mix.get(c, 0.0) for c in classes], float)
+            w = w if w.sum() > 0 else np.ones(len(classes))
+            self.class_p[group] = w / w.sum()
+        lonely = s["disagreement"]["lonely_fraction_by_class"]
+        self.keep = {c: float(np.clip(1 - np.sqrt(lonely.get(c, 0.2)), *KEEP_CLIP)) for c in VINDR_CXR_CLASSES}
+        self.scale = {c: float(np.clip(1.0 / s["styles"]["trio_scale_by_class"].get(c, 1.0), *OTHERS_SCALE_CLIP))
+                      for c in VINDR_CXR_CLASSES}
+
+    def panel(self, rng: np.random.Generator, abnormal: bool) -> tuple[str, list[str]]:
+        """("trio" or "others", the image's three readers)."""
+        if rng.random() < self.p_trio[abnormal]:
+            return "trio", list(self.trio)
+        names, p = self.others[abnormal]
+        return "others", sorted((names[k] for k in rng.choice(len(names), 3, replace=False, p=p)),
+                                key=lambda r: (len(r), r))
+
+    def findings(self, rng: np.random.Generator, group: str) -> list[str]:
+        """The true findings of an abnormal image: how many from the real classes-per-image distribution, which
+        from the reading panel's class mix (without replacement)."""
+        k = int(rng.choice(self.k_values, p=self.k_p))
+        idx = rng.choice(len(self.classes), size=k, replace=False, p=self.class_p[group])
+        return [self.classes[i] for i in sorted(idx)]
+
+    def readers(self, rng: np.random.Generator, group: str, boxes: list[tuple[str, tuple[float, ...]]],
+                h: int, w: int) -> list[list[tuple]]:
+        """Three readers' boxes of the true ``boxes``: each keeps a finding with its class's probability (at least
+        one reader keeps every finding, and every reader of an abnormal image draws something: VinBigData's
+        unanimous normal/abnormal call), scales it by its panel's style (the trio draws the lesion's box, the others
+        bigger ones), jitters its edges and sometimes adds the
+        mirror image of a lung-field box."""
+        n = len(boxes)
+        if n == 0:
+            return [[], [], []]
+        keep = np.array([[rng.random() < self.keep[name] for name, _ in boxes] for _ in range(3)])
+        for j in range(n):
+            if not keep[:, j].any():
+                keep[int(rng.integers(3)), j] = True
+        for r in range(3):
+            if not keep[r].any():
+                keep[r, int(rng.integers(n))] = True
+        out = []
+        for r in range(3):
+            rows = []
+            for j, (name, (x0, y0, x1, y1)) in enumerate(boxes):
+                if not keep[r, j]:
+                    continue
+                f = 1.0 if group == "trio" else self.scale[name]
+                cx, cy, bw, bh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * f, (y1 - y0) * f
+                rows.append(self._jitter(rng, name, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, h, w))
+            for name, x0, y0, x1, y1 in [b for b in rows if b[0] in MIRRORED]:
+                if rng.random() < ADD_MIRROR:
+                    rows.append(self._jitter(rng, name, w - x1, y0, w - x0, y1, h, w))
+            out.append(rows)
+        return out
+
+    @staticmethod
+    def _jitter(rng: np.random.Generator, name: str, x0: float, y0: float, x1: float, y1: float,
+                h: int, w: int) -> tuple:
+        bw, bh = x1 - x0, y1 - y0
+        d = rng.normal(0.0, READER_JITTER, 4) * np.array([bw, bh, bw, bh])
+        nx0 = float(np.clip(np.rint(x0 + d[0]), 0, w - 1))
+        ny0 = float(np.clip(np.rint(y0 + d[1]), 0, h - 1))
+        nx1 = float(np.clip(np.rint(x1 + d[2]), nx0 + 1, w))
+        ny1 = float(np.clip(np.rint(y1 + d[3]), ny0 + 1, h))
+        return (name, nx0, ny0, nx1, ny1)
+
+
 def _pick_findings(rng: np.random.Generator, classes: tuple[str, ...], counts: dict[str, int]) -> list[str]:
     """1-3 distinct findings, favouring the classes drawn least so far (keeps the classes balanced)."""
     k = min(len(classes), int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2])))
@@ -319,6 +431,19 @@ def _make_image(dataset: str, rng: np.random.Generator, min_size: int, max_size:
     return pixels, kwargs, [(f.class_name, f.box) for f in drawn]
 
 
+def _draw_chest_streams(key: list[int], min_size: int, max_size: int, findings: list[str],
+                        boxes_only: bool) -> tuple[np.ndarray | None, int, int, list[tuple[str, tuple]]]:
+    """The vinbigdata profile's chest: every attempt draws from a stream of its own (``key + [attempt]``), so the
+    boxes are the same whether the pixels are drawn or not (``boxes_only``, :func:`draw_chest`)."""
+    for attempt in range(10):  # a finding whose place is missing in this geometry is skipped: redraw if none is left
+        arng = np.random.default_rng([*key, attempt])
+        h, w = _image_size(arng, min_size, max_size, p_landscape=0.25)
+        img, drawn = draw_chest(arng, h, w, findings, boxes_only=boxes_only)
+        if drawn or not findings:
+            break
+    return img, h, w, [(f.class_name, f.box) for f in drawn]
+
+
 def generate_dataset(
     out: str | os.PathLike,
     dataset: str = "vindr-cxr",
@@ -328,9 +453,11 @@ def generate_dataset(
     min_size: int = 384,
     max_size: int = 640,
     classes: str | Sequence[str] | None = None,
-    normal_fraction: float = 0.5,
+    normal_fraction: float | None = None,
     rle_fraction: float = 0.1,
     progress: bool = True,
+    profile: str = "classic",
+    annotations_only: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the real layout of ``dataset`` under ``out``.
 
@@ -343,18 +470,34 @@ def generate_dataset(
         min_size: smallest longer side of an image in pixels (the shorter is 72-95% of the longer, at least
             ``min_size``).
         max_size: largest longer side of an image in pixels.
-        classes: None for the default learnable subset (:data:`DEFAULT_CXR_CLASSES`; all 7 for spinexr),
-            "all", or a list of class names of the dataset.
-        normal_fraction: fraction of images without findings (rounded per split).
+        classes: None for the profile's default (vinbigdata: all 14 chest findings; classic: the learnable subset
+            :data:`DEFAULT_CXR_CLASSES`; all 7 for spinexr), "all", or a list of class names of the dataset.
+        normal_fraction: fraction of images without findings (rounded per split); None: the real 0.707 with the
+            vinbigdata profile, 0.5 otherwise.
         rle_fraction: fraction of DICOM files written RLE Lossless compressed.
         progress: show a tqdm bar.
+        profile: "classic" (the default: 1-3 findings of the chosen classes, balanced, three random readers
+            jittering the same boxes) or "vinbigdata" (chest only: findings, reader panels and reader styles drawn
+            from the real VinBigData aggregates, :class:`VinBigDataWorld`, docs/synthetic.md). Ignored for spinexr.
+        annotations_only: vinbigdata profile only: write the CSVs without drawing the pixels or writing DICOMs
+            (the same CSVs as the full run), and ``image_sizes.csv`` (image_id, width, height) beside them.
 
     Returns:
         A summary: dataset, out, seed, classes, image and abnormal counts per split, boxes (true lesions)
-        per class, and the paths of the CSV files.
+        per class, the paths of the CSV files and ``image_sizes`` (image_id -> (width, height)).
     """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {list(PROFILES)}")
+    world_on = profile == "vinbigdata" and dataset == "vindr-cxr"
+    if annotations_only and not world_on:
+        raise ValueError("annotations_only needs the vinbigdata profile of the vindr-cxr dataset")
+    if normal_fraction is None:
+        normal_fraction = REAL_NORMAL_FRACTION if world_on else 0.5
     _check_args(dataset, n_train, n_test, min_size, max_size, normal_fraction)
+    if world_on and classes is None:
+        classes = "all"
     chosen = _resolve_classes(dataset, classes)
+    world = VinBigDataWorld(chosen) if world_on else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vocab = VINDR_CXR_CLASSES if dataset == "vindr-cxr" else SPINEXR_CLASSES
@@ -362,7 +505,9 @@ def generate_dataset(
     splits = {"train": int(n_train), "test": int(n_test)}
     counts = dict.fromkeys(chosen, 0)
     summary: dict[str, Any] = {"dataset": dataset, "out": str(out), "seed": seed, "classes": list(chosen),
-                               "images": {}, "abnormal": {}, "boxes_per_class": counts, "files": {}}
+                               "profile": profile if dataset == "vindr-cxr" else "classic",
+                               "images": {}, "abnormal": {}, "boxes_per_class": counts, "files": {},
+                               "image_sizes": {}}
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     from detx.core.progress import progress_bar
     for split_idx, (split, n) in enumerate(splits.items()):
@@ -376,12 +521,19 @@ def generate_dataset(
         if progress:
             it = progress_bar(it, desc=f"synthetic {dataset} {split}", unit="img")
         for i in it:
+            if world is not None:
+                n_abnormal_drawn = _world_image(world, [seed, split_idx, i, 0], bool(abnormal[i]), image_ids[i],
+                                                folder, min_size, max_size, rle_fraction, annotations_only, vocab,
+                                                rows[split], counts, summary["image_sizes"])
+                abnormal[i] = n_abnormal_drawn
+                continue
             rng = np.random.default_rng([seed, split_idx, i, 0 if dataset == "vindr-cxr" else 1])
             findings = _pick_findings(rng, chosen, counts) if abnormal[i] else []
             pixels, kwargs, boxes = _make_image(dataset, rng, min_size, max_size, findings)
             for name, _ in boxes:
                 counts[name] += 1
             h, w = pixels.shape
+            summary["image_sizes"][image_ids[i]] = (w, h)
             # demographics and detector pixel size as VinDr's anonymized files carry them (the field of view
             # of a real film is about 35-43 cm)
             spacing = round(float(rng.uniform(350.0, 430.0)) / max(h, w), 4)
@@ -396,15 +548,44 @@ def generate_dataset(
                 rows[split] += _cxr_rows(rng, image_ids[i], boxes, h, w, vocab)
             else:
                 rows[split] += _spine_rows(rng, image_ids[i], study_ids[i], series_ids[i], boxes, h, w)
-        stale = {f.stem for f in folder.glob("*.dicom")} - set(image_ids)
+        stale = {f.stem for f in folder.glob("*.dicom")} - set(image_ids) if not annotations_only else set()
         if stale:
             logger.warning("%s holds %d .dicom files that this run did not write (an earlier run?); they are not in "
                            "its CSV", folder, len(stale))
         summary["images"][split] = n
         summary["abnormal"][split] = int(abnormal.sum())
     summary["files"] = _write_tables(out, dataset, rows)
+    if annotations_only:  # no DICOM headers to read the sizes from: --compare-real reads this file instead
+        sizes = pd.DataFrame([(i, w, h) for i, (w, h) in summary["image_sizes"].items()],
+                             columns=["image_id", "width", "height"])
+        atomic_write_text(out / IMAGE_SIZES_CSV, sizes.to_csv(index=False, lineterminator="\n"))
+        summary["files"]["image_sizes_csv"] = str(out / IMAGE_SIZES_CSV)
     logger.info("wrote synthetic %s dataset to %s: %s", dataset, out, summary["images"])
     return summary
+
+
+def _world_image(world: VinBigDataWorld, key: list[int], abnormal: bool, image_id: str, folder: Path,
+                 min_size: int, max_size: int, rle_fraction: float, annotations_only: bool, vocab: tuple[str, ...],
+                 rows: list[dict[str, Any]], counts: dict[str, int], sizes: dict[str, tuple[int, int]]) -> bool:
+    """One image of the vinbigdata profile: its panel, true findings and readers (stream ``key + [1]``), its
+    drawing (``key + [2, attempt]``), then its pixels and DICOM tags (``key``). Returns whether it is abnormal."""
+    prng = np.random.default_rng([*key, 1])
+    group, rads = world.panel(prng, abnormal)
+    findings = world.findings(prng, group) if abnormal else []
+    img, h, w, boxes = _draw_chest_streams([*key, 2], min_size, max_size, findings, boxes_only=annotations_only)
+    for name, _ in boxes:
+        counts[name] += 1
+    sizes[image_id] = (w, h)
+    rows += _reader_rows(image_id, rads, world.readers(prng, group, boxes, h, w), vocab)
+    if not annotations_only:
+        rng = np.random.default_rng(key)
+        pixels, kwargs = encode_pixels(rng, img)
+        spacing = round(float(rng.uniform(350.0, 430.0)) / max(h, w), 4)
+        extra = {"PatientSex": str(rng.choice(["M", "F"])), "PatientAge": f"{int(rng.integers(18, 90)):03d}Y",
+                 "ImagerPixelSpacing": [spacing, spacing], "BodyPartExamined": "CHEST"}
+        write_dicom(folder / f"{image_id}.dicom", pixels, image_id=image_id,
+                    compress="rle" if rng.random() < rle_fraction else None, **kwargs, **extra)
+    return bool(boxes)
 
 
 def _spine_studies(rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
@@ -419,11 +600,19 @@ def _spine_studies(rng: np.random.Generator, n: int) -> tuple[list[str], list[st
 CXR_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 SPINEXR_COLUMNS = ["image_id", "study_id", "series_id", "rad_id", "lesion_type", "xmin", "ymin", "xmax", "ymax"]
 CXR_READERS = tuple(f"R{k}" for k in range(1, 18))
+#: written beside the CSVs by an annotations-only run: image_id, width, height
+IMAGE_SIZES_CSV = "image_sizes.csv"
 
 
 def _cxr_rows(rng, image_id, boxes, h, w, vocab) -> list[dict[str, Any]]:
     readers = [CXR_READERS[k] for k in rng.choice(len(CXR_READERS), 3, replace=False)]
     per_reader = _reader_boxes(rng, boxes, h, w, n_readers=3, jitter=0.035, miss_small=0.2)
+    return _reader_rows(image_id, readers, per_reader, vocab)
+
+
+def _reader_rows(image_id: str, readers: Sequence[str], per_reader: Sequence[Sequence[tuple]],
+                 vocab: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Kaggle train.csv rows: each reader's boxes, or one "No finding" row for a reader without a box."""
     rows = []
     nan = float("nan")
     for rad, rboxes in zip(readers, per_reader):
@@ -470,20 +659,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m detx.synthetic",
         description="Write a synthetic X-ray dataset (DICOM + reader CSVs) in the VinBigData or VinDr-SpineXR layout.")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default=None, help="output folder (required unless --compare-real)")
     parser.add_argument("--dataset", default="vindr-cxr",
                         help="vindr-cxr (Kaggle layout), spinexr, or mura (MURA v1.1 PNGs; --n-test is the valid split)")
-    parser.add_argument("--n-train", type=int, required=True, help="number of train images")
-    parser.add_argument("--n-test", type=int, required=True, help="number of test images")
+    parser.add_argument("--n-train", type=int, default=None, help="number of train images (required)")
+    parser.add_argument("--n-test", type=int, default=None, help="number of test images (required)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-size", type=int, default=384, help="smallest longer side in px (>= 32)")
     parser.add_argument("--max-size", type=int, default=640, help="largest longer side in px")
     parser.add_argument("--classes", nargs="+", default=None,
-                        help="class names to draw (quote names with spaces), or 'all'; default: a learnable subset")
-    parser.add_argument("--normal-fraction", type=float, default=0.5, help="fraction of images without findings")
+                        help="class names to draw (quote names with spaces), or 'all'; default: a learnable subset of 6 (classic), "
+                             "all 14 (vinbigdata)")
+    parser.add_argument("--normal-fraction", type=float, default=None,
+                        help="fraction of images without findings (default: the real 0.707 with --profile "
+                             "vinbigdata, 0.5 with classic)")
+    parser.add_argument("--profile", default="classic", choices=PROFILES,
+                        help="vindr-cxr: classic (the default: 6 classes, random readers jittering the same boxes) or "
+                             "vinbigdata (findings, reader panels and styles drawn from the real VinBigData "
+                             "aggregates; all 14 classes by default)")
+    parser.add_argument("--annotations-only", action="store_true",
+                        help="vinbigdata profile: write the CSVs only (the same CSVs, no pixels or DICOMs)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--compare-real", metavar="CSV", default=None,
+                        help="instead of generating: print each annotation statistic of this Kaggle-format reader CSV "
+                             "beside the real VinBigData one (detx/synthetic/vinbigdata_stats.json) and a distance")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.compare_real is not None:
+        from detx.core.errors import DetxError
+        from detx.synthetic.real_stats import compare_csv, format_comparison
+
+        try:
+            rows, note = compare_csv(args.compare_real)
+        except DetxError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(format_comparison(rows, Path(args.compare_real).name))
+        print(f"\n({note}; JS = Jensen-Shannon divergence in bits, ratio = CSV / real, diff = CSV - real)")
+        return 0
+    missing = [f"--{k.replace('_', '-')}" for k in ("out", "n_train", "n_test") if getattr(args, k) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.dataset == "mura":
         from detx.synthetic.mura import generate_mura
 
@@ -502,7 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = generate_dataset(args.out, dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
                                    seed=args.seed, min_size=args.min_size, max_size=args.max_size,
                                    classes=args.classes, normal_fraction=args.normal_fraction,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, profile=args.profile,
+                                   annotations_only=args.annotations_only)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

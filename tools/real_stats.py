@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Write the real VinBigData annotation aggregates (detx/synthetic/vinbigdata_stats.json) the generator draws from.
+
+Reads the real Kaggle VinBigData train.csv shipped in the torchxrayvision wheel (a [dev] extra) and writes facts
+about its annotations, not the annotations (detx.synthetic.real_stats, docs/synthetic.md):
+
+    python tools/real_stats.py [--csv PATH] [--out detx/synthetic/vinbigdata_stats.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from detx.core.errors import DetxError
+from detx.core.io import atomic_write_text
+from detx.synthetic.real_stats import REAL_STATS_PATH, annotation_stats, read_kaggle_csv
+
+
+def setup(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", default=None, help="Kaggle train.csv (default: torchxrayvision's vinbigdata-train.csv.gz)")
+    parser.add_argument("--out", default=str(REAL_STATS_PATH), help="output JSON")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.csv is None:
+        # located, not imported: torchxrayvision is a [dev] extra, and importing it would load torch models' code
+        spec = importlib.util.find_spec("torchxrayvision")
+        if spec is None or spec.origin is None:
+            print("error: torchxrayvision (a [dev] extra) is not installed; pass --csv", file=sys.stderr)
+            return 2
+        csv = Path(spec.origin).parent / "data" / "vinbigdata-train.csv.gz"
+        source = f"torchxrayvision {importlib.metadata.version('torchxrayvision')} data/{csv.name}"
+    else:
+        csv, source = Path(args.csv), Path(args.csv).name
+    try:
+        stats = annotation_stats(read_kaggle_csv(csv), source=source)
+    except DetxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    atomic_write_text(args.out, json.dumps(stats, indent=1) + "\n")
+    print(f"wrote {args.out}: {stats['images']} images, {stats['finding_boxes']} boxes, normal fraction "
+          f"{stats['normal_fraction']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(setup()))
