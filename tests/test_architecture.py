@@ -133,7 +133,8 @@ def _requirement_names(setup_py: Path) -> tuple[set[str], set[str]]:
 
 def _third_party_imports(paths: list[Path]) -> dict[str, set[str]]:
     """top-level module -> files importing it (function-level imports included), outside the stdlib and detx."""
-    local = {"detx", "tools", "conftest", "datasets", "benchmarks"} | {p.stem for p in (REPO / "benchmarks").glob("*.py")}
+    local = ({"detx", "tools", "conftest", "datasets", "benchmarks"} | {p.stem for p in (REPO / "benchmarks").glob("*.py")}
+             | {p.stem for p in (REPO / "tests").glob("*.py")})  # the tests' own helper modules (docs_commands, ...)
     out: dict[str, set[str]] = {}
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

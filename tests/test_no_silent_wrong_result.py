@@ -410,5 +410,5 @@ def test_readme_states_the_real_default_of_workers():
     from detx.workflows.prepare import default_workers
 
     assert default_workers() == max(1, min(8, os.cpu_count() or 1))
-    assert "| `--workers` | the CPU count, at most 8 |" in (ROOT / "README.md").read_text()
+    assert "| `--workers` | the CPU count, at most 8 |" in (ROOT / "docs" / "data-preparation.md").read_text()
 
