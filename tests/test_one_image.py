@@ -82,7 +82,7 @@ def test_api_equals_predict_tool(models, images, tmp_path, capsys):
         np.testing.assert_allclose(got, boxes[order], rtol=1e-5, atol=1e-6)  # the CSV keeps 6 digits
         assert row[row[:, 0] == 14][0, 1] == pytest.approx(answer.p_no_finding, abs=1e-6)
         assert answer.p_no_finding == pytest.approx(1 - answer.p_abnormal)
-        with open(tmp_path / "classification.csv") as f:
+        with open(tmp_path / f"{image_id}.classification.csv") as f:  # <out stem>.classification.csv
             cls_row = next(r for r in csv.DictReader(f) if r["image_id"] == image_id)
         assert float(cls_row["p_abnormal"]) == pytest.approx(answer.p_abnormal, rel=1e-5)
         assert [float(cls_row[f"p_{c}"]) for c in answer.class_probs] == pytest.approx(
