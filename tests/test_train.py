@@ -133,7 +133,7 @@ def test_zero_box_image_has_zero_box_regression_loss(prepared_cxr_dir):
 def test_mask_rcnn_tiny_trains(prepared_cxr_dir, tmp_path):
     mask_cfg = str(Path(TINY_CONFIG).with_name("vindr_cxr_mask_tiny.yaml"))
     opts = ["DETX.DATA_ROOT", str(prepared_cxr_dir), "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
-            "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0", "DETX.VAL_PERIOD", "0",
+            "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "3", "DETX.VAL_PERIOD", "0",
             "DETX.CURVES", "False", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128"]
     # without box masks the box-only data cannot train a mask head: refused before training
     with pytest.raises(TrainingSetupError, match="DETX.BOX_MASKS"):
@@ -146,7 +146,7 @@ def test_mask_rcnn_tiny_trains(prepared_cxr_dir, tmp_path):
     # A batch whose images are all normal has no foreground ROI, and detectron2's mask loss is then exactly 0.
     assert len(hist) == 3 and all(0 <= v < 10 for v, _ in hist) and any(v > 0 for v, _ in hist)
     assert (tmp_path / "model_final.pth").is_file()
-    results = trainer._last_eval_results
+    results = trainer._last_eval_results  # TEST.EVAL_PERIOD 3: one evaluation, at the end (0 would mean none)
     assert 0.0 <= results["vinbigdata"]["mAP40"] <= 1.0
 
 
