@@ -120,15 +120,23 @@ class PrepareSummary:
                 lines.append(f"  {name:<{width}}  {c['before']:>7}  {c['after']:>5}  {c['images']:>6}")
             if self.readers:
                 lines.append("  " + format_readers(self.readers))
-        if self.problems:
-            detail = ", ".join(f"{k} {n}" for k, n in self.problems.items())
-            lines.append(f"  skipped: {self.skipped} ({detail}); see problems.csv")
-        else:
-            lines.append("  skipped: 0")
-        if self.folds:
-            lines.append("  folds: " + ", ".join(f"{k}: {v['train']} train / {v['val']} val"
-                                                  for k, v in self.folds.items()))
+        lines += skipped_and_folds_lines(self.problems, self.skipped, self.folds, "folds")
         return "\n".join(lines)
+
+
+def skipped_and_folds_lines(problems: dict[str, int], skipped: int, folds: dict[str, dict[str, int]],
+                            folds_label: str) -> list[str]:
+    """The closing lines every preparation's summary shares: what was skipped (by kind, pointing at problems.csv)
+    and the fold sizes, under ``folds_label`` (e.g. ``folds (grouped by study)``)."""
+    if problems:
+        detail = ", ".join(f"{k} {n}" for k, n in problems.items())
+        lines = [f"  skipped: {skipped} ({detail}); see problems.csv"]
+    else:
+        lines = ["  skipped: 0"]
+    if folds:
+        lines.append(f"  {folds_label}: " + ", ".join(f"{k}: {v['train']} train / {v['val']} val"
+                                                      for k, v in folds.items()))
+    return lines
 
 
 def format_readers(readers: dict[str, Any]) -> str:

@@ -41,6 +41,7 @@ from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms
 from detx.data.folds import assign_folds
 from detx.data.readers import ProblemLog, make_table
+from detx.workflows.prepare import skipped_and_folds_lines
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +80,8 @@ class MuraSummary:
                 lines.append(f"  {s}: {self.images[s]} images in {self.studies.get(s, 0)} studies "
                              f"({self.abnormal_studies.get(s, 0)} abnormal)")
         lines.append(f"  converted {self.images_converted}, already done {self.images_already_done}")
-        if self.problems:
-            lines.append(f"  skipped: {sum(self.problems.values())} ("
-                         + ", ".join(f"{k} {n}" for k, n in self.problems.items()) + "); see problems.csv")
-        else:
-            lines.append("  skipped: 0")
-        if self.folds:
-            lines.append("  folds (train split, grouped by patient): " + ", ".join(
-                f"{k}: {v['train']} train / {v['val']} val" for k, v in self.folds.items()))
+        lines += skipped_and_folds_lines(self.problems, sum(self.problems.values()), self.folds,
+                                         "folds (train split, grouped by patient)")
         return "\n".join(lines)
 
 

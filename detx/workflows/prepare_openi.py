@@ -50,6 +50,7 @@ from detx.data.openi import (
     read_openi_reports,
 )
 from detx.data.readers import ProblemLog, make_table
+from detx.workflows.prepare import skipped_and_folds_lines
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +91,8 @@ class OpenISummary:
                  f"  images: {self.images} of {self.images_listed} listed ({self.normal_images} normal); views: "
                  + ", ".join(f"{k} {n}" for k, n in self.views.items()),
                  f"  converted {self.images_converted}, already done {self.images_already_done}"]
-        if self.problems:
-            lines.append(f"  skipped: {sum(self.problems.values())} ("
-                         + ", ".join(f"{k} {n}" for k, n in self.problems.items()) + "); see problems.csv")
-        else:
-            lines.append("  skipped: 0")
-        if self.folds:
-            lines.append("  folds (grouped by study): " + ", ".join(
-                f"{k}: {v['train']} train / {v['val']} val" for k, v in self.folds.items()))
+        lines += skipped_and_folds_lines(self.problems, sum(self.problems.values()), self.folds,
+                                         "folds (grouped by study)")
         return "\n".join(lines)
 
 
