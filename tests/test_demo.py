@@ -40,6 +40,9 @@ def test_demo_writes_every_report_file_and_reuses_them(tmp_path, capsys):
               p["det_test_metrics"]):
         assert f.exists(), f
     assert "cnn_plots/roc.png" in report and "Pointing game" in report and "heatmaps/" in report
+    # the readers tool's verdict on the synthetic readers, beside the committed one on the real train.csv
+    assert (p["readers"] / "readers.json").exists() and "## The readers: synthetic beside real" in report
+    assert "| the largest panel | " in report and "| R8+R9+R10 |" in report and "readers/agreement.png" in report
     assert {"cnn_auc", "pointing_game", "test_auc_detection"} <= set(result["numbers"])
     sub = pd.read_csv(p["submission"])
     assert len(sub) == s.n_test and sub.PredictionString.str.contains(" 0 0 1 1").all()

@@ -233,6 +233,18 @@ def test_real_vinbigdata_panels_styles_and_baseline(tmp_path, capsys):
     assert hb["per_panel"][0]["panel"] == "R8+R9+R10" and hb["per_panel"][0]["abnormal_images"] == 4146
     assert js["unanimous_share"] == 1.0 and "unanimous" in js["kappa_note"] and "by construction" in printed
     assert "R8+R9+R10          5501 images (37%), abnormal 75%" in printed
+    # the verdict the demo report quotes (detx/synthetic/vinbigdata_readers.json) is what the tool finds today
+    from detx.evaluation.reader_agreement import readers_verdict
+    from detx.synthetic.real_stats import load_real_readers_verdict
+
+    got = readers_verdict(js)
+    assert got["largest_panel"] == "R8+R9+R10" and got["largest_panel_image_share"] == pytest.approx(5501 / 15000)
+    assert got["others_abnormal_share"] == pytest.approx((4394 - 4146) / (15000 - 5501))  # 248 of 9,499 images
+    assert got["style_groups"][0] == "R8+R9+R10" and got["too_few_boxes"] == 7 and got["outliers"] == []
+    committed = load_real_readers_verdict()
+    assert set(committed) == {"source", *got}
+    for k, v in got.items():
+        assert committed[k] == (pytest.approx(v, abs=5e-5) if isinstance(v, float) else v), k
 
 
 def test_case_counts_give_what_the_metric_gives(tmp_path):

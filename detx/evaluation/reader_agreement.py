@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ReaderScore", "ReaderAgreement", "reader_scores", "reader_agreement", "human_baseline", "robust_z",
-    "robust_outliers", "cohen_kappa", "pairwise_kappa", "operating_point_ap",
+    "robust_outliers", "cohen_kappa", "pairwise_kappa", "operating_point_ap", "readers_verdict",
 ]
 
 #: a reader is an outlier when its robust z-score is below this
@@ -734,3 +734,34 @@ def reader_agreement(
                            int((per_image["n_readers"] >= 2).sum()), baseline=baseline, panels=panels,
                            styles=styles, outliers_z=outliers_z, outliers_paired=outliers_paired,
                            unanimous_share=unanimous, images_abnormal=int(per_image["abnormal"].sum()))
+
+
+def readers_verdict(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What the readers tool concludes about a reader CSV, in a few numbers, from its ``readers.json``
+    (:meth:`ReaderAgreement.to_dict`): unanimity, the largest panel and how its images differ from everyone else's,
+    the style groups, the outliers and the pooled human baseline. The demo report sets the synthetic readers' verdict
+    beside the real VinBigData readers' (``detx/synthetic/vinbigdata_readers.json``, written by tools/real_stats.py).
+    """
+    n = int(report["num_images"])
+    abnormal = int(report["num_images_abnormal"])
+    panels = list(report.get("panels") or [])
+    top = max(panels, key=lambda p: p["images"]) if panels else None
+    rest_images = n - (top["images"] if top else 0)
+    rest_abnormal = abnormal - (top["abnormal_images"] if top else 0)
+    key = map_key(float(report["iou_thr"]))
+    return {
+        "readers": int(report["num_readers"]),
+        "images": n,
+        "abnormal_share": abnormal / n if n else None,
+        "unanimous_share": report.get("unanimous_share"),
+        "panels": len(panels),
+        "largest_panel": top["panel"] if top else None,
+        "largest_panel_image_share": top["images"] / n if top and n else None,
+        "largest_panel_abnormal_share": top["abnormal_share"] if top else None,
+        "others_abnormal_share": rest_abnormal / rest_images if rest_images else None,
+        "style_groups": ["+".join(g["readers"]) for g in report.get("style_groups") or []],
+        "too_few_boxes": len(report.get("too_few_boxes") or []),
+        "outliers": list(report.get("outliers") or []),
+        "human_baseline": (report.get("human_baseline") or {}).get(key),
+        "human_baseline_images": (report.get("human_baseline") or {}).get("images"),
+    }

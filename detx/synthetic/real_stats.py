@@ -35,11 +35,15 @@ from detx.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REAL_STATS_PATH", "REAL_IMAGE_SIZE", "annotation_stats", "load_real_stats", "read_kaggle_csv",
+__all__ = ["REAL_STATS_PATH", "REAL_READERS_PATH", "REAL_IMAGE_SIZE", "annotation_stats", "load_real_stats",
+           "load_real_readers_verdict", "read_kaggle_csv",
            "compare_stats", "compare_csv", "dicom_image_sizes", "format_comparison", "js_divergence"]
 
 #: the committed aggregates of the real Kaggle VinBigData train.csv (written by tools/real_stats.py)
 REAL_STATS_PATH = Path(__file__).with_name("vinbigdata_stats.json")
+#: what the readers tool concludes on the real Kaggle VinBigData train.csv
+#: (``detx.evaluation.reader_agreement.readers_verdict``; written by tools/real_stats.py)
+REAL_READERS_PATH = Path(__file__).with_name("vinbigdata_readers.json")
 #: (width, height) every real image is assumed to have (the CSV carries no sizes; see the module docstring)
 REAL_IMAGE_SIZE = (2388.0, 2847.0)
 KAGGLE_COLUMNS = ("image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_max")
@@ -272,6 +276,14 @@ def load_real_stats(path: str | os.PathLike | None = None) -> dict[str, Any]:
     p = Path(path) if path is not None else REAL_STATS_PATH
     if not p.is_file():
         raise InputError(f"{p}: no aggregates file (tools/real_stats.py writes it)")
+    return json.loads(_load(str(p)))
+
+
+def load_real_readers_verdict(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The readers tool's verdict on the real train.csv (:data:`REAL_READERS_PATH`)."""
+    p = Path(path) if path is not None else REAL_READERS_PATH
+    if not p.is_file():
+        raise InputError(f"{p}: no readers verdict file (tools/real_stats.py writes it)")
     return json.loads(_load(str(p)))
 
 

@@ -63,9 +63,68 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base).replace(os.sep, "/")
 
 
+#: rows of the readers table: verdict key, label, how a value is shown
+_VERDICT_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("readers", "readers", "int"),
+    ("images", "images", "int"),
+    ("unanimous_share", "images whose readers agree on normal vs abnormal", "share"),
+    ("abnormal_share", "abnormal images", "share"),
+    ("panels", "panels (reader sets that read the same images)", "int"),
+    ("largest_panel", "the largest panel", "str"),
+    ("largest_panel_image_share", "its share of the images", "share"),
+    ("largest_panel_abnormal_share", "abnormal among its images", "share"),
+    ("others_abnormal_share", "abnormal among everyone else's images", "share"),
+    ("style_groups", "style groups (class mix and box size)", "list"),
+    ("too_few_boxes", "readers with too few boxes to compare", "int"),
+    ("outliers", "outliers", "list"),
+    ("human_baseline", "human baseline (mAP40 vs the co-readers' fusion, images with a box)", "num"),
+)
+
+
+def _verdict_cell(v: Any, kind: str) -> str:
+    if v is None or (kind == "list" and not v):
+        return "none" if kind == "list" else "-"
+    if kind == "share":
+        return f"{v:.1%}"
+    if kind == "num":
+        return f"{v:.3f}"
+    if kind == "list":
+        return ", ".join(v)
+    return str(v)
+
+
+def readers_section(verdicts: Mapping[str, Mapping[str, Any] | None], readers_dir: Path, base: Path) -> list[str]:
+    """The readers tool's verdict on the synthetic readers (``verdicts["synthetic"]``), beside its verdict on the real
+    VinBigData train.csv (``verdicts["real"]``, vindr-cxr only) so the reader sees what the synthetic world has and
+    lacks (:func:`detx.evaluation.reader_agreement.readers_verdict` makes both)."""
+    synthetic, real = verdicts.get("synthetic"), verdicts.get("real")
+    if not synthetic:
+        return []
+    lines = ["## The readers: synthetic beside real", "",
+             f"`tools/readers.py` on the demo's synthetic reader CSV (`{_rel(readers_dir, base)}/`)"
+             + (" and on the real Kaggle VinBigData train.csv (its verdict is committed in "
+                "`detx/synthetic/vinbigdata_readers.json`, written by `tools/real_stats.py`)." if real else "."), ""]
+    lines += ["| | synthetic (this demo) |" + (" real VinBigData train.csv |" if real else ""),
+              "|---|---|" + ("---|" if real else "")]
+    for key, label, kind in _VERDICT_ROWS:
+        row = f"| {label} | {_verdict_cell(synthetic.get(key), kind)} |"
+        lines.append(row + (f" {_verdict_cell(real.get(key), kind)} |" if real else ""))
+    lines.append("")
+    if real:
+        lines += ["Real readers read in panels (one trio reads most abnormal images), draw in styles and agree far less "
+                  "with each other than the demo's synthetic ones; the generator's `--profile vinbigdata` draws that "
+                  "world (docs/synthetic.md).", ""]
+    agreement = readers_dir / "agreement.png"
+    if agreement.exists():
+        lines += [f"![reader agreement]({_rel(agreement, base)})", ""]
+    return lines
+
+
 def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str, float | None],
-                      timings: Mapping[str, float]) -> Path:
-    """Write ``report.md`` (and ``ap_per_class.png``) beside the demo outputs; return the report path."""
+                      timings: Mapping[str, float], readers: Mapping[str, Mapping[str, Any] | None] | None = None
+                      ) -> Path:
+    """Write ``report.md`` (and ``ap_per_class.png``) beside the demo outputs; return the report path. ``readers``:
+    the readers tool's verdicts (``{"synthetic": ..., "real": ...}``) for the readers section."""
     report: Path = p["report"]
     base = report.parent
     val = json.loads(Path(p["val_metrics"]).read_text())
@@ -111,6 +170,8 @@ def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str
                   "cross, inside a radiologist's box, drawn white).", ""]
         lines += [f"![{h.stem}]({_rel(h, base)})" for h in shown]
         lines.append("")
+    if readers:
+        lines += readers_section(readers, Path(p["readers"]), base)
     overlays = sorted(Path(p["overlays"]).glob("*.png")) if Path(p["overlays"]).exists() else []
     if overlays:
         lines += ["## Predictions vs ground truth (held-out fold)", "",

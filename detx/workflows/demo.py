@@ -151,6 +151,7 @@ def paths(s: DemoSettings) -> dict[str, Path]:
         "valid_cls": o / "valid" / "classification.csv",
         "valid_metrics": o / "valid" / "metrics.json",
         "valid_plots": o / "valid" / "plots",
+        "readers": o / "readers",
         "report": o / "report.md",
         "results": o / "results.json",
     }
@@ -235,6 +236,9 @@ def build_steps(s: DemoSettings) -> list[Step]:
               "--n-test", str(s.n_test), "--seed", str(s.seed), "--min-size", str(s.min_size),
               "--max-size", str(s.max_size)],
              [raw / d["train_csv"], raw / d["test_gt"]]),
+        Step("the readers tool on the synthetic readers (panels, styles, outliers, the human baseline)",
+             [py, "tools/readers.py", "--csv", str(raw / d["train_csv"]), "--out", str(p["readers"])],
+             [p["readers"] / "readers.json"]),
         Step("prepare: DICOM -> PNG, WBF-fused COCO JSON, folds",
              [py, d["prepare"], "--csv", str(raw / d["train_csv"]), "--dicom-dir", str(raw / d["train_dir"]),
               "--out", str(prepared), "--size", str(s.size), "--folds", str(s.folds), "--seed", str(s.seed),
@@ -350,6 +354,16 @@ def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
         "test_auc": (test.get("image_level") or {}).get("auc"),
         "test_auc_detection": (det_test.get("image_level") or {}).get("auc"),
     }
+
+
+def readers_verdicts(s: DemoSettings, p: dict[str, Path]) -> dict[str, dict[str, Any] | None]:
+    """The readers tool's verdict on the demo's synthetic readers and, for vindr-cxr, the committed one on the real
+    Kaggle VinBigData train.csv, for the report's readers section."""
+    from detx.evaluation.reader_agreement import readers_verdict
+    from detx.synthetic.real_stats import load_real_readers_verdict
+
+    synthetic = readers_verdict(json.loads((p["readers"] / "readers.json").read_text()))
+    return {"synthetic": synthetic, "real": load_real_readers_verdict() if s.dataset == "vindr-cxr" else None}
 
 
 #: the headline numbers that get a bootstrap 95% interval in results.json (held-out fold and synthetic test set)
@@ -475,7 +489,7 @@ def run_demo(s: DemoSettings, quiet: bool = False, fresh: bool = False) -> dict[
         write_mura_report(s, p, numbers, timings)
     else:
         numbers = key_numbers(p)
-        write_demo_report(s, p, numbers, timings)
+        write_demo_report(s, p, numbers, timings, readers=readers_verdicts(s, p))
     results = write_results(s, p, numbers, timings)
     numbers_total = time.monotonic() - t_start
     print(f"\nreport: {p['report']}\nresults: {p['results']}\nsubmission: {p['submission']}\n"
