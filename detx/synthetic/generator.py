@@ -313,7 +313,42 @@ READER_JITTER = 0.09
 ADD_MIRROR = 0.3
 #: per-class chance that a reader keeps a true finding is 1 - sqrt(lonely fraction), clipped to this range
 KEEP_CLIP = (0.35, 0.97)
+#: co-occurrence lifts are clipped to this range (pairs never seen together still occur, rarely)
+LIFT_CLIP = (0.05, 20.0)
 MIRRORED = frozenset(VINDR_CXR_CLASSES) - {"Aortic enlargement", "Cardiomegaly"}
+
+
+def _draw_frequencies(w: np.ndarray, lift: np.ndarray, k_values: np.ndarray, k_p: np.ndarray,
+                      n: int = 20000) -> np.ndarray:
+    """How often each class is among an image's findings when drawn as :meth:`VinBigDataWorld.findings` draws them
+    (``n`` simulated images, a fixed generator: deterministic)."""
+    rng = np.random.default_rng(12345)
+    k = rng.choice(k_values, size=n, p=k_p)
+    weights = np.tile(w, (n, 1))
+    drawn = np.zeros_like(weights)
+    for step in range(int(k.max())):
+        active = (k > step) & (weights.sum(1) > 0)
+        cum = np.cumsum(weights[active], 1)
+        j = (cum < rng.random(int(active.sum()))[:, None] * cum[:, -1:]).sum(1)
+        rows = np.flatnonzero(active)
+        drawn[rows, j] = 1.0
+        weights[rows] *= lift[j]
+    return drawn.mean(0)
+
+
+def _calibrated(w: np.ndarray, lift: np.ndarray, k_values: np.ndarray, k_p: np.ndarray, rounds: int = 4
+                ) -> np.ndarray:
+    """First-draw weights under which drawing with the co-occurrence ``lift`` gives each class the frequency it has
+    when drawn without lifts (fixed-point iteration on :func:`_draw_frequencies`)."""
+    no_lift = np.ones_like(lift)
+    np.fill_diagonal(no_lift, 0.0)
+    target = _draw_frequencies(w, no_lift, k_values, k_p)
+    out = w.copy()
+    for _ in range(rounds):
+        got = _draw_frequencies(out, lift, k_values, k_p)
+        out = out * np.divide(target, got, out=np.ones_like(target), where=got > 0)
+        out = out / out.sum()
+    return out
 
 
 class VinBigDataWorld:
@@ -347,6 +382,19 @@ class VinBigDataWorld:
             w = np.array([mix.get(c, 0.0) for c in classes], float)
             w = w if w.sum() > 0 else np.ones(len(classes))
             self.class_p[group] = w / w.sum()
+        # the classes' co-occurrence on abnormal images as lifts P(i, j) / (P(i) P(j)): a finding drawn makes the
+        # findings that go with it on real images more likely (e.g. Cardiomegaly with Aortic enlargement)
+        order = [VINDR_CXR_CLASSES.index(c) for c in classes]
+        co = np.asarray(s["class_cooccurrence"], float)[np.ix_(order, order)]
+        prior = np.diag(co)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift = co / np.outer(prior, prior)
+        self.lift = np.clip(np.nan_to_num(lift, nan=1.0, posinf=1.0), *LIFT_CLIP)
+        np.fill_diagonal(self.lift, 0.0)  # a class is drawn once
+        # the lifts pull the mix towards well-connected classes: correct the first-draw weights so each class is
+        # drawn as often as it would be without them (the real mix; a fixed simulation, the same for every seed)
+        for group in ("trio", "others"):
+            self.class_p[group] = _calibrated(self.class_p[group], self.lift, self.k_values, self.k_p)
         lonely = s["disagreement"]["lonely_fraction_by_class"]
         self.keep = {c: float(np.clip(1 - np.sqrt(lonely.get(c, 0.2)), *KEEP_CLIP)) for c in VINDR_CXR_CLASSES}
         self.scale = {c: float(np.clip(1.0 / s["styles"]["trio_scale_by_class"].get(c, 1.0), *OTHERS_SCALE_CLIP))
@@ -361,10 +409,18 @@ class VinBigDataWorld:
                                 key=lambda r: (len(r), r))
 
     def findings(self, rng: np.random.Generator, group: str) -> list[str]:
-        """The true findings of an abnormal image: how many from the real classes-per-image distribution, which
-        from the reading panel's class mix (without replacement)."""
+        """The true findings of an abnormal image: how many from the real classes-per-image distribution; the first
+        from the reading panel's class mix, each next one from that mix times its co-occurrence lifts with the
+        findings already drawn (without replacement)."""
         k = int(rng.choice(self.k_values, p=self.k_p))
-        idx = rng.choice(len(self.classes), size=k, replace=False, p=self.class_p[group])
+        w = self.class_p[group].copy()
+        idx: list[int] = []
+        for _ in range(k):
+            j = int(rng.choice(len(self.classes), p=w / w.sum()))
+            idx.append(j)
+            w = w * self.lift[j]
+            if w.sum() <= 0:
+                break
         return [self.classes[i] for i in sorted(idx)]
 
     def readers(self, rng: np.random.Generator, group: str, boxes: list[tuple[str, tuple[float, ...]]],

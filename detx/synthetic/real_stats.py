@@ -312,6 +312,7 @@ def compare_stats(real: Mapping[str, Any], other: Mapping[str, Any]) -> list[dic
         "diff")
     add("class mix of boxes", real["class_mix"], other["class_mix"], "JS")
     add("classes per abnormal image", real["classes_per_abnormal_image"], other["classes_per_abnormal_image"], "JS")
+    add("class co-occurrence (pairs on an abnormal image)", _pairs(real), _pairs(other), "JS")
     add("boxes per abnormal image per reader (mean)", real["boxes_per_abnormal_image_per_reader"]["mean"],
         other["boxes_per_abnormal_image_per_reader"]["mean"], "ratio")
     for c in VINDR_CXR_CLASSES:
@@ -339,6 +340,15 @@ def compare_stats(real: Mapping[str, Any], other: Mapping[str, Any]) -> list[dic
         (od["best_iou"] or {}).get("median"), "diff")
     add("best IoU with another reader: share > 0.4", rd["best_iou_above_0.4"], od["best_iou_above_0.4"], "diff")
     return rows
+
+
+def _pairs(s: Mapping[str, Any]) -> dict[str, float] | None:
+    """The co-occurrence matrix's pairs of distinct classes as a distribution (for a Jensen-Shannon distance)."""
+    co = s.get("class_cooccurrence")
+    if not co:
+        return None
+    return {f"{VINDR_CXR_CLASSES[i]} + {VINDR_CXR_CLASSES[j]}": float(co[i][j])
+            for i in range(len(co)) for j in range(i + 1, len(co))}
 
 
 def _share3(s: Mapping[str, Any]) -> float:
