@@ -106,19 +106,72 @@ def prepared_mura(tmp_path_factory):
     return d / "prep"
 
 
-def test_training_scores_the_body_part_head(prepared_mura, tmp_path):
-    out = tmp_path / "train"
+@pytest.fixture(scope="module")
+def parts_model(prepared_mura, tmp_path_factory):
+    """The tiny MURA classifier with a 7-way body-part head, trained for 4 iterations: its output folder."""
+    out = tmp_path_factory.mktemp("parts_model") / "train"
     run_train_net("--config-file", MURA_TINY, "DETX.DATA_ROOT", prepared_mura, "OUTPUT_DIR", out, "DETX.FOLD", "0",
                   "MODEL.DEVICE", "cpu", "MODEL.CLASSIFIER.BODY_PART_HEAD", "parts", "SOLVER.MAX_ITER", "4",
                   "SOLVER.IMS_PER_BATCH", "4", "TEST.EVAL_PERIOD", "4", "DETX.VAL_PERIOD", "4",
                   "SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.WARMUP_ITERS", "1", "DETX.EVAL.BOOTSTRAP", "0",
                   "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
                   "INPUT.MAX_SIZE_TEST", "64")
+    return out
+
+
+def test_training_scores_the_body_part_head(parts_model):
+    out = parts_model
     rows = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines() if x.strip()]
     assert any("loss_body_part" in r for r in rows)
     scored = [r for r in rows if "body_part/accuracy" in r]
     assert scored and 0.0 <= scored[-1]["body_part/accuracy"] <= 1.0
     assert "cls/auc" in scored[-1]
+
+
+def test_body_part_probabilities_reach_the_csv_the_one_image_answer_and_the_exported_model(parts_model, prepared_mura,
+                                                                                            tmp_path):
+    """predict --classification-out writes body_part and part_<PART> columns (the head's softmax, so they sum to 1);
+    the one-image API answers the same probabilities; the exported TorchScript file carries the parts in its
+    metadata and predict --exported writes the same CSV."""
+    from detx import XrayPredictor
+    from detx.inference.export import read_exported_info
+
+    predict = load_script("tools/predict.py")
+    export = load_script("tools/export.py")
+    cfg, weights = parts_model / "config.yaml", parts_model / "model_final.pth"
+    valid = prepared_mura / "annotations" / "valid.json"
+    csv = tmp_path / "eager.csv"
+    assert predict.main(predict.parse_args(["--quiet", "--classifier-config", str(cfg), "--classifier-weights",
+                                            str(weights), "--input", str(valid), "--classification-out",
+                                            str(csv)])) == 0
+    df = pd.read_csv(csv)
+    part_cols = [f"part_{p}" for p in MURA_BODY_PARTS]
+    assert list(df.columns[-8:]) == ["body_part", *part_cols]
+    assert np.allclose(df[part_cols].sum(axis=1), 1.0, atol=1e-5)
+    assert (df["body_part"] == df[part_cols].idxmax(1).str[len("part_"):]).all()
+    assert not any(c.startswith("p_part") or c.startswith("p_XR") for c in df.columns)  # not read as classes
+
+    row = df.iloc[0]
+    image = json.loads(valid.read_text())["images"][0]
+    assert str(row["image_id"]) == str(image["id"]) or row["image_id"] == Path(image["file_name"]).stem
+    answer = XrayPredictor(classifier_config=cfg, classifier_weights=weights, opts=["MODEL.DEVICE", "cpu"]).predict(
+        prepared_mura / "images" / image["file_name"], image_id=str(row["image_id"]))
+    assert list(answer.body_part_probs) == list(MURA_BODY_PARTS)
+    assert [answer.body_part_probs[p] for p in MURA_BODY_PARTS] == pytest.approx(row[part_cols].tolist(), abs=1e-5)
+
+    exported = tmp_path / "parts.ts"
+    assert export.main(export.parse_args(["--config-file", str(cfg), "--weights", str(weights), "--format",
+                                          "torchscript", "--out", str(exported)])) == 0
+    info = read_exported_info(exported)
+    assert info.body_parts == list(MURA_BODY_PARTS) and info.prob_names[-7:] == [f"body_part:{p}" for p in
+                                                                                  MURA_BODY_PARTS]
+    csv_exported = tmp_path / "exported.csv"
+    assert predict.main(predict.parse_args(["--quiet", "--exported", str(exported), "--input", str(valid),
+                                            "--classification-out", str(csv_exported)])) == 0
+    de = pd.read_csv(csv_exported)
+    assert list(de.columns) == list(df.columns) and (de["body_part"] == df["body_part"]).all()
+    assert np.allclose(de[part_cols], df[part_cols], atol=1e-5) and np.allclose(de["p_abnormal"], df["p_abnormal"],
+                                                                                atol=1e-5)
 
 
 def test_report_counts_thresholds_and_unknown_parts(prepared_mura, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The classification CSV: ``image_id, p_abnormal[, label, status], p_<class> ...``, one row per image.
+"""The classification CSV: ``image_id, p_abnormal[, label, status], p_<class> ...[, body_part, part_<PART> ...]``, one
+row per image.
 
 Written by ``tools/predict.py`` (``classification.csv``: from an image classifier, or derived from detections) and
 by the training evaluator; read by ``tools/evaluate.py``, which tells it from a submission by its columns.
@@ -73,22 +74,32 @@ def read_classification_csv(path: str | os.PathLike) -> ClassificationTable:
 
 def write_classification_csv(path: str | os.PathLike, image_ids: Sequence[str], p_abnormal: Mapping[str, float],
                              per_class: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float,
-                             failed: Mapping[str, str] | None = None) -> Path:
-    """Write ``image_id, p_abnormal, label, status, p_<class> ...`` atomically.
+                             failed: Mapping[str, str] | None = None, body_parts: Sequence[str] = (),
+                             part_probs: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write ``image_id, p_abnormal, label, status, p_<class> ...[, body_part, part_<PART> ...]`` atomically.
 
     ``label`` is 1 (abnormal) when ``p_abnormal >= threshold``; ``per_class[image_id]`` holds the class
     probabilities in ``classes`` order. ``status`` is ``ok``, or ``unreadable`` for an image that could not be
     decoded (``failed``): such a row gets p_abnormal 0, label 0 (as the submission's No finding 1.0) and empty
-    classes, and only ``status`` tells it from a confident normal.
+    classes, and only ``status`` tells it from a confident normal. With ``body_parts`` (a classifier with a body-part
+    head), ``body_part`` is the most probable part and ``part_<PART>`` its probabilities (``part_probs[image_id]``
+    in ``body_parts`` order); they are not ``p_`` columns, so readers of the class probabilities ignore them.
     """
     failed = failed or {}
+    part_probs = part_probs or {}
+    parts = list(body_parts)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image_id", "p_abnormal", "label", "status", *(f"p_{c}" for c in classes)])
+        w.writerow(["image_id", "p_abnormal", "label", "status", *(f"p_{c}" for c in classes),
+                    *(["body_part", *(f"part_{b}" for b in parts)] if parts else [])])
         for i in image_ids:
             if i in failed:
-                w.writerow([i, 0.0, 0, "unreadable", *([""] * len(classes))])
+                w.writerow([i, 0.0, 0, "unreadable", *([""] * len(classes)), *([""] * (len(parts) + 1) if parts else [])])
                 continue
             p = p_abnormal[i]
-            w.writerow([i, f"{p:.6g}", int(p >= threshold), "ok", *(f"{v:.6g}" for v in per_class.get(i, []))])
+            row = [i, f"{p:.6g}", int(p >= threshold), "ok", *(f"{v:.6g}" for v in per_class.get(i, []))]
+            if parts:
+                q = np.asarray(part_probs[i], np.float64)
+                row += [parts[int(np.argmax(q))], *(f"{v:.6g}" for v in q)]
+            w.writerow(row)
     return Path(path)

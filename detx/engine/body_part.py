@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode
 from torch import nn
 
 from detx.evaluation.body_part import IGNORE, body_part_index
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BODY_PART_MODES", "BodyPartHead", "body_part_index"]
+__all__ = ["BODY_PART_MODES", "PART_PROB_PREFIX", "BodyPartHead", "body_part_index", "body_part_names"]
 
 BODY_PART_MODES = ("", "parts", "joint")
 
@@ -77,3 +78,15 @@ class BodyPartHead(nn.Module):
             joint = p.view(p.shape[0], len(self.parts), 2)
             return joint.sum(dim=2), joint[:, :, 1].sum(dim=1)
         return p, None
+
+
+#: the prefix of a body-part probability's name among a classifier's outputs (exported metadata ``prob_names``)
+PART_PROB_PREFIX = "body_part:"
+
+
+def body_part_names(cfg: CfgNode) -> list[str]:
+    """The body parts whose probabilities follow P(abnormal) and the class probabilities in ``cls_probs``, in order
+    (``MODEL.CLASSIFIER.BODY_PARTS`` when ``MODEL.CLASSIFIER.BODY_PART_HEAD`` is set; else none)."""
+    if not str(cfg.MODEL.CLASSIFIER.get("BODY_PART_HEAD", "")).strip():
+        return []
+    return [str(p) for p in cfg.MODEL.CLASSIFIER.BODY_PARTS]

@@ -46,6 +46,7 @@ from detectron2.config import CfgNode
 
 from detx import __version__ as DETX_VERSION
 from detx.core.errors import InputError, MissingFileError
+from detx.engine.body_part import PART_PROB_PREFIX, body_part_names
 from detx.engine.config import is_classifier, num_classes, num_classes_key
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class ExportedModelInfo:
         score_threshold, nms_threshold, detections_per_image: baked into a detector's graph (None for a classifier).
         pixel_mean, pixel_std: the normalization applied inside the graph (raw 0-255 pixels go in).
         output_names: the graph's outputs, in order.
-        prob_names: a classifier's outputs (``abnormal``, then the classes); empty for a detector.
+        prob_names: a classifier's outputs (``abnormal``, then the classes, then ``body_part:<PART>`` for each part
+            of a body-part head); empty for a detector.
         device: where it was traced (a TorchScript file runs there).
         opset: the ONNX opset (None for TorchScript).
         detx_version, torch_version: who wrote it.
@@ -141,6 +143,11 @@ class ExportedModelInfo:
     @property
     def is_detector(self) -> bool:
         return self.kind == "detector"
+
+    @property
+    def body_parts(self) -> list[str]:
+        """A classifier's body parts (the ``body_part:`` outputs after the classes), in order."""
+        return [n[len(PART_PROB_PREFIX):] for n in self.prob_names if n.startswith(PART_PROB_PREFIX)]
 
     def contract(self) -> dict[str, Any]:
         """The pre/post-processing contract in words and shapes, for a caller in another language."""
@@ -199,7 +206,9 @@ def class_names_of(cfg: CfgNode, names: Sequence[str]) -> tuple[list[str], list[
     classes = list(names)[:k]
     if len(classes) != k:
         raise InputError(f"{len(classes)} class names for {num_classes_key(cfg)} {k}")
-    return classes, (["abnormal", *classes] if is_classifier(cfg) else [])
+    if not is_classifier(cfg):
+        return classes, []
+    return classes, ["abnormal", *classes, *(PART_PROB_PREFIX + p for p in body_part_names(cfg))]
 
 
 def model_info(cfg: CfgNode, fmt: str, class_names: Sequence[str], source: dict[str, str] | None = None

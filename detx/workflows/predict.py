@@ -27,6 +27,7 @@ from detx.core.image_scores import RULES, class_max_scores
 from detx.core.io import write_png
 from detx.core.predictions import Predictions, no_finding_entry
 from detx.core.submission import write_submission
+from detx.engine.body_part import body_part_names
 from detx.engine.checkpoint import check_checkpoint
 from detx.engine.config import get_detx_cfg, num_classes_key
 from detx.engine.config import num_classes as model_num_classes
@@ -251,6 +252,7 @@ class _Plan:
     workers: int
     max_dets: int
     cls_labels: list[str] = field(default_factory=list)  # MODEL.CLASSIFIER.IMAGE_LABELS of the classifier
+    part_names: list[str] = field(default_factory=list)  # the classifier's body parts (a body-part head), in order
     orig_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # after prediction: original sizes
 
     @property
@@ -286,6 +288,13 @@ def _plan(options: PredictOptions, inputs: InputSet | None = None) -> _Plan:
             raise InputError(f"the {what} disagree on the number of classes: "
                              + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     cls_k = next(iter(cls_counts.values()), 0)
+    # the body parts whose probabilities follow the classes in a classifier's output (MODEL.CLASSIFIER.BODY_PART_HEAD)
+    parts = {f"{f}": body_part_names(c) for c, f in zip(cls_cfgs, options.classifier_configs * len(cls_cfgs))}
+    parts.update({f"the exported {f}": infos[f].body_parts for f in cls_files})
+    if len({tuple(v) for v in parts.values()}) > 1:
+        raise InputError("the image classifiers disagree on their body-part head (MODEL.CLASSIFIER.BODY_PART_HEAD / "
+                         "BODY_PARTS): " + ", ".join(f"{k}: {v or 'none'}" for k, v in parts.items()))
+    part_names = next(iter(parts.values()), [])
     # a classifier of image-level labels (MODEL.CLASSIFIER.IMAGE_LABELS) has no box classes to agree with
     cls_labels = list(cls_cfgs[0].MODEL.CLASSIFIER.IMAGE_LABELS) if cls_cfgs else []
     num_classes = next(iter(det_counts.values()), 0 if cls_labels else cls_k)
@@ -327,7 +336,7 @@ def _plan(options: PredictOptions, inputs: InputSet | None = None) -> _Plan:
     else:
         max_dets = int(infos[det_files[0]].detections_per_image or 100) if det_files else 100
     return _Plan(det_cfgs, cls_cfgs, det_files, cls_files, num_classes, cls_k, inputs, classes, external, clf,
-                 dicom_size, workers, max_dets, cls_labels)
+                 dicom_size, workers, max_dets, cls_labels, part_names)
 
 
 def _build_models(plan: _Plan, options: PredictOptions) -> tuple[list[ImageModel], list[ImageModel]]:
@@ -402,6 +411,7 @@ class _Scored:
     columns: Sequence[str]
     threshold: float
     cnn: dict[str, np.ndarray]
+    part_probs: dict[str, np.ndarray] = field(default_factory=dict)  # image -> the body-part head's probabilities
 
 
 def _score(plan: _Plan, run: PredictionRun, options: PredictOptions, n_cnns: int, has_detector: bool) -> _Scored:
@@ -443,7 +453,9 @@ def _score(plan: _Plan, run: PredictionRun, options: PredictOptions, n_cnns: int
     per_class = {i: cnn[i][1:1 + plan.cls_k] for i in ok_ids} if plan.cls_k else \
         {i: class_max_scores(fused[i], num_classes) for i in ok_ids} if has_detector else {}
     columns = plan.cls_labels[:plan.cls_k] if plan.cls_labels else plan.classes
-    return _Scored(fused, rows, p_abn, per_class, columns if per_class else (), threshold, cnn)
+    n_parts = len(plan.part_names)
+    part_probs = {i: cnn[i][1 + plan.cls_k:1 + plan.cls_k + n_parts] for i in ok_ids} if n_parts and n_cnns else {}
+    return _Scored(fused, rows, p_abn, per_class, columns if per_class else (), threshold, cnn, part_probs)
 
 
 def image_answer(plan: _Plan, scored: _Scored, image_id: str, body_part: str | None = None) -> ImageAnswer:
@@ -457,11 +469,7 @@ def image_answer(plan: _Plan, scored: _Scored, image_id: str, body_part: str | N
         p_nf = float(row.scores[nf][0]) if nf.any() else None
     probs = scored.per_class.get(image_id, ())
     record = next(r for r in plan.inputs.images if r.image_id == image_id)
-    part_probs: dict[str, float] = {}
-    cfg = plan.cls_cfgs[0] if plan.cls_cfgs else None
-    if cfg is not None and cfg.MODEL.CLASSIFIER.BODY_PART_HEAD and image_id in scored.cnn:
-        tail = scored.cnn[image_id][1 + plan.cls_k:]
-        part_probs = {str(n): float(v) for n, v in zip(cfg.MODEL.CLASSIFIER.BODY_PARTS, tail)}
+    part_probs = {n: float(v) for n, v in zip(plan.part_names, scored.part_probs.get(image_id, ()))}
     predicted_part = max(part_probs, key=part_probs.get) if part_probs else None
     return ImageAnswer(image_id=image_id, width=int(w), height=int(h), p_abnormal=float(scored.p_abn[image_id]),
                        threshold=float(scored.threshold),
@@ -493,7 +501,8 @@ def _write_outputs(plan: _Plan, run: PredictionRun, options: PredictOptions, n_c
     if options.classification_out or (options.out and (not single or has_detector)):
         cls_path = classification_path(options.out, options.classification_out)
         write_classification_csv(cls_path, image_ids, scored.p_abn, scored.per_class, scored.columns,
-                                 scored.threshold, run.failures)
+                                 scored.threshold, run.failures,
+                                 body_parts=plan.part_names if scored.part_probs else (), part_probs=scored.part_probs)
     vis: list[Path] = []
     vis_empty = 0
     if options.vis_dir and has_detector:
