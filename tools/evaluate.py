@@ -15,7 +15,6 @@ import sys
 
 from detx.cli import add_version, exits, setup_logging
 from detx.core.io import write_json
-from detx.viz.metrics_plots import plot_evaluation
 from detx.workflows.evaluate import default_workers, evaluate_files, format_table
 
 
@@ -52,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
         write_json(args.out, result.metrics, indent=2)
         print(f"metrics written to {args.out}")
     if args.plots:
+        from detx.viz.metrics_plots import plot_evaluation  # matplotlib only when plots are asked for
+
         for path in plot_evaluation(result.curves, args.plots, args.iou_thr):
             print(f"plot written to {path}")
     return 0
