@@ -1,5 +1,8 @@
 """Run every benchmarks/bench_*.py and regenerate benchmarks/RESULTS.md (`make bench`).
 
+Sections of the previous RESULTS.md that this run does not write (hand-kept ones, whose text says they come from a
+separate run "not from `make bench`", and those of scripts not run) are kept after the generated ones.
+
 Each script times detx and a named baseline in the same run and writes a JSON (``--json``) of rows
 ``{case, value, unit, baseline, baseline_value, ratio}``. Shared machines are noisy, so only the ratios
 are comparable across runs; the absolute figures are kept with the machine and date they were taken on.
@@ -69,6 +72,29 @@ def render(results: list[dict], machine: str, date: str) -> str:
     return "\n".join(lines)
 
 
+#: a section with this in its body was written from a separate run (full sizes, a quiet machine...) and is kept
+HAND_KEPT = "not from `make bench`"
+
+
+def kept_sections(old_text: str, generated_titles: set[str]) -> list[str]:
+    """The ``## `` sections of the previous RESULTS.md that this run does not write: those whose title no script
+    of this run gives, and the hand-kept ones (their body says ``HAND_KEPT``: rows of a separate run, e.g.
+    ``bench_evaluate.py --sizes 3000 15000``), which this run's ``--quick`` rows must not replace."""
+    sections, current = [], None
+    for line in old_text.splitlines():
+        if line.startswith("## "):
+            current = [line]
+            sections.append(current)
+        elif current is not None:
+            current.append(line)
+    out = []
+    for sec in sections:
+        title, body = sec[0][3:].strip(), "\n".join(sec[1:])
+        if title not in generated_titles or HAND_KEPT in body:
+            out.append("\n".join(sec).rstrip() + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="run only these scripts (e.g. bench_metric.py)")
@@ -97,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             res["script"] = script.name
             results.append(res)
     text = render(results, machine_description(), dt.date.today().isoformat())
+    old = Path(args.out).read_text(encoding="utf-8") if Path(args.out).exists() else ""
+    kept = kept_sections(old, {r.get("title", r["name"]) for r in results})
+    if kept:
+        text = text.rstrip() + "\n\n" + "\n".join(kept)
     from detx.core.io import atomic_write_text
 
     atomic_write_text(args.out, text)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from evaluate_case import write_case  # tests/ is on sys.path (pytest prepend mode)
 
+from detx.data.readers import read_reader_csv
+from detx.evaluation.reader_agreement import reader_agreement
 from detx.workflows.evaluate import evaluate_files
 
 EXPECTED = Path(__file__).parent / "data" / "evaluate_medium_expected.json"
@@ -47,6 +49,12 @@ def test_metrics_json_equal_to_before(tmp_path):
     # has its reader, and the boxes are in the ground truth's frame
     assert got.pop("gt_boxes_without_reader") == {"boxes": 0, "images": 0, "note": None}
     assert got.pop("frame_warning") is None
+    # issue 24 added the pooled human baseline (the one tools/readers.py reports) beside the old mean over readers
+    pooled = {k: got["human_baseline"].pop(k) for k in ("mAP40", "images", "cases", "rule")}
+    table, _ = read_reader_csv(gt, strict=False)
+    readers = reader_agreement(table, source=str(gt)).baseline
+    assert pooled["rule"] == readers["rule"] and pooled["images"] == readers["images"] > 0
+    assert pooled["cases"] == readers["cases"] and pooled["mAP40"] == pytest.approx(readers["mAP40"], abs=1e-12)
     _compare(got, want)
 
 

@@ -273,3 +273,47 @@ def test_fuse_box_groups_is_fuse_readers_boxes():
         a = got.sort_values(key).reset_index(drop=True)
         b = ref[["x_min", "y_min", "x_max", "y_max", "image_id", "class_id"]].sort_values(key).reset_index(drop=True)
         pd.testing.assert_frame_equal(a[b.columns], b, check_dtype=False, check_exact=True)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reader_fusion_of_the_real_csv_is_ensemble_boxes_to_the_bit(weighted):
+    # fuse_readers fuses every (image, class) set of the real Kaggle train.csv in one call of detx's batched numba
+    # WBF (detx.core.wbf); ensemble-boxes itself, called set by set as fuse_readers did before, gives the same boxes
+    # to the bit (the first 800 images: hundreds of sets of 1 to 9 boxes, every score tied)
+    import warnings
+
+    from conftest import vinbigdata_csv
+    from ensemble_boxes import weighted_boxes_fusion
+
+    from detx.data.readers import read_reader_csv
+
+    table, _ = read_reader_csv(vinbigdata_csv())
+    table = table[table["image_id"].isin(set(pd.unique(table["image_id"])[:800]))].reset_index(drop=True)
+    readers = sorted(set(table["rad_id"]) - {""})
+    weights = {r: 1.0 + (k % 3) * 0.5 for k, r in enumerate(readers)} if weighted else None
+    fused = fuse_readers(table, "wbf", 0.4, reader_weights=weights)
+    got = fused[(fused["rad_id"] == "fused") & (fused["class_name"] != "No finding")]
+    got_sets = got.groupby(["image_id", "class_id"]).indices
+    got_boxes = _boxes(got)
+    finding = table[table["class_name"] != "No finding"]
+    n_readers = table.groupby("image_id")["rad_id"].nunique()
+    n_sets = n_boxes = 0
+    for image_id, img in finding.groupby("image_id", sort=True):
+        if n_readers[image_id] < 2:
+            continue
+        b = _boxes(img)
+        w, h = max(b[:, [0, 2]].max(), 1e-6), max(b[:, [1, 3]].max(), 1e-6)
+        scale = np.array([w, h, w, h])
+        for cid, rows in img.groupby("class_id", sort=True):
+            norm = np.clip(_boxes(rows) / scale, 0, 1)
+            scores = [1.0] * len(rows) if weights is None else [weights[r] for r in rows["rad_id"]]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref, _, _ = weighted_boxes_fusion([norm.tolist()], [scores], [[0] * len(rows)], iou_thr=0.4,
+                                                  skip_box_thr=0.0)
+            ref = np.asarray(ref, float).reshape(-1, 4) * scale
+            ref = ref[np.lexsort((ref[:, 1], ref[:, 0]))]
+            np.testing.assert_array_equal(got_boxes[got_sets[(image_id, cid)]], ref, err_msg=f"{image_id} {cid}")
+            n_sets += 1
+            n_boxes += len(ref)
+    assert n_sets > 400 and n_boxes == len(got)

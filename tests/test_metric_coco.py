@@ -199,3 +199,13 @@ def test_empty_cases_equal_pycocotools(tmp_path):
     _assert_equal_to_pycocotools(gt, {}, tmp_path, num_classes=2)  # no predictions at all
     _assert_equal_to_pycocotools(gt, {"a": Predictions([[0, 0, 10, 10]], [0.3], [2])}, tmp_path,
                                  num_classes=2)  # only a No-finding entry
+
+
+def test_workers_share_the_categories_with_the_same_numbers():
+    # coco_metrics(workers=2) evaluates the categories in two forked processes: the same numbers, to the bit, as one
+    # process (the random case of 14 classes with ties and a crowded image)
+    gt, preds = _random_case(4, 200, 14, ties=True, crowded=True)
+    one = coco_metrics(gt, preds, num_classes=14)
+    two = coco_metrics(gt, preds, num_classes=14, workers=2)
+    assert json.dumps(two, sort_keys=True) == json.dumps(one, sort_keys=True)
+    assert one["AP"] is not None and 0 < one["AP"] < 1

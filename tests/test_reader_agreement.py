@@ -275,9 +275,13 @@ def test_evaluate_prints_and_writes_the_human_baseline(hand_csv, tmp_path, capsy
     hb = m["human_baseline"]
     assert hb["mAP40_mean"] == pytest.approx(50 / 63) and hb["n_readers"] == 7
     assert hb["per_reader"] == pytest.approx(EXPECTED)
+    # the honest baseline, the one tools/readers.py prints: the six images with a box, 18 (reader, image) cases pooled
+    # (64/99, tests/test_reader_styles.py); printed beside the model's number instead of the old mean
+    assert hb["mAP40"] == pytest.approx(64 / 99) and hb["images"] == 6 and hb["cases"] == 18
     printed = capsys.readouterr().out
-    assert "human baseline (mean reader mAP40 vs the others' fusion, 7 readers): 0.7937" in printed
-    assert f"[model mAP40: {m['mAP40']:.4f}]" in printed
+    assert ("human baseline (mAP40 of each reader against the fusion of its co-readers, pooled over the 6 images with "
+            "a box): 0.6465") in printed
+    assert f"[model mAP40: {m['mAP40']:.4f} on all 8 images;" in printed
 
     # on part of the images: only c1, n1, s1 -> R1: c1, n1 (1); R2: c1, s1 -> Cardiomegaly 2 of 3 GT: 2/3;
     # R3 the same; R4: n1 (1); R6: n1 (1); R9: s1 -> 0; R5 read none of them: not scored

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a submission CSV against ground truth: the VinBigData challenge metric (VOC mAP at IoU > 0.4),
 COCO numbers, FROC and image-level normal/abnormal metrics. Prints a per-class table, writes a JSON. A reader CSV
-with rad_id also gives the human baseline: each reader's mAP40 against the fusion of the other readers, averaged.
+with rad_id also gives the human baseline: each reader's mAP40 against the fusion of the other readers, pooled over the
+images with a box.
 
     python tools/evaluate.py --gt train.csv --pred submission.csv --out metrics.json --plots plots/
     python tools/evaluate.py --gt OUT/annotations/val_fold0.json --pred submission.csv
@@ -14,8 +15,7 @@ import sys
 
 from detx.cli import add_version, exits, setup_logging
 from detx.core.io import write_json
-from detx.viz.metrics_plots import plot_evaluation
-from detx.workflows.evaluate import evaluate_files, format_table
+from detx.workflows.evaluate import default_workers, evaluate_files, format_table
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="image-level operating point on P(abnormal) (default: Youden-optimal on these images)")
     p.add_argument("--out", default=None, help="write the metrics JSON here")
     p.add_argument("--plots", default=None, metavar="DIR", help="write pr_curves.png, froc.png, roc.png here")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="processes sharing the COCO evaluation's categories (default: CPU count, at most 4)")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first bad entry or missing/extra image (default: skip it with a warning)")
     add_version(p)
@@ -42,12 +44,15 @@ def get_parser() -> argparse.ArgumentParser:
 @exits
 def main(args: argparse.Namespace) -> int:
     result = evaluate_files(args.gt, args.pred, gt_fusion=args.gt_fusion, iou_thr=args.iou_thr,
-                            strict=args.strict, fusion_iou_thr=args.gt_fusion_iou, threshold=args.threshold)
+                            strict=args.strict, fusion_iou_thr=args.gt_fusion_iou, threshold=args.threshold,
+                            workers=args.workers)
     print(format_table(result.metrics))
     if args.out:
         write_json(args.out, result.metrics, indent=2)
         print(f"metrics written to {args.out}")
     if args.plots:
+        from detx.viz.metrics_plots import plot_evaluation  # matplotlib only when plots are asked for
+
         for path in plot_evaluation(result.curves, args.plots, args.iou_thr):
             print(f"plot written to {path}")
     return 0

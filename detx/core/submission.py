@@ -105,6 +105,13 @@ def _problem(msg: str, strict: bool, problems: list[str] | None, log: bool = Tru
 _PLAIN_NUMBERS = re.compile(r"[0-9eE+\-.\s]*")
 
 
+def _single_spaced(text: str) -> bool:
+    """ASCII tokens separated by single spaces, none leading or trailing, no other whitespace: then the number of
+    tokens is the number of spaces + 1 (checked with C-speed substring searches, far cheaper than a split)."""
+    return (text.isascii() and not text.startswith(" ") and not text.endswith(" ") and "  " not in text
+            and not any(c in text for c in "\t\n\r\x0b\x0c") and text != "")
+
+
 def _parse_valid(text: str, n_tokens: int, num_classes: int) -> Predictions | None:
     """The entries of ``text`` (``n_tokens`` values, a multiple of 6) when every one is valid, read by numpy in one
     C pass and checked in one vectorized pass (a million boxes: seconds, not tens of seconds); None when the text
@@ -149,20 +156,25 @@ def parse_prediction_string(
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return Predictions()
-    tokens = str(text).split()
-    if not tokens:
-        return Predictions()
-    if len(tokens) % 6:
+    text = str(text)
+    if _single_spaced(text):  # the common shape: the tokens are counted without splitting the string
+        n_tokens = text.count(" ") + 1
+    else:
+        n_tokens = len(text.split())
+        if not n_tokens:
+            return Predictions()
+    if n_tokens % 6:
         _problem(
-            f"image {image_id}: PredictionString has {len(tokens)} values, not a multiple of 6 "
+            f"image {image_id}: PredictionString has {n_tokens} values, not a multiple of 6 "
             "(class confidence x_min y_min x_max y_max); its entries cannot be aligned",
             strict,
             problems,
         )
         return Predictions()
-    fast = _parse_valid(str(text), len(tokens), num_classes)
+    fast = _parse_valid(text, n_tokens, num_classes)
     if fast is not None:
         return fast
+    tokens = text.split()
     classes, scores, boxes = [], [], []  # a bad entry somewhere: entry by entry, naming each problem
     for k in range(len(tokens) // 6):
         entry = tokens[6 * k : 6 * k + 6]

@@ -41,6 +41,7 @@ from ensemble_boxes import nms, weighted_boxes_fusion
 from detx.core.boxes import box_iou
 from detx.core.classes import NO_FINDING
 from detx.core.errors import InputError
+from detx.core.wbf import weighted_boxes_fusion_batched
 from detx.data.readers import BOX_COLUMNS, join_readers, make_table, reader_sort_key
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,29 @@ def _fuse_class(boxes: np.ndarray, method: str, iou_thr: float, scale: np.ndarra
     return fused[np.lexsort((fused[:, 1], fused[:, 0]))]
 
 
+def _fuse_sets(pending: list[tuple], boxes_all: np.ndarray, method: str, iou_thr: float) -> list[np.ndarray]:
+    """The fused boxes (original px, sorted by x_min then y_min) of each set ``(image_id, members, class id, scale,
+    weights, study)`` of :func:`fuse_readers`: WBF sets all in one call of the batched, compiled WBF
+    (:func:`detx.core.wbf.weighted_boxes_fusion_batched`: ensemble-boxes' numbers to the bit, each set one "image",
+    each box's score its reader's weight), NMS sets one by one through ensemble-boxes."""
+    if method != "wbf" or not pending:
+        return [_fuse_class(boxes_all[m], method, iou_thr, sc, w) for _, m, _, sc, w, _ in pending]
+    sizes = np.array([len(p[1]) for p in pending], dtype=np.int64)
+    members = np.concatenate([p[1] for p in pending])
+    scale = np.repeat(np.stack([p[3] for p in pending]), sizes, axis=0)
+    scores = np.concatenate([np.ones(len(p[1])) if p[4] is None else np.asarray(p[4], dtype=float) for p in pending])
+    norm = np.clip(boxes_all[members] / scale, 0.0, 1.0)
+    group = np.repeat(np.arange(len(pending)), sizes)
+    fb, _, _, fg = weighted_boxes_fusion_batched(norm, scores, np.zeros(len(norm), np.int64), group,
+                                                 np.zeros(len(norm), np.int64), 1, iou_thr=iou_thr, skip_box_thr=0.0)
+    bounds = np.searchsorted(fg, np.arange(len(pending) + 1))
+    out = []
+    for k, p in enumerate(pending):
+        fused = fb[bounds[k]:bounds[k + 1]] * p[3]
+        out.append(fused[np.lexsort((fused[:, 1], fused[:, 0]))])
+    return out
+
+
 def fuse_box_groups(
     group: np.ndarray,
     boxes: np.ndarray,
@@ -96,7 +120,8 @@ def fuse_box_groups(
     """Fuse many small sets of boxes at once, the boxes only (no reader membership): the rows of ``boxes`` with one
     value of ``group`` (an image x class) fuse together, as :func:`fuse_readers` fuses one image's boxes of one class
     (every box weighs 1). Sets of one box, and WBF sets of two, are answered with array operations (the same numbers
-    as ensemble-boxes, to the bit); larger sets go through ensemble-boxes one by one.
+    as ensemble-boxes, to the bit); larger WBF sets go through the batched, compiled WBF
+    (:mod:`detx.core.wbf`, ensemble-boxes' numbers to the bit) in one call, larger NMS sets through ensemble-boxes.
 
     Args:
         group: (N,) integer set of each box.
@@ -149,7 +174,17 @@ def fuse_box_groups(
         done = np.zeros(len(starts), bool)
         done[np.searchsorted(starts, one)] = True
         done[np.searchsorted(starts, two)] = True
-        for k in np.flatnonzero(~done):
+        rest = np.flatnonzero(~done)
+        if method == "wbf" and len(rest):  # the larger sets: all at once through the batched, compiled WBF
+            sel = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in rest])
+            fb, _, _, fg = weighted_boxes_fusion_batched(norm[sel], np.ones(len(sel)), np.zeros(len(sel), np.int64),
+                                                         group[sel], np.zeros(len(sel), np.int64), 1,
+                                                         iou_thr=iou_thr, skip_box_thr=0.0)
+            first = np.searchsorted(group, fg)  # a row of each fused box's set, for its scale
+            parts_g.append(fg)
+            parts_b.append(fb * scale[first])
+            rest = rest[:0]
+        for k in rest:
             a0, a1 = starts[k], starts[k] + counts[k]
             fused = _fuse_class(boxes[a0:a1], method, iou_thr, scale[a0])
             parts_g.append(np.full(len(fused), group[a0]))
@@ -210,9 +245,9 @@ def fuse_readers(
     is_nf = names == NO_FINDING
     if nf_id is None and is_nf.any():
         nf_id = int(cids[is_nf][0])
-    rows: list[tuple] = []
-    n_readers_col: list[int] = []
-    readers_col: list[str] = []
+    # each entry: (row, n_readers, readers), or the index of a set of boxes to fuse (expanded below)
+    entries: list[tuple | int] = []
+    pending: list[tuple] = []  # (image_id, members, class id, scale, weights, study) of each set to fuse
     starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(image_ids) else np.zeros(0, int)
     ends = np.r_[starts[1:], len(image_ids)]
     for a, b in zip(starts, ends):
@@ -222,10 +257,8 @@ def fuse_readers(
         finding = np.flatnonzero(~is_nf[a:b]) + a
         if method == "none" or len(readers) < 2 or "" in readers:
             for i in finding:
-                rows.append((image_id, rads[i], names[i], int(cids[i]), *boxes_all[i].tolist(), studies[i],
-                             int(lines[i])))
-                n_readers_col.append(1)
-                readers_col.append(rads[i])
+                entries.append(((image_id, rads[i], names[i], int(cids[i]), *boxes_all[i].tolist(), studies[i],
+                                 int(lines[i])), 1, rads[i]))
         elif len(finding):
             fb = boxes_all[finding]
             if image_sizes is not None and image_id in image_sizes:
@@ -236,23 +269,34 @@ def fuse_readers(
             fc = cids[finding]
             for cid in np.unique(fc):
                 members = finding[fc == cid]
-                boxes = boxes_all[members]
-                member_rads = rads[members]
-                weights = None if reader_weights is None else np.array([reader_weights[r] for r in member_rads])
-                fused = _fuse_class(boxes, method, iou_thr, scale, weights)
-                iou = box_iou(fused, boxes)
-                for k, box in enumerate(fused):
-                    drew = member_rads[iou[k] > iou_thr]
-                    if len(drew) == 0:  # cannot happen with ensemble-boxes' clustering; the closest box's reader
-                        drew = member_rads[[int(np.argmax(iou[k]))]]
-                    rows.append((image_id, "fused", names[members[0]], int(cid), *box.tolist(), study, -1))
-                    n_readers_col.append(len(set(drew)))
-                    readers_col.append(join_readers(drew))
+                weights = None if reader_weights is None else np.array([reader_weights[r] for r in rads[members]])
+                entries.append(len(pending))
+                pending.append((image_id, members, int(cid), scale, weights, study))
         if len(finding) == 0:
-            rows.append((image_id, "fused" if len(readers) > 1 else next(iter(readers)), NO_FINDING,
-                         nf_id if nf_id is not None else -1, np.nan, np.nan, np.nan, np.nan, study, -1))
-            n_readers_col.append(len(readers))
-            readers_col.append(join_readers(readers))
+            entries.append(((image_id, "fused" if len(readers) > 1 else next(iter(readers)), NO_FINDING,
+                             nf_id if nf_id is not None else -1, np.nan, np.nan, np.nan, np.nan, study, -1),
+                            len(readers), join_readers(readers)))
+    fused_sets = _fuse_sets(pending, boxes_all, method, iou_thr)
+    rows: list[tuple] = []
+    n_readers_col: list[int] = []
+    readers_col: list[str] = []
+    for e in entries:
+        if not isinstance(e, int):
+            rows.append(e[0])
+            n_readers_col.append(e[1])
+            readers_col.append(e[2])
+            continue
+        image_id, members, cid, _, _, study = pending[e]
+        fused = fused_sets[e]
+        member_rads = rads[members]
+        iou = box_iou(fused, boxes_all[members])
+        for k, box in enumerate(fused):
+            drew = member_rads[iou[k] > iou_thr]
+            if len(drew) == 0:  # cannot happen with ensemble-boxes' clustering; the closest box's reader
+                drew = member_rads[[int(np.argmax(iou[k]))]]
+            rows.append((image_id, "fused", names[members[0]], cid, *box.tolist(), study, -1))
+            n_readers_col.append(len(set(drew)))
+            readers_col.append(join_readers(drew))
     out = make_table(rows, dataset=table.attrs.get("dataset", ""), classes=tuple(classes or ()))
     out["n_readers"] = np.asarray(n_readers_col, dtype=np.int64)
     out["readers"] = pd.Series(readers_col, dtype=object)

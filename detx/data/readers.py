@@ -24,6 +24,7 @@ once the image size is known: :func:`check_box_bounds`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -469,7 +470,12 @@ def check_box_bounds(
 
 def reader_sort_key(rad_id: str) -> list:
     """Natural order of reader ids: R2 before R10."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(rad_id))]
+    return list(_reader_sort_key(str(rad_id)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _reader_sort_key(rad_id: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", rad_id))
 
 
 def reader_ids(table: pd.DataFrame) -> list[str]:
@@ -479,7 +485,12 @@ def reader_ids(table: pd.DataFrame) -> list[str]:
 
 def join_readers(rad_ids: Iterable[str]) -> str:
     """``"R1|R5|R9"``: distinct known reader ids in natural order, as meta.csv and the fused tables hold them."""
-    return "|".join(sorted({str(r) for r in rad_ids if str(r)}, key=reader_sort_key))
+    return _join_readers(frozenset(str(r) for r in rad_ids))
+
+
+@functools.lru_cache(maxsize=4096)
+def _join_readers(rad_ids: frozenset) -> str:  # a fused table joins the same few panels tens of thousands of times
+    return "|".join(sorted((r for r in rad_ids if r), key=_reader_sort_key))
 
 
 def require_reader_ids(table: pd.DataFrame, source: str | os.PathLike, what: str) -> None:

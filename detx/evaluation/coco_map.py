@@ -21,11 +21,14 @@ evaluation); the fields are exactly those pycocotools' ``loadRes`` sets for boxe
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import faster_coco_eval.faster_eval_api_cpp as _C
 import numpy as np
-from faster_coco_eval import COCO, COCOeval_faster
+from faster_coco_eval import COCO
+from faster_coco_eval.core.cocoeval import Params
 
 from detx.core.predictions import GroundTruth, Predictions
 from detx.evaluation.matching import FlatBoxes, flatten_ground_truth, flatten_predictions
@@ -96,45 +99,140 @@ def _mean_valid(x: np.ndarray) -> float | None:
     return float(np.mean(x)) if x.size else None
 
 
+def _bbox_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """IoU of paired ``[x, y, w, h]`` rows, as pycocotools' ``bbIou`` (``maskApi.c``) computes it, operation by
+    operation (no crowd boxes): 0 where the boxes do not overlap."""
+    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
+    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
+    i = w * h
+    u = d[:, 2] * d[:, 3] + g[:, 2] * g[:, 3] - i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((w > 0) & (h > 0), i / u, 0.0)
+
+
+def _category_inputs(
+    g: FlatBoxes, p: FlatBoxes, c: int, n_images: int, max_det: int
+) -> tuple[tuple, tuple, list[list[Any]]]:
+    """faster-coco-eval's C++ inputs for category ``c`` (COCO image ids 1..N): the ground truth and the results as
+    ``Dataset.load_tuple`` states (per image, the annotation dicts with the fields its C++ reads: ``id``,
+    ``area``, ``score``; ``iscrowd``/``ignore`` 0 by default) and the per-image IoU matrices ``COCOeval.evaluate``
+    would compute (detections by descending score, stable, at most ``max_det``; ground truth in input order)."""
+    gm, pm = g.classes == c, p.classes == c
+    gb, gi = _xywh_array(g.boxes[gm]), g.image[gm]
+    pb, pi, ps = _xywh_array(p.boxes[pm]), p.image[pm], p.scores[pm]
+    g_area, p_area = gb[:, 2] * gb[:, 3], pb[:, 2] * pb[:, 3]
+    # ids 1..N in input order, as COCO gives them; grouped by image, input order kept within an image
+    g_ord = np.argsort(gi, kind="stable")
+    g_anns = [{"id": j + 1, "area": a} for j, a in zip(g_ord.tolist(), g_area[g_ord].tolist())]
+    p_ord = np.argsort(pi, kind="stable")
+    p_anns = [{"id": j + 1, "score": s, "area": a}
+              for j, s, a in zip(p_ord.tolist(), ps[p_ord].tolist(), p_area[p_ord].tolist())]
+
+    def state(image: np.ndarray, anns: list[dict]) -> tuple:
+        starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]]) if len(image) else np.zeros(0, np.int64)
+        ends = np.r_[starts[1:], len(image)]
+        entries = [(float(image[a] + 1), float(c), anns[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
+        return (len(entries), entries)
+
+    gt_state, dt_state = state(gi[g_ord], g_anns), state(pi[p_ord], p_anns)
+    ious: list[list[Any]] = [[[]] for _ in range(n_images)]
+    # detections of each image by descending score (stable), the first max_det; only images with both kinds
+    d_ord = np.lexsort((-ps, pi))
+    d_img = pi[d_ord]
+    d_first = np.searchsorted(d_img, d_img, side="left")
+    d_ord = d_ord[np.arange(len(d_ord)) - d_first < max_det]
+    d_img = pi[d_ord]
+    n_g = np.bincount(gi, minlength=n_images)
+    n_d = np.bincount(d_img, minlength=n_images)
+    both = np.flatnonzero((n_g > 0) & (n_d > 0))
+    if len(both):
+        keep = (n_g[d_img] > 0)
+        d_ord, d_img = d_ord[keep], d_img[keep]
+        g_sorted = g_ord  # ground truth grouped by image, input order within
+        g_start = np.r_[0, np.cumsum(n_g)][:-1]
+        # pairs (detection, ground truth) of each image, detection-major, as a (D, G) matrix in row order
+        reps = n_g[d_img]
+        d_rep = np.repeat(d_ord, reps)
+        offs = np.arange(len(d_rep)) - np.repeat(np.cumsum(reps) - reps, reps)
+        g_rep = g_sorted[g_start[np.repeat(d_img, reps)] + offs]
+        iou = _bbox_iou(pb[d_rep], gb[g_rep])
+        sizes = n_d[both] * n_g[both]
+        for k, block in zip(both.tolist(), np.split(iou, np.cumsum(sizes)[:-1])):
+            ious[k] = [block.reshape(int(n_d[k]), int(n_g[k]))]
+    return gt_state, dt_state, ious
+
+
+def _xywh_array(b: np.ndarray) -> np.ndarray:
+    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1).reshape(-1, 4)
+
+
 def coco_eval_arrays(
-    gt: GroundTruth, preds: Mapping[str, Predictions], num_classes: int, iou_thrs: Sequence[float]
+    gt: GroundTruth, preds: Mapping[str, Predictions], num_classes: int, iou_thrs: Sequence[float], workers: int = 1
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """COCOeval's accumulated ``precision`` [T, R, K, A, M] and ``recall`` [T, K, A, M] (-1 where undefined) at
     ``iou_thrs``, category by category.
 
     COCO's bbox evaluation with categories is separable: matching, ``maxDets`` (per image *and* category) and the
     accumulation never mix categories, so evaluating each category alone gives the same arrays as one run over
-    all, while only one category's boxes are held as Python objects at a time (the peak memory of a million boxes
-    drops from ~2 GB to a few hundred MB). A category without ground truth is -1 throughout, as in pycocotools.
+    all, while only one category's boxes are held as Python objects at a time. A category without ground truth is
+    -1 throughout, as in pycocotools.
+
+    Each category goes straight to faster-coco-eval's C++ ``COCOevalEvaluateAccumulate`` (the matching and the
+    accumulation of ``COCOeval_faster.evaluate``), with the inputs its Python ``evaluate`` would prepare from COCO
+    objects built from arrays here instead (:func:`_category_inputs`; the IoUs with pycocotools' box formula):
+    building a million annotation dicts with every COCO field, indexing them and handing them over one by one was
+    most of the time at 15,000 images. ``tests/test_metric_coco.py`` holds the result equal to pycocotools.
+    With ``workers > 1`` the categories are shared among that many forked processes (where the platform forks; the
+    same arrays, in less wall time on several cores); the default, 1, stays in this process (the training evaluator,
+    which may hold a GPU context, keeps it).
 
     Returns:
-        (precision, recall, params) with ``params`` the last evaluation's (area labels, maxDets, recThrs).
+        (precision, recall, params) with ``params`` the evaluation parameters (area labels, maxDets, recThrs).
     """
     g, p = _flat(gt, preds, num_classes)
-    precision = recall = params = None
-    for c in range(num_classes):
-        has_gt = bool((g.classes == c).any())
-        if not has_gt and params is not None:
-            continue
-        coco_gt, coco_dt = _coco_pair(g, p, [c])
-        ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=_quiet)
-        ev.params.iouThrs = np.asarray(iou_thrs, np.float64)
-        ev.evaluate()
-        ev.accumulate()
-        if params is None:
-            params = ev.params
-            t, r, _, a, m = np.asarray(ev.eval["precision"]).shape
-            precision = np.full((t, r, num_classes, a, m), -1.0)
-            recall = np.full((t, num_classes, a, m), -1.0)
-        if has_gt:
-            precision[:, :, c] = np.asarray(ev.eval["precision"])[:, :, 0]
-            recall[:, c] = np.asarray(ev.eval["recall"])[:, 0]
-    if params is None:  # no class at all
-        ev = COCOeval_faster(*_coco_pair(g, p, []), "bbox", print_function=_quiet)
-        params = ev.params
-        precision = np.full((len(iou_thrs), len(params.recThrs), 0, len(params.areaRng), len(params.maxDets)), -1.0)
-        recall = np.full((len(iou_thrs), 0, len(params.areaRng), len(params.maxDets)), -1.0)
+    n = len(g.image_ids)
+    params = Params(iouType="bbox")
+    params.iouThrs = np.asarray(iou_thrs, np.float64)
+    params.imgIds = list(range(1, n + 1))
+    params.maxDets = sorted(params.maxDets)
+    t, r, a, m = len(params.iouThrs), len(params.recThrs), len(params.areaRng), len(params.maxDets)
+    precision = np.full((t, r, num_classes, a, m), -1.0)
+    recall = np.full((t, num_classes, a, m), -1.0)
+    has_gt = np.bincount(g.classes, minlength=num_classes) > 0 if len(g.classes) else np.zeros(num_classes, bool)
+    cats = np.flatnonzero(has_gt[:num_classes]).tolist()
+    global _SHARED
+    _SHARED = (g, p, n, params)
+    try:
+        if workers > 1 and len(cats) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # the largest categories first, so that the workers finish together; children inherit the arrays (fork)
+            cats.sort(key=lambda c: -int((p.classes == c).sum()))
+            with multiprocessing.get_context("fork").Pool(min(workers, len(cats))) as pool:
+                results = list(pool.imap_unordered(_evaluate_category, cats))
+        else:
+            results = [_evaluate_category(c) for c in cats]
+    finally:
+        _SHARED = None
+    for c, prec, rec in results:
+        precision[:, :, c] = prec
+        recall[:, c] = rec
     return precision, recall, params
+
+
+#: (ground truth, predictions, number of images, params) of the running :func:`coco_eval_arrays`, for its workers
+_SHARED: tuple | None = None
+
+
+def _evaluate_category(c: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Category ``c`` of the running :func:`coco_eval_arrays` through faster-coco-eval's C++: (c, precision
+    [T, R, A, M], recall [T, A, M])."""
+    g, p, n, params = _SHARED
+    gt_state, dt_state, ious = _category_inputs(g, p, c, n, params.maxDets[-1])
+    params.catIds = [c]
+    gt_ds, dt_ds = _C.Dataset(), _C.Dataset()
+    gt_ds.load_tuple(gt_state)
+    dt_ds.load_tuple(dt_state)
+    ev = _C.COCOevalEvaluateAccumulate(params, ious, gt_ds, dt_ds, params.imgIds, [c], True)
+    return c, np.asarray(ev["precision"])[:, :, 0], np.asarray(ev["recall"])[:, 0]
 
 
 def coco_metrics(
@@ -142,6 +240,7 @@ def coco_metrics(
     preds: Mapping[str, Predictions],
     num_classes: int,
     extra_iou_thr: float = 0.4,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """COCO numbers of box predictions, as fractions in [0, 1] (None where undefined).
 
@@ -150,6 +249,7 @@ def coco_metrics(
         preds: image_id -> Predictions; the No-finding class ``num_classes`` is ignored.
         num_classes: the number of finding classes.
         extra_iou_thr: the threshold of the extra 101-point AP (``coco_mAP40`` for 0.4).
+        workers: processes sharing the categories (:func:`coco_eval_arrays`).
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl", "coco_mAP40",
@@ -160,7 +260,7 @@ def coco_metrics(
     extra_per_class = f"AP{round(extra_iou_thr * 100):d}_per_class"
     default_thrs = np.linspace(0.5, 0.95, 10)  # COCO's (pycocotools' Params.setDetParams)
     precision, recall, params = coco_eval_arrays(gt, preds, num_classes,
-                                                 np.concatenate([[extra_iou_thr], default_thrs]))
+                                                 np.concatenate([[extra_iou_thr], default_thrs]), workers=workers)
     std, std_r = precision[1:], recall[1:]  # T index 0 is the extra threshold
     area = {lbl: i for i, lbl in enumerate(params.areaRngLbl)}
     m100 = len(params.maxDets) - 1

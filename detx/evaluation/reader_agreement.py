@@ -313,16 +313,24 @@ def human_baseline(
     fusion_iou_thr: float | None = None,
     image_ids: Iterable[str] | None = None,
 ) -> dict[str, Any] | None:
-    """The readers' mean ``mAP40_vs_others`` on ``image_ids``: ``{"mAP40_mean", "n_readers", "per_reader"}`` (the
-    key follows ``iou_thr``), or None when the table has no reader ids or no image read by two readers."""
+    """The human baseline on ``image_ids`` from one fusion of every reader's co-readers (:func:`reader_cases`):
+    ``{"mAP40_mean", "n_readers", "per_reader"}``, the readers' mean ``mAP40_vs_others`` (the old figure), then the
+    honest one, ``{"mAP40", "images", "cases", "rule"}``: every (reader, image) case of the images with a box (by
+    anyone) pooled into one challenge metric (:func:`pooled_baseline`, ``readers.json["human_baseline"]``'s rule,
+    :data:`BASELINE_RULE`; None without such an image). Key names follow ``iou_thr``. None when the table has no
+    reader ids or no image read by two readers."""
     if not reader_ids(table):
         return None
-    scores = reader_scores(table, iou_thr, fusion, fusion_iou_thr, image_ids)
+    fusion_iou_thr = iou_thr if fusion_iou_thr is None else fusion_iou_thr
+    cases = reader_cases(table, fusion, fusion_iou_thr, image_ids)
+    scores = reader_scores(table, iou_thr, fusion, fusion_iou_thr, image_ids, cases=cases)
     per_reader = {r: s.mAP for r, s in scores.items() if s.mAP is not None}
     if not per_reader:
         return None
+    known = _known(table, image_ids)
+    with_box = pd.unique(known.loc[(known["class_name"] != NO_FINDING).to_numpy(), "image_id"].astype(str))
     return {f"{map_key(iou_thr)}_mean": float(np.mean(list(per_reader.values()))), "n_readers": len(per_reader),
-            "per_reader": per_reader}
+            "per_reader": per_reader, **pooled_baseline(cases, with_box, iou_thr), "rule": BASELINE_RULE}
 
 
 def robust_z(values: Mapping[str, float]) -> dict[str, float]:
