@@ -6,9 +6,10 @@ Layouts (``layout``), each an image folder and PNG/GIF masks of the same size:
 - ``montgomery`` (NLM Montgomery County set): ``CXR_png/<id>.png``, ``ManualMask/leftMask/<id>.png`` and
   ``ManualMask/rightMask/<id>.png``;
 - ``shenzhen`` (NLM Shenzhen set with its public lung masks): ``CXR_png/<id>.png``, ``mask/<id>_mask.png`` (both lungs);
-- ``folders`` (JSRT converted to PNG with the SCR masks, or any other): ``--images DIR`` of ``<id>.png`` and
-  ``--masks DIR`` holding ``<id>.png`` / ``<id>_mask.png`` (both lungs), or ``left lung/<id>.*`` and
-  ``right lung/<id>.*`` (SCR's folder names) / ``left/``, ``right/``.
+- ``folders`` (JSRT converted to PNG with the SCR masks, or any other): ``--images DIR`` of ``<id>.png`` (or DICOM
+  files ``<id>.dicom`` / ``<id>.dcm``, e.g. the synthetic generator's ``--lung-masks``) and ``--masks DIR`` holding
+  ``<id>.png`` / ``<id>_mask.png`` (both lungs), or ``left lung/<id>.*`` and ``right lung/<id>.*`` (SCR's folder
+  names) / ``left/``, ``right/``.
 
 Bad pairs are named, counted and skipped (``ProblemLog``; ``--strict`` stops at the first): an image without a mask
 (``missing_mask``), a mask whose size differs from its image's (``mask_size``), an unreadable file
@@ -27,10 +28,13 @@ import numpy as np
 from detx.core.errors import InputError, MissingFileError
 from detx.data.readers import ProblemLog
 
-__all__ = ["LAYOUTS", "LungPair", "lung_box", "read_lung_mask", "read_lung_pairs"]
+__all__ = ["LAYOUTS", "LungPair", "lung_box", "lung_boxes_from_masks", "mask_files", "read_lung_mask",
+           "read_lung_pairs"]
 
 LAYOUTS = ("montgomery", "shenzhen", "folders")
 MASK_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+#: image files of the ``folders`` layout besides PNGs
+DICOM_SUFFIXES = (".dicom", ".dcm")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,20 @@ class LungPair:
     masks: tuple[Path, ...]
     width: int
     height: int
+
+
+def _image_shape(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image file (a DICOM's from its header), None when unreadable."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Rows), int(ds.Columns)
+        except Exception:  # noqa: BLE001 - pydicom raises several types for broken files
+            return None
+    im = _read_gray(path)
+    return None if im is None else im.shape[:2]
 
 
 def _read_gray(path: Path) -> np.ndarray | None:
@@ -95,6 +113,11 @@ def _find(folder: Path, stem: str, suffixes: tuple[str, ...] = ("", "_mask")) ->
     return None
 
 
+def mask_files(masks: str | os.PathLike, image_id: str) -> tuple[Path, ...] | None:
+    """The mask file(s) of an image in a ``folders`` layout mask folder, None when it has none."""
+    return _mask_files("folders", Path(masks), Path(masks), image_id)
+
+
 def _mask_files(layout: str, root: Path, masks: Path | None, stem: str) -> tuple[Path, ...] | None:
     if layout == "montgomery":
         left, right = _find(root / "ManualMask" / "leftMask", stem), _find(root / "ManualMask" / "rightMask", stem)
@@ -132,27 +155,62 @@ def read_lung_pairs(layout: str, images: str | os.PathLike, masks: str | os.Path
         raise MissingFileError(f"image folder {img_dir} does not exist (layout {layout})")
     log = ProblemLog(strict)
     pairs = []
-    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")):
+    suffixes = (".png",) + (DICOM_SUFFIXES if layout == "folders" else ())
+    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith(".")):
         stem = img.stem
         files = _mask_files(layout, root, mask_dir, stem)
         if files is None:
             log.add("missing_mask", str(img), f"image {stem} has no lung mask ({layout} layout)", stem)
             continue
-        im = _read_gray(img)
-        if im is None:
+        shape = _image_shape(img)
+        if shape is None:
             log.add("bad_image", str(img), f"image {stem} cannot be read", stem)
             continue
-        try:
-            mask = read_lung_mask(files)
-        except InputError as e:
-            log.add("bad_mask", str(files[0]), str(e), stem)
+        if _check_mask(log, files, shape, stem) is None:
             continue
-        if mask.shape != im.shape[:2]:
-            log.add("mask_size", str(files[0]), f"mask of {stem} is {mask.shape[1]} x {mask.shape[0]} but the image "
-                    f"is {im.shape[1]} x {im.shape[0]}", stem)
-            continue
-        if not mask.any():
-            log.add("empty_mask", str(files[0]), f"mask of {stem} marks no lung pixel", stem)
-            continue
-        pairs.append(LungPair(stem, img, files, int(im.shape[1]), int(im.shape[0])))
+        pairs.append(LungPair(stem, img, files, int(shape[1]), int(shape[0])))
     return pairs, log
+
+
+def _check_mask(log: ProblemLog, files: tuple[Path, ...], shape: tuple[int, int], stem: str) -> np.ndarray | None:
+    """The mask of an image of ``shape`` (height, width), or None after logging why it is unusable."""
+    try:
+        mask = read_lung_mask(files)
+    except InputError as e:
+        log.add("bad_mask", str(files[0]), str(e), stem)
+        return None
+    if mask.shape != tuple(shape):
+        log.add("mask_size", str(files[0]), f"mask of {stem} is {mask.shape[1]} x {mask.shape[0]} but the image "
+                f"is {shape[1]} x {shape[0]}", stem)
+        return None
+    if not mask.any():
+        log.add("empty_mask", str(files[0]), f"mask of {stem} marks no lung pixel", stem)
+        return None
+    return mask
+
+
+def lung_boxes_from_masks(masks: str | os.PathLike, sizes: dict[str, tuple[int, int]], log: ProblemLog
+                          ) -> dict[str, tuple[int, int, int, int]]:
+    """The lung fields' box (original pixels, :func:`lung_box`) of each image, from a ``folders`` layout mask folder.
+
+    Args:
+        masks: the mask folder (``left/``, ``right/`` or ``<id>.png`` / ``<id>_mask.png``).
+        sizes: image_id -> (width, height) of the original image.
+        log: receives ``missing_mask``, ``bad_mask``, ``mask_size``, ``empty_mask`` (the image has no box).
+
+    Raises:
+        MissingFileError: ``masks`` is not a folder.
+    """
+    masks = Path(masks)
+    if not masks.is_dir():
+        raise MissingFileError(f"lung mask folder {masks} does not exist")
+    out = {}
+    for image_id, (w, h) in sizes.items():
+        files = mask_files(masks, image_id)
+        if files is None:
+            log.add("missing_mask", f"image {image_id}", f"image {image_id} has no lung mask in {masks}", image_id)
+            continue
+        mask = _check_mask(log, files, (h, w), image_id)
+        if mask is not None:
+            out[image_id] = lung_box(mask)
+    return out
