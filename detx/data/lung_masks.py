@@ -28,8 +28,11 @@ import numpy as np
 from detx.core.errors import InputError, MissingFileError
 from detx.data.readers import ProblemLog
 
-__all__ = ["LAYOUTS", "LungPair", "lung_box", "lung_boxes_from_masks", "mask_files", "read_lung_mask",
-           "read_lung_pairs"]
+__all__ = ["LAYOUTS", "LUNG_CLASSES", "LungPair", "lung_box", "lung_boxes_from_masks", "mask_files", "mask_polygons",
+           "read_lung_mask", "read_lung_pairs", "read_lung_sides"]
+
+#: the lung segmenter's classes (the patient's sides: the left lung is on the image's right in a PA view)
+LUNG_CLASSES: tuple[str, ...] = ("left lung", "right lung")
 
 LAYOUTS = ("montgomery", "shenzhen", "folders")
 MASK_SUFFIXES = (".png", ".gif", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -92,6 +95,43 @@ def read_lung_mask(paths: tuple[Path, ...]) -> np.ndarray:
         out = m if out is None else out | m
     if out is None:
         raise InputError("no mask file")
+    return out
+
+
+def read_lung_sides(pair: LungPair) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) lung masks of a pair, bool arrays of the image's size: the two files of a left/right layout, or
+    a both-lungs mask split into its two largest connected parts (the one on the image's left is the patient's right
+    lung; a mask of one part is split at that part's middle column).
+
+    Raises:
+        InputError: a file cannot be read.
+    """
+    if len(pair.masks) == 2:
+        return read_lung_mask(pair.masks[:1]), read_lung_mask(pair.masks[1:])
+    both = read_lung_mask(pair.masks)
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(both.astype(np.uint8), connectivity=8)
+    order = sorted(range(1, n), key=lambda k: -stats[k, cv2.CC_STAT_AREA])[:2]
+    if len(order) == 2:
+        a, b = sorted(order, key=lambda k: centroids[k][0])  # a: image left = the patient's right lung
+        return labels == b, labels == a
+    x0, _, x1, _ = lung_box(both)
+    cut = (x0 + x1) // 2
+    cols = np.arange(both.shape[1])[None, :]
+    return both & (cols >= cut), both & (cols < cut)
+
+
+def mask_polygons(mask: np.ndarray, scale: tuple[float, float] = (1.0, 1.0), min_points: int = 3
+                  ) -> list[list[float]]:
+    """A bool mask's outer contours as COCO polygons ``[x0, y0, x1, y1, ...]`` (pixel corners, so that the polygon
+    rasterizes back to about the mask), each coordinate multiplied by ``scale`` (sx, sy)."""
+    contours, _ = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for c in contours:
+        pts = c.reshape(-1, 2).astype(np.float64) + 0.5
+        if len(pts) < min_points:
+            continue
+        pts *= np.asarray(scale, np.float64)
+        out.append([round(float(v), 3) for v in pts.ravel()])
     return out
 
 
