@@ -135,8 +135,8 @@ def exits(main: Callable[..., int | None]) -> Callable[..., int]:
 def prepare_main(dataset: str, description: str, argv: list[str] | None = None) -> int:
     """The whole of ``datasets/prepare_<dataset>.py``: parse, prepare, print the summary; the exit status."""
     from detx.workflows.prepare import add_prepare_arguments, prepare_from_args
-    from detx.workflows.prepare_mura import add_mura_arguments, prepare_mura_from_args
     from detx.workflows.prepare_lung_masks import add_lung_mask_arguments, prepare_lung_masks_from_args
+    from detx.workflows.prepare_mura import add_mura_arguments, prepare_mura_from_args
     from detx.workflows.prepare_openi import add_openi_arguments, prepare_openi_from_args
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
