@@ -143,3 +143,129 @@ def test_lung_segmenter_trains_on_the_prepared_masks(prepared_lungs, tmp_path):
     assert {"segm/AP", "bbox/AP", "vinbigdata/mAP40", "val_total_loss"} <= keys
     cfg = (out / "config.yaml").read_text()
     assert "NUM_CLASSES: 2" in cfg and "HFLIP_PROB: 0.0" in cfg
+
+
+# ------------------------------------------------------------------------------------ --crop lungs
+
+
+class _BoxesOnThePng:
+    """A stand-in detector (the ``ImageModel`` interface of ``predict_all``) that "predicts" two boxes in the pixels
+    of the PNG it is fed (the whole PNG, and :data:`INNER` x its size), scaled to the frame it is asked for, as
+    detectron2's postprocessing does."""
+
+    input_format = "BGR"
+
+    def cache_key(self, view, dicom_size):
+        return "stub"
+
+    def batch_key(self, shape, view):
+        return None
+
+    def __call__(self, images, orig_sizes, view=None, fmt=None):
+        from detx.core.predictions import Predictions
+
+        out = []
+        for img, (ow, oh) in zip(images, orig_sizes):
+            h, w = img.shape[:2]
+            b = _png_boxes(w, h) * np.array([ow / w, oh / h, ow / w, oh / h])
+            out.append(Predictions(b, np.full(len(b), 0.9), np.zeros(len(b), np.int64)))
+        return out
+
+
+INNER = np.array([0.1, 0.2, 0.55, 0.9])
+
+
+def _png_boxes(w: int, h: int) -> np.ndarray:
+    return np.array([[0, 0, w, h], INNER * [w, h, w, h]], np.float64)
+
+
+def _prepare_cxr(*args) -> int:
+    return load_script("datasets/prepare_vindr_cxr.py").main([*map(str, args), "--workers", "1", "--no-report"])
+
+
+def test_crop_lungs_round_trip_prepare_to_predict(lung_synthetic, tmp_path):
+    from detx.core.crop import Crop, boxes_from_crop, crop_around
+    from detx.core.prepared import load_prepared_coco
+    from detx.data.dicom import load_dicom_image, resize_longest
+    from detx.data.lung_masks import read_lung_mask
+    from detx.inference.predictor import collect_inputs, predict_all
+
+    out = tmp_path / "cropped"
+    masks = lung_synthetic / LUNG_MASKS_DIR / "train"
+    assert _prepare_cxr("--csv", lung_synthetic / "train.csv", "--dicom-dir", lung_synthetic / "train", "--out", out,
+                        "--size", "64", "--folds", "0", "--crop", "lungs", "--lung-masks", masks,
+                        "--crop-margin", "0.1") == 0
+    meta = pd.read_csv(out / "meta.csv", dtype={"image_id": str}).set_index("image_id")
+    assert len(meta) == 10
+    fused = pd.read_csv(out / "annotations" / "boxes_fused.csv", dtype={"image_id": str})
+    fused = fused[fused["class_name"] != "No finding"]
+    coco = load_prepared_coco(out / "annotations" / "all.json")
+    for image_id, r in meta.iterrows():
+        mask = read_lung_mask((masks / "left" / f"{image_id}.png", masks / "right" / f"{image_id}.png"))
+        crop = crop_around(lung_box(mask), (r.orig_width, r.orig_height), margin=0.1)
+        assert (r.crop_x0, r.crop_y0, r.crop_x1, r.crop_y1) == (crop.x0, crop.y0, crop.x1, crop.y1)
+        # the PNG is the crop of the full-resolution decode, longest side 64
+        full, _, _ = load_dicom_image(lung_synthetic / "train" / f"{image_id}.dicom")
+        png = cv2.imread(str(out / "images" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(png, resize_longest(np.ascontiguousarray(crop.apply(full)), 64))
+        assert (png.shape[1], png.shape[0]) == (r.width, r.height)
+        # ground truth read back from the COCO file (PNG pixels of the crop) is the fused box in original pixels
+        want = fused.loc[fused["image_id"] == image_id, ["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+        got = coco.gt[image_id][0]
+        np.testing.assert_allclose(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])], atol=2e-3)
+    inputs = collect_inputs(out / "annotations" / "all.json")
+    assert all(im.crop is not None for im in inputs.images)
+    run = predict_all([_BoxesOnThePng()], inputs.images, progress=False)
+    (preds,) = run.sets
+    for image_id, r in meta.iterrows():
+        assert run.orig_sizes[image_id] == (r.orig_width, r.orig_height)
+        crop = Crop(r.crop_x0, r.crop_y0, r.crop_x1, r.crop_y1, r.orig_width, r.orig_height, (r.width, r.height))
+        got = preds[image_id].boxes
+        # the whole crop comes back as the crop's rectangle in original pixels, the other box through the crop
+        np.testing.assert_allclose(got[0], [crop.x0, crop.y0, crop.x1, crop.y1], atol=1e-6)
+        np.testing.assert_allclose(got[1], boxes_from_crop(_png_boxes(r.width, r.height)[1:], crop)[0], atol=1e-6)
+    # a PNG folder with its meta.csv reads the crops too
+    assert collect_inputs(out / "images").images[0].crop is not None
+
+
+def test_crop_lungs_names_boxes_leaving_the_crop_and_missing_masks(lung_synthetic, tmp_path):
+    fused_plain = tmp_path / "plain"
+    assert _prepare_cxr("--csv", lung_synthetic / "train.csv", "--dicom-dir", lung_synthetic / "train", "--out",
+                        fused_plain, "--size", "64", "--folds", "0") == 0
+    boxes = pd.read_csv(fused_plain / "annotations" / "boxes_fused.csv", dtype={"image_id": str})
+    boxes = boxes[boxes["class_name"] != "No finding"]
+    target = boxes["image_id"].iloc[0]
+    b = boxes.iloc[0]
+    # masks: the real ones, but the target image's lungs are a small square around one corner of its first box
+    masks = tmp_path / "masks"
+    shutil.copytree(lung_synthetic / LUNG_MASKS_DIR / "train", masks)
+    for side in ("left", "right"):
+        m = cv2.imread(str(masks / side / f"{target}.png"), 0) * 0
+        x, y = int(b.x_min), int(b.y_min)
+        m[y:y + 3, x:x + 3] = 255
+        cv2.imwrite(str(masks / side / f"{target}.png"), m)
+    missing = sorted(set(pd.read_csv(fused_plain / "meta.csv", dtype={"image_id": str})["image_id"]) - {target})[0]
+    for side in ("left", "right"):
+        (masks / side / f"{missing}.png").unlink()
+    out = tmp_path / "cropped"
+    assert _prepare_cxr("--csv", lung_synthetic / "train.csv", "--dicom-dir", lung_synthetic / "train", "--out", out,
+                        "--size", "64", "--folds", "0", "--crop", "lungs", "--lung-masks", masks,
+                        "--crop-margin", "0") == 0
+    problems = pd.read_csv(out / "problems.csv", dtype={"image_id": str})
+    kinds = dict(zip(zip(problems["kind"], problems["image_id"]), problems["message"]))
+    assert ("missing_mask", missing) in kinds
+    assert ("box_clipped_by_crop", target) in kinds
+    assert "reaches outside its lung crop" in kinds[("box_clipped_by_crop", target)]
+    n_target = int((boxes["image_id"] == target).sum())
+    n_named = int((problems["image_id"] == target).sum())
+    assert n_named == n_target  # every box of the target image is named (clipped or dropped), none silently
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 9 and summary["problems"]["missing_mask"] == 1
+    meta = pd.read_csv(out / "meta.csv", dtype={"image_id": str}).set_index("image_id")
+    assert missing not in meta.index and target in meta.index
+    assert _prepare_cxr("--csv", lung_synthetic / "train.csv", "--dicom-dir", lung_synthetic / "train", "--out",
+                        tmp_path / "strict", "--size", "64", "--folds", "0", "--crop", "lungs", "--lung-masks", masks,
+                        "--strict") == 1
+    # --crop lungs needs one source of lung boxes
+    assert _prepare_cxr("--dicom-dir", lung_synthetic / "test", "--out", tmp_path / "x", "--crop", "lungs") == 2
+    assert _prepare_cxr("--dicom-dir", lung_synthetic / "test", "--out", tmp_path / "x", "--lung-masks", masks) == 2

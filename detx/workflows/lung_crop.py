@@ -124,7 +124,7 @@ def clip_to_crops(boxes: pd.DataFrame, crops: dict[str, Crop], log: ProblemLog) 
         return boxes
     keep = np.ones(len(boxes), bool)
     out = boxes.copy()
-    values = out[list(BOX_COLUMNS)].to_numpy(np.float64)
+    values = out[list(BOX_COLUMNS)].to_numpy(np.float64, copy=True)
     for pos, (image_id, name) in enumerate(zip(out["image_id"], out["class_name"])):
         crop = crops.get(image_id)
         if crop is None or name == NO_FINDING or not np.isfinite(values[pos]).all():
