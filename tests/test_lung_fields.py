@@ -132,7 +132,7 @@ def test_lung_mask_converter_names_bad_pairs(tmp_path, lung_synthetic):
 # ------------------------------------------------------------------------------------ the segmenter
 
 
-def test_lung_segmenter_trains_on_the_prepared_masks(prepared_lungs, tmp_path):
+def test_lung_segmenter_trains_and_crops(prepared_lungs, lung_synthetic, tmp_path):
     out = tmp_path / "train"
     run_train_net("--config-file", LUNGS_TINY, "DETX.DATA_ROOT", prepared_lungs, "OUTPUT_DIR", out, "MODEL.DEVICE",
                   "cpu", "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "2",
@@ -143,6 +143,23 @@ def test_lung_segmenter_trains_on_the_prepared_masks(prepared_lungs, tmp_path):
     assert {"segm/AP", "bbox/AP", "vinbigdata/mAP40", "val_total_loss"} <= keys
     cfg = (out / "config.yaml").read_text()
     assert "NUM_CLASSES: 2" in cfg and "HFLIP_PROB: 0.0" in cfg
+    # the trained segmenter crops a test set: after 3 iterations it may find no lung (score < 0.5): such an image
+    # keeps the whole image, named as lungs_not_found; either way every image gets a crop inside it
+    crop_out = tmp_path / "cropped"
+    assert load_script("datasets/prepare_vindr_cxr.py").main([
+        "--dicom-dir", str(lung_synthetic / "test"), "--out", str(crop_out), "--size", "64", "--workers", "1",
+        "--no-report", "--crop", "lungs", "--lung-config", LUNGS_TINY, "--lung-weights",
+        str(out / "model_final.pth")]) == 0
+    meta = pd.read_csv(crop_out / "meta.csv", dtype={"image_id": str})
+    assert len(meta) == 2
+    assert ((meta["crop_x0"] >= 0) & (meta["crop_x1"] <= meta["orig_width"]) & (meta["crop_x0"] < meta["crop_x1"])
+            & (meta["crop_y0"] >= 0) & (meta["crop_y1"] <= meta["orig_height"])).all()
+    problems = pd.read_csv(crop_out / "problems.csv", dtype={"image_id": str})
+    assert set(problems["kind"]) <= {"lungs_not_found"}
+    whole = (meta["crop_x0"] == 0) & (meta["crop_y0"] == 0) & (meta["crop_x1"] == meta["orig_width"]) & (
+        meta["crop_y1"] == meta["orig_height"])
+    assert set(problems["image_id"]) <= set(meta.loc[whole, "image_id"])
+    assert json.loads((crop_out / "summary.json").read_text())["skipped"] == 0  # a repair, not a skip
 
 
 # ------------------------------------------------------------------------------------ --crop lungs
