@@ -51,6 +51,27 @@ def _last(metrics: Path, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
+def _crop_iou_vs_masks(meta, masks: Path, margin: float) -> dict[str, float]:
+    """IoU of each recorded crop with the crop the drawn lung masks give (same margin): mean and min."""
+    import numpy as np
+
+    from detx.core.crop import crop_around
+    from detx.data.lung_masks import lung_boxes_from_masks
+    from detx.data.readers import ProblemLog
+
+    sizes = {str(r.image_id): (int(r.orig_width), int(r.orig_height)) for r in meta.itertuples()}
+    boxes = lung_boxes_from_masks(masks, sizes, ProblemLog(strict=True))
+    ious = []
+    for r in meta.itertuples():
+        c = crop_around(boxes[str(r.image_id)], sizes[str(r.image_id)], margin)
+        ix = max(0, min(c.x1, r.crop_x1) - max(c.x0, r.crop_x0))
+        iy = max(0, min(c.y1, r.crop_y1) - max(c.y0, r.crop_y0))
+        inter = ix * iy
+        union = (c.x1 - c.x0) * (c.y1 - c.y0) + (r.crop_x1 - r.crop_x0) * (r.crop_y1 - r.crop_y0) - inter
+        ious.append(inter / union)
+    return {"mean": float(np.mean(ious)), "min": float(np.min(ious))}
+
+
 def _fmt(v: float | None) -> str:
     return f"{v:.3f}" if v is not None else "n/a"
 
@@ -100,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    meta = pd.read_csv(out / "crops" / "meta.csv")
+    meta = pd.read_csv(out / "crops" / "meta.csv", dtype={"image_id": str})
     kept = ((meta["crop_x1"] - meta["crop_x0"]) * (meta["crop_y1"] - meta["crop_y0"])
             / (meta["orig_width"] * meta["orig_height"]))
     crops_summary = json.loads((out / "crops" / "summary.json").read_text())
+    crop_iou = _crop_iou_vs_masks(meta, data / "lung_masks" / "train", args.margin) \
+        if args.lung_source == "segmenter" else None
     rows = {}
     for name in ("whole", "crops"):
         run = out / f"cls_{name}"
@@ -119,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               "images": len(meta), "crop_area_kept": {"mean": float(kept.mean()), "min": float(kept.min()),
                                                       "max": float(kept.max())},
               "crop_problems": crops_summary.get("problems", {}), "segmenter_cpu_s": segmenter_cpu,
+              "segmenter_crop_iou_vs_mask_crop": crop_iou,
               "runs": rows, "wall_s": round(time.time() - t0, 1)}
     (out / "bench_lung_crops.json").write_text(json.dumps(result, indent=2))
     print(f"tiny classifier, {len(meta)} synthetic chests ({result['held_out_images']} held out, fold {args.fold}), "
@@ -128,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (("whole", "whole image"), ("crops", "lung crop")):
         r = rows[name]
         print(f"{label:<14} {_fmt(r['auc']):>12} {_fmt(r['auc_macro']):>15} {r['cpu_s']:>7.1f}")
+    if crop_iou is not None:
+        print(f"segmenter crops vs the drawn masks' crops: IoU mean {crop_iou['mean']:.3f}, min {crop_iou['min']:.3f} "
+              f"(segmenter training {segmenter_cpu:.0f} CPU s)")
     if crops_summary.get("problems"):
         print(f"crop problems: {crops_summary['problems']}")
     print(f"written: {out / 'bench_lung_crops.json'}")
