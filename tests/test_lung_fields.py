@@ -286,3 +286,45 @@ def test_crop_lungs_names_boxes_leaving_the_crop_and_missing_masks(lung_syntheti
     # --crop lungs needs one source of lung boxes
     assert _prepare_cxr("--dicom-dir", lung_synthetic / "test", "--out", tmp_path / "x", "--crop", "lungs") == 2
     assert _prepare_cxr("--dicom-dir", lung_synthetic / "test", "--out", tmp_path / "x", "--lung-masks", masks) == 2
+
+
+def test_predict_cli_maps_boxes_on_crops_to_original_pixels(lung_synthetic, tiny_random_checkpoint, tmp_path):
+    """tools/predict.py on a --crop lungs set writes what the same model predicts on the crop PNGs taken as whole
+    images, shifted by each crop's corner: the submission is in original pixels (the submission rounds to 0.1 px)."""
+    from detx.core.submission import read_submission
+
+    out = tmp_path / "cropped"
+    assert _prepare_cxr("--csv", lung_synthetic / "train.csv", "--dicom-dir", lung_synthetic / "train", "--out", out,
+                        "--size", "64", "--folds", "0", "--crop", "lungs", "--lung-masks",
+                        lung_synthetic / LUNG_MASKS_DIR / "train") == 0
+    meta = pd.read_csv(out / "meta.csv", dtype={"image_id": str})
+    # the same PNGs as whole images whose original size is the crop's extent (no crop columns)
+    plain = tmp_path / "plain" / "images"
+    shutil.copytree(out / "images", plain)
+    whole = meta[["image_id"]].assign(orig_width=meta["crop_x1"] - meta["crop_x0"],
+                                      orig_height=meta["crop_y1"] - meta["crop_y0"], width=meta["width"],
+                                      height=meta["height"])
+    whole.to_csv(plain.parent / "meta.csv", index=False)
+    cfg, weights = tiny_random_checkpoint
+    tool = load_script("tools/predict.py")
+
+    def predict(argv):
+        return tool.main(tool.parse_args(["--quiet", *argv]))
+    common = ["--config-file", cfg, "--weights", str(weights), "--vis-dir", str(tmp_path / "vis"), "--vis-num", "2"]
+    assert predict([*common, "--input", str(out / "annotations" / "all.json"), "--out", str(tmp_path / "a.csv"),
+                    "MODEL.DEVICE", "cpu"]) == 0
+    assert predict([*common, "--input", str(plain), "--out", str(tmp_path / "b.csv"), "MODEL.DEVICE", "cpu"]) == 0
+    on_crops, as_whole = read_submission(tmp_path / "a.csv", num_classes=15), read_submission(tmp_path / "b.csv",
+                                                                                                num_classes=15)
+    n_boxes = 0
+    for r in meta.itertuples():
+        a, b = on_crops[r.image_id], as_whole[r.image_id]
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+        finding = a.classes < 14
+        shift = np.array([r.crop_x0, r.crop_y0, r.crop_x0, r.crop_y0], np.float64)
+        np.testing.assert_allclose(a.boxes[finding], b.boxes[finding] + shift, atol=0.11)
+        assert (a.boxes[finding] <= [r.orig_width, r.orig_height] * 2).all()
+        n_boxes += int(finding.sum())
+    assert n_boxes > 0
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 2
