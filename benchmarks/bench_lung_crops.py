@@ -78,7 +78,10 @@ def _fmt(v: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="work folder (data, runs, bench_lung_crops.json)")
+    p.add_argument("--out", default=None, help="work folder (data, runs, bench_lung_crops.json); default: a "
+                   "temporary folder, removed at the end")
+    p.add_argument("--json", default=None, help="also write the rows for benchmarks/run_all.py (make bench) here")
+    p.add_argument("--quick", action="store_true", help="make bench's size: 80 images, 100 iterations")
     p.add_argument("--n-train", type=int, default=160, help="synthetic train images (default 160)")
     p.add_argument("--min-size", type=int, default=192, help="synthetic images' smallest longer side (default 192)")
     p.add_argument("--max-size", type=int, default=256, help="synthetic images' largest longer side (default 256)")
@@ -91,7 +94,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the lung box comes from (default masks: the drawn ones)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed (default 0)")
     args = p.parse_args(argv)
-    out = Path(args.out).resolve()
+    if args.quick:
+        args.n_train, args.max_iter = min(args.n_train, 80), min(args.max_iter, 100)
+    if args.out is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return _bench(args, Path(tmp))
+    return _bench(args, Path(args.out).resolve())
+
+
+def _bench(args: argparse.Namespace, out: Path) -> int:
     log = out / "log.txt"
     py = sys.executable
     t0 = time.time()
@@ -158,6 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     if crops_summary.get("problems"):
         print(f"crop problems: {crops_summary['problems']}")
     print(f"written: {out / 'bench_lung_crops.json'}")
+    if args.json:
+        w, c = rows["whole"], rows["crops"]
+        table = [{"case": f"held-out {what} AUC", "value": c[key], "unit": "", "baseline": "whole images",
+                  "baseline_value": w[key], "ratio": c[key] / w[key] if c[key] and w[key] else float("nan")}
+                 for what, key in (("P(abnormal)", "auc"), ("mean per-class", "auc_macro"))]
+        notes = (f"The tiny classifier on lung crops (value) vs whole images (baseline) of the same {len(meta)} "
+                 f"synthetic chests, fold {args.fold} held out ({result['held_out_images']} images), {args.size} px, "
+                 f"{args.max_iter} iterations; lung box from {args.lung_source}. An accuracy comparison, not a speed "
+                 "one (docs/lung-fields.md).")
+        Path(args.json).write_text(json.dumps({"name": "lung_crops", "title": "Classifier on lung crops vs whole "
+                                               "images", "rows": table, "notes": notes, "result": result}))
     return 0
 
 
