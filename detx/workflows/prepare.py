@@ -438,7 +438,12 @@ def prepare_unlocked(
             if i not in crops:
                 ok.pop(i)
                 continue
-            crops[i] = write_crop(dicoms[i], img_dir / f"{i}.png", crops[i], size, bit_depth)
+            try:
+                crops[i] = write_crop(dicoms[i], img_dir / f"{i}.png", crops[i], size, bit_depth)
+            except InputError as e:  # DicomError: the full-resolution decode failed
+                log.add("bad_dicom", f"image {i}", str(e), i)
+                ok.pop(i)
+                continue
             ok[i] = replace(ok[i], width=crops[i].size[0], height=crops[i].size[1])
         sizes = {i: sizes[i] for i in ok}
 
