@@ -135,6 +135,7 @@ def exits(main: Callable[..., int | None]) -> Callable[..., int]:
 def prepare_main(dataset: str, description: str, argv: list[str] | None = None) -> int:
     """The whole of ``datasets/prepare_<dataset>.py``: parse, prepare, print the summary; the exit status."""
     from detx.workflows.prepare import add_prepare_arguments, prepare_from_args
+    from detx.workflows.prepare_lung_masks import add_lung_mask_arguments, prepare_lung_masks_from_args
     from detx.workflows.prepare_mura import add_mura_arguments, prepare_mura_from_args
     from detx.workflows.prepare_openi import add_openi_arguments, prepare_openi_from_args
 
@@ -143,6 +144,8 @@ def prepare_main(dataset: str, description: str, argv: list[str] | None = None) 
         add_mura_arguments(parser)
     elif dataset == "openi":
         add_openi_arguments(parser)
+    elif dataset == "lungs":
+        add_lung_mask_arguments(parser)
     else:
         add_prepare_arguments(parser, dataset)
     args = add_version(parser).parse_args(argv)
@@ -153,6 +156,8 @@ def prepare_main(dataset: str, description: str, argv: list[str] | None = None) 
             summary = prepare_mura_from_args(args)
         elif dataset == "openi":
             summary = prepare_openi_from_args(args)
+        elif dataset == "lungs":
+            summary = prepare_lung_masks_from_args(args)
         else:
             summary = prepare_from_args(args, dataset)
         print(summary.format())

@@ -18,7 +18,7 @@ from detx.core.errors import DetxError, InputError, StrictModeError
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["tools/train_net.py", "tools/predict.py", "tools/evaluate.py", "tools/fit_classifier.py", "tools/readers.py",
            "tools/export.py", "tools/tune.py", "tools/body_parts.py", "datasets/prepare_openi.py",
-           "datasets/prepare_vindr_cxr.py", "datasets/prepare_spinexr.py"]
+           "datasets/prepare_vindr_cxr.py", "datasets/prepare_spinexr.py", "datasets/prepare_lung_masks.py"]
 
 
 def test_every_detx_exception_derives_from_the_one_base():

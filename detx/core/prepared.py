@@ -9,7 +9,10 @@ Layout (DESIGN section 2)::
 
 A prepared PNG keeps the original aspect ratio, so a box moves between the PNG frame and the original
 (DICOM) frame by one scale factor per axis: :func:`rescale_boxes` is that conversion, used by everything that
-crosses the two frames (COCO writing and reading, the detectron2 evaluator, overlays).
+crosses the two frames (COCO writing and reading, the detectron2 evaluator, overlays). A dataset prepared with
+``--crop lungs`` holds crops instead: each image records its :class:`~detx.core.crop.Crop` (``crop`` =
+``[x0, y0, x1, y1]`` in original pixels in the COCO entry, ``crop_x0 .. crop_y1`` in meta.csv), and
+:func:`png_to_original` / :func:`original_to_png` move boxes through it (:func:`image_crop`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from detx.core.crop import Crop, boxes_from_crop, boxes_to_crop
 from detx.core.errors import InputError
 
 IMAGES_DIR = "images"
@@ -30,7 +34,9 @@ ANNOTATIONS_DIR = "annotations"
 META_CSV = "meta.csv"
 #: image keys of a prepared COCO JSON that detectron2's ``load_coco_json`` drops and detx keeps
 IMAGE_KEYS: tuple[str, ...] = ("image_uid", "orig_width", "orig_height", "study_id", "abnormal", "body_part",
-                               "patient_id", "image_labels")
+                               "patient_id", "image_labels", "crop")
+#: meta.csv columns of a cropped image's :class:`~detx.core.crop.Crop` (original pixels, exclusive ends)
+CROP_COLUMNS: tuple[str, ...] = ("crop_x0", "crop_y0", "crop_x1", "crop_y1")
 
 
 class PreparedDatasetError(InputError):
@@ -58,6 +64,50 @@ def original_size(entry: dict[str, Any]) -> tuple[int, int] | None:
     """``(orig_width, orig_height)`` of a COCO image entry or dataset dict, None when it does not record them."""
     ow, oh = entry.get("orig_width"), entry.get("orig_height")
     return (int(ow), int(oh)) if ow and oh else None
+
+
+def image_crop(entry: dict[str, Any], png_size: tuple[int, int] | None = None) -> Crop | None:
+    """The crop a prepared image was cut to (``--crop lungs``), None for a whole image.
+
+    Args:
+        entry: a COCO image entry or dataset dict (``crop`` = ``[x0, y0, x1, y1]``) or a meta.csv row as a dict
+            (``crop_x0 .. crop_y1``); both need ``orig_width`` / ``orig_height``.
+        png_size: (width, height) of the stored crop (default the entry's ``width`` / ``height``).
+    """
+    box = entry.get("crop")
+    if box is None and all(k in entry for k in CROP_COLUMNS):
+        box = [entry[k] for k in CROP_COLUMNS]
+    if box is None or any(v is None or v != v for v in box):  # None / NaN: not cropped
+        return None
+    orig = original_size(entry)
+    if orig is None:
+        raise ValueError(f"image {entry.get('image_uid', entry.get('image_id', '?'))}: a crop without orig_width / "
+                         "orig_height")
+    if png_size is None and entry.get("width") and entry.get("height"):
+        png_size = (int(entry["width"]), int(entry["height"]))
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return Crop(x0, y0, x1, y1, orig[0], orig[1], tuple(int(v) for v in png_size) if png_size else None)
+
+
+def png_to_original(boxes: np.ndarray | Sequence, png_size: tuple[float, float], entry: dict[str, Any]
+                    ) -> np.ndarray:
+    """xyxy boxes in a prepared PNG's pixels (of size ``png_size``) in original pixels: through the image's crop when
+    it has one (:func:`image_crop`), else :func:`rescale_boxes`."""
+    crop = image_crop(entry, (int(png_size[0]), int(png_size[1])))
+    if crop is not None:
+        return boxes_from_crop(boxes, crop)
+    return rescale_boxes(boxes, png_size, original_size(entry))
+
+
+def original_to_png(boxes: np.ndarray | Sequence, png_size: tuple[float, float], entry: dict[str, Any]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`png_to_original`: (boxes in PNG pixels, clipped to a crop; a bool flag per box that
+    reached outside the crop, all False for a whole image)."""
+    crop = image_crop(entry, (int(png_size[0]), int(png_size[1])))
+    if crop is not None:
+        return boxes_to_crop(boxes, crop)
+    out = rescale_boxes(boxes, original_size(entry), png_size)
+    return out, np.zeros(len(out), bool)
 
 
 # ----------------------------------------------------------------------------------------- image labels
@@ -192,6 +242,23 @@ def read_meta_sizes(folder: str | os.PathLike) -> dict[str, tuple[int, int, int,
     return {}
 
 
+def read_meta_crops(folder: str | os.PathLike) -> dict[str, tuple[int, int, int, int]]:
+    """``meta.csv`` beside (or inside) a PNG folder: image_id -> its crop ``(x0, y0, x1, y1)`` in original pixels, for
+    the images prepared with ``--crop lungs``; {} without a meta.csv or crop columns."""
+    import pandas as pd
+
+    folder = Path(folder)
+    for meta in (folder / META_CSV, folder.parent / META_CSV):
+        if meta.is_file():
+            df = pd.read_csv(meta, dtype={"image_id": str})
+            if not set(CROP_COLUMNS) <= set(df.columns):
+                return {}
+            df = df.dropna(subset=list(CROP_COLUMNS))
+            return {str(r[0]): tuple(int(v) for v in r[1:]) for r in df[["image_id", *CROP_COLUMNS]].itertuples(
+                index=False)}
+    return {}
+
+
 # ----------------------------------------------------------------------------------------- splits
 
 @dataclass
@@ -254,7 +321,7 @@ def load_prepared_coco(json_path: str | os.PathLike) -> PreparedCoco:
                                        f"{ann['image_id']}")
         x, y, w, h = ann["bbox"]
         uid = str(im.get("image_uid", Path(im["file_name"]).stem))
-        box = rescale_boxes([x, y, x + w, y + h], (im["width"], im["height"]), original_size(im))
+        box = png_to_original([x, y, x + w, y + h], (im["width"], im["height"]), im)
         per_image[uid][0].append(box[0])
         per_image[uid][1].append(int(ann["category_id"]))
     gt = {uid: (np.asarray(b, dtype=np.float64).reshape(-1, 4), np.asarray(c, dtype=np.int64))

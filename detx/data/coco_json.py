@@ -21,7 +21,7 @@ import pandas as pd
 from detx.core.classes import NO_FINDING
 from detx.core.errors import InputError
 from detx.core.io import write_json
-from detx.core.prepared import rescale_boxes
+from detx.core.prepared import CROP_COLUMNS, original_to_png
 from detx.data.readers import BOX_COLUMNS
 
 #: image-level columns of meta.csv copied into the COCO image entries when present
@@ -68,7 +68,7 @@ def build_coco(
     if missing:
         raise InputError(f"images not in meta.csv: {sorted(missing)[:5]}")
     images = []
-    frames: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}  # uid -> (original size, PNG size)
+    frames: dict[str, dict[str, Any]] = {}  # uid -> its image entry (original and PNG sizes, crop)
     for r in meta.itertuples(index=False):
         uid = str(r.image_id)
         if uid not in wanted:
@@ -83,8 +83,10 @@ def build_coco(
                 entry[key] = "" if key == "study_id" and (v is None or v != v) else v
         if image_labels is not None and uid in image_labels:
             entry["image_labels"] = {k: int(v) for k, v in image_labels[uid].items()}
+        if all(hasattr(r, k) for k in CROP_COLUMNS) and not pd.isna(getattr(r, CROP_COLUMNS[0])):
+            entry["crop"] = [int(getattr(r, k)) for k in CROP_COLUMNS]  # --crop lungs: the PNG is this rectangle
         images.append(entry)
-        frames[uid] = ((int(r.orig_width), int(r.orig_height)), (int(r.width), int(r.height)))
+        frames[uid] = entry
     annotations = []
     finding = boxes[(boxes["class_name"] != NO_FINDING) & boxes["image_id"].isin(wanted)]
     finding = finding.assign(_id=finding["image_id"].map(ids)).sort_values(["_id", "class_id"], kind="stable")
@@ -94,7 +96,12 @@ def build_coco(
                                                      *(finding[c] for c in BOX_COLUMNS), n_readers, readers):
         if not 0 <= int(cid) < len(classes):
             raise InputError(f"image {uid}: class id {cid} outside the {len(classes)} classes")
-        bx0, by0, bx1, by1 = (float(v) for v in rescale_boxes([x0, y0, x1, y1], *frames[uid])[0])
+        e = frames[uid]
+        png, outside = original_to_png([x0, y0, x1, y1], (e["width"], e["height"]), e)
+        if outside[0]:
+            raise InputError(f"image {uid}: box {[x0, y0, x1, y1]} of class {cid} reaches outside the image's crop "
+                             f"{e['crop']}; clip it to the crop (and report it) first")
+        bx0, by0, bx1, by1 = (float(v) for v in png[0])
         ann = {
             "id": len(annotations) + 1, "image_id": ids[uid], "category_id": int(cid),
             "bbox": [round(bx0, 3), round(by0, 3), round(bx1 - bx0, 3), round(by1 - by0, 3)],

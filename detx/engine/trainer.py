@@ -117,7 +117,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
                         ) -> DatasetEvaluator:
-        """Detectors: the challenge metric (``vinbigdata/mAP40``, per-class AP40) and COCO ``bbox/*``; the image
+        """Detectors: the challenge metric (``vinbigdata/mAP40``, per-class AP40) and COCO ``bbox/*`` (with real masks,
+        ``MODEL.MASK_ON`` without ``DETX.BOX_MASKS``: detectron2's COCO ``segm/*`` too); the image
         classifier: ``cls/*`` (AUC, F1, sensitivity, specificity, per-class AUC, bootstrap intervals)."""
         out = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference")
         if is_classifier(cfg):
@@ -126,7 +127,13 @@ class Trainer(DefaultTrainer):
                                            label_names=list(cfg.MODEL.CLASSIFIER.IMAGE_LABELS),
                                            body_parts=list(cfg.MODEL.CLASSIFIER.BODY_PARTS)
                                            if cfg.MODEL.CLASSIFIER.BODY_PART_HEAD else None)
-        return VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR, output_dir=out)
+        evaluator = VinBigDataEvaluator(dataset_name, iou_thr=cfg.DETX.EVAL.IOU_THR, output_dir=out)
+        if cfg.MODEL.MASK_ON and not cfg.DETX.BOX_MASKS:  # real masks (e.g. the lung segmenter): COCO segm/* too
+            from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+
+            return DatasetEvaluators([evaluator, COCOEvaluator(dataset_name, tasks=("segm",), distributed=True,
+                                                               output_dir=out)])
+        return evaluator
 
     def build_hooks(self) -> list:
         ret = super().build_hooks()

@@ -25,7 +25,7 @@ from detectron2.utils import comm
 from detx.core.classes import NO_FINDING, no_finding_id
 from detx.core.image_scores import p_abnormal_rule
 from detx.core.predictions import Predictions, no_finding_entry
-from detx.core.prepared import original_size, rescale_boxes
+from detx.core.prepared import original_size, png_to_original
 from detx.core.submission import write_submission
 from detx.evaluation.coco_map import coco_metrics, summary_in_percent
 from detx.evaluation.vinbigdata import map_key, vinbigdata_map
@@ -51,7 +51,7 @@ def _to_original_frame(boxes: np.ndarray, frame: tuple[Any, Any], d: dict[str, A
     orig = original_size(d)
     if orig is None or not (frame[0] and frame[1]):
         return np.asarray(boxes, np.float64).reshape(-1, 4)
-    return rescale_boxes(boxes, frame, orig)
+    return png_to_original(boxes, frame, d)  # through the image's crop (--crop lungs) when it has one
 
 
 def ground_truth_from_dataset_dicts(

@@ -27,11 +27,14 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 
+from detx.core.crop import Crop, boxes_from_crop
 from detx.core.errors import InputError, StrictModeError
 from detx.core.predictions import Predictions
 from detx.core.prepared import (
     PreparedDatasetError,
+    image_crop,
     load_prepared_coco,
+    read_meta_crops,
     read_meta_sizes,
     test_split_unreadable,
 )
@@ -73,6 +76,8 @@ class InputImage:
         kind: ``"png"`` or ``"dicom"``.
         orig_width, orig_height: original DICOM size; None until decoded (a DICOM folder) or when a PNG
             folder has no meta.csv (then the PNG size is used).
+        crop: the rectangle ``(x0, y0, x1, y1)`` of the original image the PNG holds (``prepare --crop lungs``),
+            None for a whole image: a detector's boxes are mapped back through it to original pixels.
     """
 
     image_id: str
@@ -82,6 +87,21 @@ class InputImage:
     orig_height: int | None = None
     error: str | None = None  # set for an image known to be unreadable before decoding (a test set's failures)
     pixels: np.ndarray | None = None  # kind "array": the image itself (one-image API)
+    crop: tuple[int, int, int, int] | None = None
+
+    def crop_extent(self) -> tuple[int, int] | None:
+        """(width, height) in original pixels of the rectangle the PNG holds, None for a whole image."""
+        if self.crop is None:
+            return None
+        return self.crop[2] - self.crop[0], self.crop[3] - self.crop[1]
+
+    def from_crop(self, pred: Predictions) -> Predictions:
+        """A detector's boxes in the crop's frame (original pixels, origin at its corner) in the original image's."""
+        if self.crop is None:
+            return pred
+        x0, y0, x1, y1 = self.crop
+        crop = Crop(x0, y0, x1, y1, int(self.orig_width), int(self.orig_height))
+        return Predictions(boxes_from_crop(pred.boxes, crop), pred.scores, pred.classes)
 
     def identity(self) -> str:
         """What the pixels are: the file's absolute path, byte count and modification time (the cache key)."""
@@ -127,7 +147,8 @@ def single_image_record(path: str | os.PathLike) -> InputImage:
         except PreparedDatasetError as e:
             raise PredictionInputError(str(e)) from e
         m = meta.get(path.stem)
-        return InputImage(path.stem, path, "png", m[0] if m else None, m[1] if m else None)
+        return InputImage(path.stem, path, "png", m[0] if m else None, m[1] if m else None,
+                          crop=read_meta_crops(path.parent).get(path.stem) if m else None)
     if is_dicom_file(path):
         return InputImage(dicom_image_id(path), path, "dicom")
     raise PredictionInputError(f"input {path}: expected a DICOM (.dcm, .dicom or the DICM marker), a PNG, a prepared "
@@ -168,8 +189,11 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
             coco = load_prepared_coco(path)
         except (ValueError, KeyError) as e:
             raise PredictionInputError(f"input {path}: {e}") from e
-        images = [InputImage(uid, coco.image_path(uid), "png", int(im["orig_width"]), int(im["orig_height"]))
-                  for uid, im in coco.images.items()]
+        images = []
+        for uid, im in coco.images.items():
+            c = image_crop(im)
+            images.append(InputImage(uid, coco.image_path(uid), "png", int(im["orig_width"]), int(im["orig_height"]),
+                                     crop=(c.x0, c.y0, c.x1, c.y1) if c is not None else None))
         images += _unreadable_records(coco.unreadable, path)
         if not images:
             raise PredictionInputError(f"input {path} lists no images")
@@ -196,9 +220,11 @@ def collect_inputs(path: str | os.PathLike) -> InputSet:
     except PreparedDatasetError as e:
         raise PredictionInputError(str(e)) from e
     images = []
+    crops = read_meta_crops(path) if meta else {}
     for image_id, p in pngs:
         m = meta.get(image_id)
-        images.append(InputImage(image_id, p, "png", m[0] if m else None, m[1] if m else None))
+        images.append(InputImage(image_id, p, "png", m[0] if m else None, m[1] if m else None,
+                                 crop=crops.get(image_id)))
     images += _unreadable_records(test_split_unreadable(path), path)
     if meta:
         missing = [im.image_id for im in images if im.orig_width is None]
@@ -250,7 +276,8 @@ def load_image(record: InputImage, fmt: str, dicom_size: int) -> LoadedImage:
 
         image = read_image(str(record.path), format=fmt)
         h, w = image.shape[:2]
-        orig = (record.orig_width or w, record.orig_height or h)
+        # a crop (prepare --crop lungs): the model's boxes come back in the crop's extent, shifted by predict_all
+        orig = record.crop_extent() or (record.orig_width or w, record.orig_height or h)
         return LoadedImage(record, image, orig)
     except Exception as e:  # noqa: BLE001 - any decoder error makes this one image unreadable
         return LoadedImage(record, error=f"{record.path}: {type(e).__name__}: {e}")
@@ -664,10 +691,12 @@ def predict_all(
 
     def run(group: list[LoadedImage]) -> None:
         images = [g.image for g in group]
-        orig = [g.orig_size for g in group]
+        frames = [g.orig_size for g in group]  # what the models scale their boxes to (a crop's extent for a crop)
+        orig = [sizes[g.record.image_id] for g in group]
         for k, (mdl, view) in enumerate(jobs):
-            out = mdl(images, orig, view, fmt)
-            preds = out if k < n_det else [_probs_as_entries(p) for p in out]
+            out = mdl(images, frames, view, fmt)
+            preds = [g.record.from_crop(p) for g, p in zip(group, out)] if k < n_det else \
+                [_probs_as_entries(p) for p in out]
             for g, p in zip(group, preds):
                 sets[k][g.record.image_id] = p
             if cache is not None:
@@ -686,7 +715,8 @@ def predict_all(
         for batch in iter_batches(ordered, fmt, dicom_size, batch_size, num_workers):
             for item in batch:
                 if item.error is None:
-                    sizes[item.record.image_id] = item.orig_size
+                    rec = item.record
+                    sizes[rec.image_id] = (int(rec.orig_width), int(rec.orig_height)) if rec.crop else item.orig_size
                     yield item
                     continue
                 if strict:

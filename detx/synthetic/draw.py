@@ -583,11 +583,14 @@ CHEST_LESIONS: dict[str, Callable[[_Chest], Box | None]] = {
 
 
 def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str],
-               boxes_only: bool = False) -> tuple[np.ndarray | None, list[Finding]]:
+               boxes_only: bool = False, lungs: dict[str, np.ndarray] | None = None
+               ) -> tuple[np.ndarray | None, list[Finding]]:
     """Draw a PA chest radiograph of ``h`` x ``w`` pixels with the given findings (class names).
 
     ``boxes_only`` stops once the lesions are placed (before the lung markings, ribs and noise, which use ``rng``
     only after every box is fixed) and returns ``None`` for the image: the same boxes, a fraction of the time.
+    ``lungs``, when given, receives the lung fields as ``h`` x ``w`` bool masks under ``"left"`` and ``"right"`` (the
+    patient's sides: the left lung is on the image's right); it draws nothing from ``rng``.
 
     Returns:
         The brightness map (float32, about 0..1.2; None with ``boxes_only``) and one :class:`Finding` per drawn
@@ -607,6 +610,8 @@ def draw_chest(rng: np.random.Generator, h: int, w: int, findings: list[str],
     else:
         c.knob = (0.5 + rng.uniform(0.075, 0.085), rng.uniform(0.27, 0.31), rng.uniform(0.03, 0.038))
     _carve_lungs(c)
+    if lungs is not None:
+        lungs["right"], lungs["left"] = c.lungs[-1].copy(), c.lungs[1].copy()  # side -1: the patient's right
     body, thick = _body(c)
     lungs = c.lungs[-1] | c.lungs[1]
     lung_soft = _blur(lungs.astype(np.float32), max(1.0, c.scale * 0.005))

@@ -35,7 +35,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from detx.core.classes import NO_FINDING, SPINEXR_CLASSES, VINDR_CXR_CLASSES, no_finding_id
-from detx.core.io import atomic_path, atomic_write_text
+from detx.core.io import atomic_path, atomic_write_text, write_png
 from detx.synthetic.draw import draw_chest, draw_spine
 
 logger = logging.getLogger(__name__)
@@ -476,11 +476,12 @@ def _pick_findings(rng: np.random.Generator, classes: tuple[str, ...], counts: d
 
 
 def _make_image(dataset: str, rng: np.random.Generator, min_size: int, max_size: int,
-                findings: list[str]) -> tuple[np.ndarray, dict[str, Any], list[tuple[str, tuple]]]:
+                findings: list[str], lungs: dict[str, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, dict[str, Any], list[tuple[str, tuple]]]:
     draw, p_landscape = (draw_chest, 0.25) if dataset == "vindr-cxr" else (draw_spine, 0.15)
     for _ in range(10):  # a finding whose place is missing in this geometry is skipped: redraw if none is left
         h, w = _image_size(rng, min_size, max_size, p_landscape=p_landscape)
-        img, drawn = draw(rng, h, w, findings)
+        img, drawn = draw(rng, h, w, findings, lungs=lungs) if lungs is not None else draw(rng, h, w, findings)
         if drawn or not findings:
             break
     pixels, kwargs = encode_pixels(rng, img)
@@ -488,13 +489,14 @@ def _make_image(dataset: str, rng: np.random.Generator, min_size: int, max_size:
 
 
 def _draw_chest_streams(key: list[int], min_size: int, max_size: int, findings: list[str],
-                        boxes_only: bool) -> tuple[np.ndarray | None, int, int, list[tuple[str, tuple]]]:
+                        boxes_only: bool, lungs: dict[str, np.ndarray] | None = None
+                        ) -> tuple[np.ndarray | None, int, int, list[tuple[str, tuple]]]:
     """The vinbigdata profile's chest: every attempt draws from a stream of its own (``key + [attempt]``), so the
     boxes are the same whether the pixels are drawn or not (``boxes_only``, :func:`draw_chest`)."""
     for attempt in range(10):  # a finding whose place is missing in this geometry is skipped: redraw if none is left
         arng = np.random.default_rng([*key, attempt])
         h, w = _image_size(arng, min_size, max_size, p_landscape=0.25)
-        img, drawn = draw_chest(arng, h, w, findings, boxes_only=boxes_only)
+        img, drawn = draw_chest(arng, h, w, findings, boxes_only=boxes_only, lungs=lungs)
         if drawn or not findings:
             break
     return img, h, w, [(f.class_name, f.box) for f in drawn]
@@ -514,6 +516,7 @@ def generate_dataset(
     progress: bool = True,
     profile: str = "classic",
     annotations_only: bool = False,
+    lung_masks: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the real layout of ``dataset`` under ``out``.
 
@@ -532,6 +535,10 @@ def generate_dataset(
             vinbigdata profile, 0.5 otherwise.
         rle_fraction: fraction of DICOM files written RLE Lossless compressed.
         progress: show a tqdm bar.
+        lung_masks: vindr-cxr: also write each image's lung fields, as drawn, to ``OUT/lung_masks/<split>/left/<id>.png``
+            and ``right/<id>.png`` (the patient's sides; 0/255 PNGs of the DICOM's size): the ``folders`` layout of
+            :func:`detx.data.lung_masks.read_lung_pairs` with ``--images OUT/<split>``. The other files are the
+            same bytes with or without it.
         profile: "classic" (the default: 1-3 findings of the chosen classes, balanced, three random readers
             jittering the same boxes) or "vinbigdata" (chest only: findings, reader panels and reader styles drawn
             from the real VinBigData aggregates, :class:`VinBigDataWorld`, docs/synthetic.md). Ignored for spinexr.
@@ -547,6 +554,8 @@ def generate_dataset(
     world_on = profile == "vinbigdata" and dataset == "vindr-cxr"
     if annotations_only and not world_on:
         raise ValueError("annotations_only needs the vinbigdata profile of the vindr-cxr dataset")
+    if lung_masks and (dataset != "vindr-cxr" or annotations_only):
+        raise ValueError("lung_masks needs the vindr-cxr dataset with its pixels (not annotations_only)")
     if normal_fraction is None:
         normal_fraction = REAL_NORMAL_FRACTION if world_on else 0.5
     _check_args(dataset, n_train, n_test, min_size, max_size, normal_fraction)
@@ -577,15 +586,20 @@ def generate_dataset(
         if progress:
             it = progress_bar(it, desc=f"synthetic {dataset} {split}", unit="img")
         for i in it:
+            lungs: dict[str, np.ndarray] | None = {} if lung_masks else None
             if world is not None:
                 n_abnormal_drawn = _world_image(world, [seed, split_idx, i, 0], bool(abnormal[i]), image_ids[i],
                                                 folder, min_size, max_size, rle_fraction, annotations_only, vocab,
-                                                rows[split], counts, summary["image_sizes"])
+                                                rows[split], counts, summary["image_sizes"], lungs)
                 abnormal[i] = n_abnormal_drawn
+                if lungs is not None:
+                    write_lung_masks(out / LUNG_MASKS_DIR / split, image_ids[i], lungs)
                 continue
             rng = np.random.default_rng([seed, split_idx, i, 0 if dataset == "vindr-cxr" else 1])
             findings = _pick_findings(rng, chosen, counts) if abnormal[i] else []
-            pixels, kwargs, boxes = _make_image(dataset, rng, min_size, max_size, findings)
+            pixels, kwargs, boxes = _make_image(dataset, rng, min_size, max_size, findings, lungs)
+            if lungs is not None:
+                write_lung_masks(out / LUNG_MASKS_DIR / split, image_ids[i], lungs)
             for name, _ in boxes:
                 counts[name] += 1
             h, w = pixels.shape
@@ -622,13 +636,15 @@ def generate_dataset(
 
 def _world_image(world: VinBigDataWorld, key: list[int], abnormal: bool, image_id: str, folder: Path,
                  min_size: int, max_size: int, rle_fraction: float, annotations_only: bool, vocab: tuple[str, ...],
-                 rows: list[dict[str, Any]], counts: dict[str, int], sizes: dict[str, tuple[int, int]]) -> bool:
+                 rows: list[dict[str, Any]], counts: dict[str, int], sizes: dict[str, tuple[int, int]],
+                 lungs: dict[str, np.ndarray] | None = None) -> bool:
     """One image of the vinbigdata profile: its panel, true findings and readers (stream ``key + [1]``), its
     drawing (``key + [2, attempt]``), then its pixels and DICOM tags (``key``). Returns whether it is abnormal."""
     prng = np.random.default_rng([*key, 1])
     group, rads = world.panel(prng, abnormal)
     findings = world.findings(prng, group) if abnormal else []
-    img, h, w, boxes = _draw_chest_streams([*key, 2], min_size, max_size, findings, boxes_only=annotations_only)
+    img, h, w, boxes = _draw_chest_streams([*key, 2], min_size, max_size, findings, boxes_only=annotations_only,
+                                           lungs=lungs)
     for name, _ in boxes:
         counts[name] += 1
     sizes[image_id] = (w, h)
@@ -642,6 +658,16 @@ def _world_image(world: VinBigDataWorld, key: list[int], abnormal: bool, image_i
         write_dicom(folder / f"{image_id}.dicom", pixels, image_id=image_id,
                     compress="rle" if rng.random() < rle_fraction else None, **kwargs, **extra)
     return bool(boxes)
+
+
+#: the folder under ``--out`` that ``lung_masks=True`` writes: ``<split>/left/<id>.png``, ``<split>/right/<id>.png``
+LUNG_MASKS_DIR = "lung_masks"
+
+
+def write_lung_masks(folder: Path, image_id: str, lungs: dict[str, np.ndarray]) -> None:
+    """An image's lung masks (``{"left": bool array, "right": ...}``) as 0/255 PNGs ``folder/<side>/<image_id>.png``."""
+    for side in ("left", "right"):
+        write_png(folder / side / f"{image_id}.png", lungs[side].astype(np.uint8) * 255)
 
 
 def _spine_studies(rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
@@ -735,6 +761,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "aggregates; all 14 classes by default)")
     parser.add_argument("--annotations-only", action="store_true",
                         help="vinbigdata profile: write the CSVs only (the same CSVs, no pixels or DICOMs)")
+    parser.add_argument("--lung-masks", action="store_true",
+                        help="vindr-cxr: also write each image's lung fields as drawn to OUT/lung_masks/<split>/"
+                             "{left,right}/<image_id>.png (the folders layout of datasets/prepare_lung_masks.py)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--compare-real", metavar="CSV", default=None,
                         help="instead of generating: print each annotation statistic of this Kaggle-format reader CSV "
@@ -775,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    seed=args.seed, min_size=args.min_size, max_size=args.max_size,
                                    classes=args.classes, normal_fraction=args.normal_fraction,
                                    progress=not args.no_progress, profile=args.profile,
-                                   annotations_only=args.annotations_only)
+                                   annotations_only=args.annotations_only, lung_masks=args.lung_masks)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -685,7 +685,12 @@ def write_overlays(
             continue
         gt = inputs.gt.get(rec.image_id) if inputs.gt is not None else None
         pred = preds[rec.image_id]
-        img = draw_overlay(loaded.image, pred, classes, loaded.orig_size, gt, score_thr)
+        shown = pred
+        if rec.crop is not None:  # a lung crop: its PNG shows the crop, whose extent is loaded.orig_size
+            shift = np.array(rec.crop[:2] * 2, np.float64)
+            shown = Predictions(pred.boxes - shift, pred.scores, pred.classes)
+            gt = (gt[0] - shift, gt[1]) if gt is not None else None
+        img = draw_overlay(loaded.image, shown, classes, loaded.orig_size, gt, score_thr)
         path = out_dir / f"{rec.image_id.replace('/', '_')}.png"
         write_png(path, img)
         written.append(path)

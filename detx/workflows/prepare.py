@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import pandas as pd
 from detx.core.classes import DATASET_CLASSES, NO_FINDING
 from detx.core.errors import InputError, MissingFileError
 from detx.core.io import atomic_write_text, folder_lock, write_json
+from detx.core.prepared import CROP_COLUMNS
 from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms, find_dicoms
 from detx.data.folds import assign_folds
@@ -58,6 +59,14 @@ from detx.data.readers import (
     sniff_format,
 )
 from detx.data.readers import exclude_readers as remove_readers
+from detx.workflows.lung_crop import (
+    CROP_MODES,
+    CROP_REPAIRS,
+    check_crop_options,
+    clip_to_crops,
+    lung_crops,
+    write_crop,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +101,8 @@ class PrepareSummary:
 
     @property
     def skipped(self) -> int:
-        """Skipped rows and images (clipped boxes are repaired, not skipped)."""
-        return sum(n for k, n in self.problems.items() if k != "clipped")
+        """Skipped rows and images (clipped boxes and ``--crop`` repairs are repaired, not skipped)."""
+        return sum(n for k, n in self.problems.items() if k not in ("clipped", *CROP_REPAIRS))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "skipped": self.skipped}
@@ -235,6 +244,11 @@ def prepare_unlocked(
     keep_normal: bool = False,
     report: bool = True,
     progress: bool = True,
+    crop: str | None = None,
+    lung_masks: str | os.PathLike | None = None,
+    lung_config: str | os.PathLike | None = None,
+    lung_weights: str | os.PathLike | None = None,
+    crop_margin: float = 0.05,
 ) -> PrepareSummary:
     """Prepare a dataset (see the module docstring; options mirror ``datasets/prepare_*.py``).
 
@@ -271,6 +285,10 @@ def prepare_unlocked(
             fine-tuning set is ``drop_panels=["R8+R9+R10"], keep_normal=True``).
         report: write ``report/eda.png``.
         progress: tqdm bars.
+        crop: "lungs": cut each image to its lung fields widened by ``crop_margin`` (:mod:`detx.workflows.lung_crop`;
+            the crop is recorded in meta.csv ``crop_x0 .. crop_y1`` and the COCO entries' ``crop``), the lung box from
+            ``lung_masks`` (a folder of the ``folders`` layout: ``left/<id>.png``, ``right/<id>.png``, ...) or a
+            trained segmenter (``lung_config`` + ``lung_weights``).
     """
     if dataset not in DATASET_FORMATS:
         raise InputError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_FORMATS)}")
@@ -308,6 +326,7 @@ def prepare_unlocked(
                                          ("--keep-panels", bool(keep_panels))) if given]
     if reader_options and csv is None:
         raise InputError(f"{' and '.join(reader_options)} need(s) --csv: a test set has no readers' boxes")
+    check_crop_options(crop, lung_masks, lung_config, lung_weights, crop_margin)
     out = Path(out)
     dicom_dir = Path(dicom_dir)
     log = ProblemLog(strict)
@@ -319,6 +338,10 @@ def prepare_unlocked(
         "min_readers": min_readers, "drop_panels": drop_panels, "keep_panels": keep_panels,
         "keep_normal": keep_normal,
     }
+    if crop is not None:
+        settings.update(crop=crop, crop_margin=crop_margin, lung_masks=str(lung_masks) if lung_masks else None,
+                        lung_config=str(lung_config) if lung_config else None,
+                        lung_weights=str(lung_weights) if lung_weights else None)
 
     # 1. annotations
     global_labels: pd.DataFrame | None = None
@@ -400,11 +423,29 @@ def prepare_unlocked(
     def on_error(r):
         log.add("bad_dicom", f"image {r.image_id}", r.error, r.image_id)
 
-    results = convert_dicoms([(i, dicoms[i], img_dir / f"{i}.png") for i in wanted], size, bit_depth=bit_depth,
+    # with --crop the whole images go to a cache (the lung segmenter reads them) and images/ gets the crops
+    full_dir = out / ".cache" / "full_images" if crop else img_dir
+    results = convert_dicoms([(i, dicoms[i], full_dir / f"{i}.png") for i in wanted], size, bit_depth=bit_depth,
                              workers=workers, journal=out / ".cache" / "convert.jsonl", on_error=on_error,
                              progress=progress)
     ok = {i: r for i, r in results.items() if not r.error}
     sizes = {i: (r.orig_width, r.orig_height) for i, r in ok.items()}
+    crops = {}
+    if crop:
+        crops = lung_crops(sizes, {i: full_dir / f"{i}.png" for i in ok}, log, lung_masks=lung_masks,
+                           lung_config=lung_config, lung_weights=lung_weights, margin=crop_margin)
+        for i in sorted(ok):
+            if i not in crops:
+                ok.pop(i)
+                continue
+            try:
+                crops[i] = write_crop(dicoms[i], img_dir / f"{i}.png", crops[i], size, bit_depth)
+            except InputError as e:  # DicomError: the full-resolution decode failed
+                log.add("bad_dicom", f"image {i}", str(e), i)
+                ok.pop(i)
+                continue
+            ok[i] = replace(ok[i], width=crops[i].size[0], height=crops[i].size[1])
+        sizes = {i: sizes[i] for i in ok}
 
     # 4. boxes against the image sizes
     table = _subset(table, table["image_id"].isin(ok))
@@ -425,6 +466,9 @@ def prepare_unlocked(
         "width": [ok[i].width for i in final_ids], "height": [ok[i].height for i in final_ids],
         "dicom_path": [str(dicoms[i]) for i in final_ids],
     })
+    if crop:
+        for k, col in enumerate(CROP_COLUMNS):
+            meta[col] = [(crops[i].x0, crops[i].y0, crops[i].x1, crops[i].y1)[k] for i in final_ids]
     attrs = pd.DataFrame([ok[i].attributes for i in final_ids], index=meta.index)
     meta = pd.concat([meta, attrs], axis=1)
     summary = PrepareSummary(out=str(out), dataset=key, classes=list(classes), settings=settings,
@@ -434,9 +478,11 @@ def prepare_unlocked(
     ann_dir = out / "annotations"
     written: set[str] = set()
     info = {"dataset": key, "size": size, "fusion": fusion if csv is not None else None, "iou_thr": iou_thr,
-            "bit_depth": bit_depth, "box_masks": box_masks}
+            "bit_depth": bit_depth, "box_masks": box_masks, "crop": crop, "crop_margin": crop_margin if crop else None}
     if csv is not None:
         fused = fuse_readers(table, fusion, iou_thr, sizes, reader_weights=weights)
+        if crop:
+            fused = clip_to_crops(fused, crops, log)
         labels = image_labels(table, classes, rule=label_rule).set_index("image_id").reindex(final_ids)
         boxes_dropped = 0
         if min_readers > 1:
@@ -583,6 +629,19 @@ def add_prepare_arguments(parser, dataset: str) -> None:
     parser.add_argument("--keep-normal", action="store_true",
                         help="with --drop-panels/--keep-panels: keep every image all its readers called normal, "
                              "whatever its panel (the 2nd place's set: --drop-panels R8+R9+R10 --keep-normal)")
+    parser.add_argument("--crop", default=None, choices=CROP_MODES,
+                        help="lungs: cut each image to its lung fields (with --crop-margin), the box from --lung-masks "
+                             "or --lung-config/--lung-weights; the crop is recorded (meta.csv crop_x0..crop_y1) and "
+                             "predictions map back to original pixels")
+    parser.add_argument("--lung-masks", default=None, metavar="DIR",
+                        help="--crop lungs: lung masks of the original images' size (left/<id>.png and "
+                             "right/<id>.png, or <id>.png / <id>_mask.png); an image without one is skipped")
+    parser.add_argument("--lung-config", default=None, metavar="CFG", help="--crop lungs: a lung segmenter's config "
+                        "(configs/lungs/*.yaml)")
+    parser.add_argument("--lung-weights", default=None, metavar="W", help="--crop lungs: its trained weights")
+    parser.add_argument("--crop-margin", type=float, default=0.05,
+                        help="--crop lungs: widen the lung box by this fraction of its width / height on each side "
+                             "(default 0.05)")
     parser.add_argument("--no-report", action="store_true", help="skip the report/ plots")
 
 
@@ -599,5 +658,7 @@ def prepare_from_args(args, dataset: str) -> PrepareSummary:
         strict=args.strict, box_masks=args.box_masks, bit_depth=args.bit_depth,
         clip_tolerance=args.clip_tolerance, label_rule=args.label_rule, exclude_readers=args.exclude_readers,
         reader_weights=args.reader_weights, min_readers=args.min_readers, drop_panels=args.drop_panels,
-        keep_panels=args.keep_panels, keep_normal=args.keep_normal, report=not args.no_report, **extra,
+        keep_panels=args.keep_panels, keep_normal=args.keep_normal, report=not args.no_report, crop=args.crop,
+        lung_masks=args.lung_masks, lung_config=args.lung_config, lung_weights=args.lung_weights,
+        crop_margin=args.crop_margin, **extra,
     )
