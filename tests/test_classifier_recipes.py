@@ -241,6 +241,23 @@ def test_detector_checkpoint_initialises_every_backbone_tensor(tiny_random_check
     assert missing == ["head.weight", "head.bias"] and not unexpected
 
 
+def test_a_classifier_pooling_res4_takes_the_detector_up_to_res4(tiny_random_checkpoint):
+    """The classifier builds its ResNet only up to IN_FEATURE's stage: every tensor it has comes from the detector,
+    the detector's res5 is reported as not loaded."""
+    _, det_weights = tiny_random_checkpoint
+    det = torch.load(det_weights, map_location="cpu", weights_only=False)["model"]
+    _, model = _cls_model(CLS_TINY_CONFIG, "MODEL.RESNETS.OUT_FEATURES", "['res4']", "MODEL.CLASSIFIER.IN_FEATURE",
+                          "res4")
+    assert model.stride == 16 and not any(k.startswith("backbone.res5.") for k in model.state_dict())
+    to_load, report = classifier_init_state(model, det_weights, "build_resnet_backbone")
+    backbone_keys = [k for k in model.state_dict() if k.startswith("backbone.")]
+    assert sorted(k for k in to_load if k.startswith("backbone.")) == sorted(backbone_keys)
+    for k in backbone_keys:
+        assert torch.equal(to_load[k], det["backbone.bottom_up." + k[len("backbone."):]]), k
+    res5 = sorted("backbone." + k[len("backbone.bottom_up."):] for k in det if k.startswith("backbone.bottom_up.res5."))
+    assert res5 and sorted(k for k in report["not_loaded"] if k.startswith("backbone.res5.")) == res5
+
+
 def test_another_backbone_family_is_refused(tiny_random_checkpoint, tmp_path):
     _, det_weights = tiny_random_checkpoint
     # a ResNet-34 detector (every ResNet-18 tensor exists in it, with more blocks) and a ResNet-18 of other widths

@@ -402,3 +402,58 @@ def test_a_map_without_positive_evidence_still_points():
     assert peak_in_original(heat, (80, 40)) == pytest.approx((55.0, 25.0))
     picture = draw_heatmap(np.zeros((40, 80), np.uint8), heat, (80, 40), min_side=0)
     assert picture.shape == (40, 80, 3) and picture.std() > 0  # drawn, not blank
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "lse"])
+def test_cam_pooling_hand_computed(pool):
+    """MODEL.CLASSIFIER.POOL: the linear head at every cell of each image's own area, pooled by the mean (= the head
+    on the average feature), the maximum or (1/r) log mean exp(r s); the padding of a batch never counts."""
+    from detectron2.modeling import build_model
+
+    from detx.engine.config import get_detx_cfg
+
+    cfg = get_detx_cfg(CLS_TINY_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "FrozenBN",
+                                         "MODEL.CLASSIFIER.POOL", pool, "MODEL.CLASSIFIER.LSE_R", "2.0"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    a = {"image": torch.rand(3, 64, 96) * 255}
+    b = {"image": torch.rand(3, 40, 30) * 255}  # 2 x 1 cells of its own in a 2 x 3 padded map (stride 32)
+    with torch.no_grad():
+        images = model.preprocess_image([a, b])
+        fmap = model.features(images.tensor)
+        probs = torch.stack([o["cls_probs"] for o in model([a, b])])
+        own = [fmap[0].flatten(1), fmap[1, :, :2, :1].flatten(1)]  # (C, cells) per image
+        w, bias = model.head.weight, model.head.bias
+        expected = []
+        for f in own:
+            s = w @ f + bias[:, None]  # (outputs, cells): the class activation map, by hand
+            if pool == "avg":
+                expected.append(model.head(f.mean(1)))
+            elif pool == "max":
+                expected.append(s.max(1).values)
+            else:
+                expected.append((torch.log(torch.exp(2.0 * s.double()).mean(1)) / 2.0).float())
+        expected = torch.stack(expected)
+        torch.testing.assert_close(probs, torch.sigmoid(expected), rtol=1e-4, atol=1e-5)
+        # the activation map averages to the average-pooled score (the head is linear)
+        torch.testing.assert_close((w @ own[0] + bias[:, None]).mean(1), model.head(own[0].mean(1)), rtol=1e-4,
+                                   atol=1e-5)
+    model.train()
+    loss = model([{**a, "cls_targets": torch.ones(15)}, {**b, "cls_targets": torch.zeros(15)}])["loss_cls"]
+    target = torch.stack([torch.ones(15), torch.zeros(15)])
+    want = torch.nn.functional.binary_cross_entropy_with_logits(expected, target)
+    assert float(loss) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_cam_pooling_bad_settings():
+    from detectron2.modeling import build_model
+
+    from detx.engine.config import get_detx_cfg
+
+    base = ["MODEL.DEVICE", "cpu"]
+    for opts, words in ((["MODEL.CLASSIFIER.POOL", "mean"], "not one of"),
+                        (["MODEL.CLASSIFIER.POOL", "lse", "MODEL.CLASSIFIER.HEAD", "mlgcn"], "linear head"),
+                        (["MODEL.CLASSIFIER.POOL", "max", "MODEL.CLASSIFIER.LOSS", "supcon"], "average-pooled"),
+                        (["MODEL.CLASSIFIER.POOL", "lse", "MODEL.CLASSIFIER.LSE_R", "0.0"], "> 0")):
+        with pytest.raises(ValueError, match=words):
+            build_model(get_detx_cfg(CLS_TINY_CONFIG, base + opts))

@@ -183,6 +183,11 @@ def _prefix_groups(keys: list[str], depth: int = 2) -> str:
     return ", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items())) or "none"
 
 
+def _module_of(key: str) -> str:
+    """``backbone.res5.0.conv1.weight`` -> ``backbone.res5``: the backbone's top-level module (stem, stage)."""
+    return ".".join(key.split(".")[:2])
+
+
 def classifier_init_state(model: torch.nn.Module, path: str | os.PathLike, backbone_name: str = ""
                           ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """The tensors of a checkpoint that initialise the image classifier ``model``, and a report of what is loaded.
@@ -191,8 +196,9 @@ def classifier_init_state(model: torch.nn.Module, path: str | os.PathLike, backb
     ``backbone.*``, and its head and projection where they fit) or a detx detector's (``model_final.pth`` /
     ``model_best.pth``): with an FPN its ``backbone.bottom_up.*`` is the classifier's ``backbone.*``; without one
     (C4) its ``backbone.*`` is. Every tensor of the classifier's backbone must come from the file with its shape, and
-    the file's backbone must have no tensor the classifier's lacks (a ResNet-34 is not a ResNet-18): anything else is
-    another backbone family.
+    the file's backbone must have no tensor the classifier's lacks (a ResNet-34 is not a ResNet-18) but for whole
+    stages the classifier does not build (a classifier pooling ``res4`` has no ``res5``; they are reported as not
+    loaded): anything else is another backbone family.
 
     Args:
         model: the classifier (``DetxClassifier``).
@@ -226,6 +232,12 @@ def classifier_init_state(model: torch.nn.Module, path: str | os.PathLike, backb
                               "it is neither a detx classifier's nor a detx detector's checkpoint")
     theirs = {k: v for k, v in mapped.items() if k.startswith("backbone.")}
     ours = [k for k in own if k.startswith("backbone.")]
+    # a classifier that pools an earlier stage (MODEL.CLASSIFIER.IN_FEATURE res4) builds its backbone only up to that
+    # stage: the file's later stages, which the classifier has no module of at all, are left out (reported); a
+    # tensor the classifier lacks inside a stage it has (a ResNet-34's res2.2) is another family
+    our_modules = {_module_of(k) for k in ours}
+    later = sorted(k for k in theirs if k not in own and _module_of(k) not in our_modules)
+    theirs = {k: v for k, v in theirs.items() if k not in set(later)}
     missing = [k for k in ours if k not in theirs]
     extra = [k for k in theirs if k not in own]
     wrong = [f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}" for k in ours
@@ -243,8 +255,10 @@ def classifier_init_state(model: torch.nn.Module, path: str | os.PathLike, backb
             f"weights file {path} is a {source} checkpoint of another backbone family than the config's "
             f"({backbone_name or 'MODEL.BACKBONE'}): {'; '.join(details)}. Use a checkpoint trained with the same "
             "MODEL.BACKBONE.NAME and MODEL.RESNETS/DENSENET/VGG settings")
-    to_load, skipped = {}, list(rest)
+    to_load, skipped = {}, list(rest) + later
     for k, v in mapped.items():
+        if k in later:
+            continue
         if k in own and tuple(v.shape) == tuple(own[k].shape):
             to_load[k] = v
         else:

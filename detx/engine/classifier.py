@@ -51,6 +51,7 @@ CLS_HEAD_REGISTRY.__doc__ = """Heads of the image classifier: ``fn(cfg, in_chann
 ``(N, in_channels)`` features to ``(N, num_outputs)`` logits; chosen by name in ``MODEL.CLASSIFIER.HEAD``."""
 
 LOSSES = ("bce", "supcon")
+POOLS = ("avg", "max", "lse")
 
 
 @CLS_HEAD_REGISTRY.register()
@@ -116,7 +117,7 @@ class DetxClassifier(nn.Module):
                  pixel_std: list[float], pos_weight: list[float] | None = None, dropout: float = 0.0,
                  head: nn.Module | None = None, body_part_head: nn.Module | None = None, loss: str = "bce",
                  temperature: float = 0.1, proj_hidden: int = 256, proj_dim: int = 128,
-                 freeze_backbone: bool = False):
+                 freeze_backbone: bool = False, pool: str = "avg", lse_r: float = 5.0):
         """
         Args:
             backbone: a detectron2 backbone.
@@ -134,6 +135,9 @@ class DetxClassifier(nn.Module):
             proj_hidden: width of SupCon's projection head.
             proj_dim: SupCon's embedding size.
             freeze_backbone: keep the backbone's parameters and batch-norm statistics as loaded.
+            pool: "avg" (average the features, then the head) or "max" / "lse" (the linear head at every cell of
+                the feature map, a class activation map, pooled by its maximum or by log-sum-exp).
+            lse_r: log-sum-exp's sharpness r in ``(1/r) log mean exp(r s)``.
         """
         super().__init__()
         shapes = backbone.output_shape()
@@ -148,6 +152,18 @@ class DetxClassifier(nn.Module):
         channels = int(shapes[in_feature].channels)
         self.head = head if head is not None else nn.Linear(channels, self.num_outputs)
         self.body_part_head = body_part_head
+        if pool not in POOLS:
+            raise ValueError(f"MODEL.CLASSIFIER.POOL {pool!r} is not one of {POOLS}")
+        if pool != "avg" and not isinstance(self.head, nn.Linear):
+            raise ValueError(f"MODEL.CLASSIFIER.POOL {pool!r} applies the head at every cell of the feature map: it "
+                             f"needs the linear head (MODEL.CLASSIFIER.HEAD 'linear'), not {type(self.head).__name__}")
+        if not lse_r > 0:
+            raise ValueError(f"MODEL.CLASSIFIER.LSE_R must be > 0, got {lse_r}")
+        if pool != "avg" and loss == "supcon":
+            raise ValueError(f"MODEL.CLASSIFIER.POOL {pool!r} is for the classification loss; SupCon's stage 1 "
+                             "learns on average-pooled features (use POOL 'avg' there, any POOL in stage 2)")
+        self.pool = pool
+        self.lse_r = float(lse_r)
         if loss not in LOSSES:
             raise ValueError(f"MODEL.CLASSIFIER.LOSS {loss!r} is not one of {LOSSES}")
         self.loss = loss
@@ -193,6 +209,8 @@ class DetxClassifier(nn.Module):
             "proj_hidden": int(cfg.MODEL.CLASSIFIER.PROJ_HIDDEN),
             "proj_dim": int(cfg.MODEL.CLASSIFIER.PROJ_DIM),
             "freeze_backbone": bool(cfg.MODEL.CLASSIFIER.FREEZE_BACKBONE),
+            "pool": str(cfg.MODEL.CLASSIFIER.POOL).lower(),
+            "lse_r": float(cfg.MODEL.CLASSIFIER.LSE_R),
         }
 
     @property
@@ -214,35 +232,77 @@ class DetxClassifier(nn.Module):
             self.backbone.eval()
         return self
 
-    def pooled_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
-                           ) -> torch.Tensor:
-        """(N, C) features of a normalized batch, averaged over each image's own area (``image_sizes`` (h, w) mask
-        its padding; None: the whole map)."""
+    def _feature_map(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The feature map of a normalized batch and the (N, 1, h, w) mask of each image's own cells (None: all)."""
         if self.freeze_backbone and self.training:
             with torch.no_grad():
                 fmap = self.features(tensor)
         else:
             fmap = self.features(tensor)
         if image_sizes is None:
-            return fmap.mean(dim=(2, 3))
+            return fmap, None
         mask = torch.zeros(fmap.shape[0], 1, *fmap.shape[2:], device=fmap.device, dtype=fmap.dtype)
         for i, (h, w) in enumerate(image_sizes):
             # ceil(h / stride) written for positive numbers only: ONNX's integer Div truncates, so the usual
             # -(-h // stride) would cover one cell less in an exported graph
             mask[i, :, : (h + self.stride - 1) // self.stride, : (w + self.stride - 1) // self.stride] = 1
+        return fmap, mask
+
+    @staticmethod
+    def _average(fmap: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return fmap.mean(dim=(2, 3))
         return (fmap * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1)
+
+    def pooled_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
+                           ) -> torch.Tensor:
+        """(N, C) features of a normalized batch, averaged over each image's own area (``image_sizes`` (h, w) mask
+        its padding; None: the whole map)."""
+        return self._average(*self._feature_map(tensor, image_sizes))
+
+    def activation_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The linear head applied at every cell of a (N, C, h, w) feature map: (N, outputs, h, w) logits, the class
+        activation map (Zhou et al. 2016) that ``MODEL.CLASSIFIER.POOL`` max / lse pools."""
+        return F.conv2d(self.dropout(fmap), self.head.weight[:, :, None, None], self.head.bias)
+
+    def _logits(self, fmap: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pool == "avg":
+            return self.head(self.dropout(self._average(fmap, mask)))
+        cam = self.activation_map(fmap).float().flatten(2)  # (N, O, hw)
+        if mask is not None:
+            keep = mask.flatten(2) > 0  # (N, 1, hw)
+            cam = cam.masked_fill(~keep, float("-inf"))
+            count = keep.sum(2).to(cam.dtype)  # (N, 1)
+        else:
+            count = torch.full((cam.shape[0], 1), float(cam.shape[2]), device=cam.device)
+        if self.pool == "max":
+            return cam.amax(dim=2)
+        r = self.lse_r  # (1/r) log((1/n) sum exp(r s)), stable through logsumexp
+        return (torch.logsumexp(r * cam, dim=2) - torch.log(count)) / r
 
     def logits_from_tensor(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
                            ) -> torch.Tensor:
         """(N, outputs) logits of a normalized batch; ``image_sizes`` (h, w) mask each image's padding."""
-        return self.head(self.dropout(self.pooled_from_tensor(tensor, image_sizes)))
+        return self._logits(*self._feature_map(tensor, image_sizes))
 
-    def _pooled(self, batched_inputs: list[dict[str, Any]], key: str = "image") -> torch.Tensor:
+    def _pooled_and_logits(self, batched_inputs: list[dict[str, Any]], key: str = "image"
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (N, C) average-pooled features and the (N, outputs) logits of a batch (the feature cache holds the
+        pooled features of a frozen backbone: with it, ``MODEL.CLASSIFIER.POOL`` must be avg)."""
         cache = self.feature_cache
         if cache is not None and key == "image" and all(x.get("file_name") in cache for x in batched_inputs):
-            return torch.stack([cache[x["file_name"]] for x in batched_inputs]).to(self.device)
+            if self.pool != "avg":
+                raise ValueError(f"MODEL.CLASSIFIER.FEATURE_CACHE holds average-pooled features; POOL {self.pool!r} "
+                                 "needs the feature maps")
+            pooled = torch.stack([cache[x["file_name"]] for x in batched_inputs]).to(self.device)
+            return pooled, self.head(self.dropout(pooled))
         images = self.preprocess_image([{"image": x[key]} for x in batched_inputs])
-        return self.pooled_from_tensor(images.tensor, images.image_sizes)
+        fmap, mask = self._feature_map(images.tensor, images.image_sizes)
+        return self._average(fmap, mask), self._logits(fmap, mask)
+
+    def _pooled(self, batched_inputs: list[dict[str, Any]], key: str = "image") -> torch.Tensor:
+        return self._pooled_and_logits(batched_inputs, key)[0]
 
     def _targets(self, batched_inputs: list[dict[str, Any]]) -> torch.Tensor:
         if any("cls_targets" not in x for x in batched_inputs):
@@ -253,8 +313,7 @@ class DetxClassifier(nn.Module):
         return targets.to(self.device)
 
     def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
-        pooled = self._pooled(batched_inputs)
-        logits = self.head(self.dropout(pooled))
+        pooled, logits = self._pooled_and_logits(batched_inputs)
         if self.training:
             targets = self._targets(batched_inputs)
             if self.loss == "supcon":

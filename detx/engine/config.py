@@ -79,6 +79,13 @@ def add_detx_config(cfg: CfgNode) -> None:
     # BCE positive-class weight per output ("abnormal" first, then the classes); [] = 1 for all
     cfg.MODEL.CLASSIFIER.POS_WEIGHT = []
     cfg.MODEL.CLASSIFIER.DROPOUT = 0.0
+    # how the feature map becomes one score per output: "avg" (global average pooling of the features, then the
+    # head), or, with the linear head, the head applied at every cell of the map (a class activation map) pooled by
+    # "max" or "lse" (log-sum-exp, (1/r) log mean exp(r s): r -> 0 is the average, r -> inf the maximum; Pinheiro &
+    # Collobert CVPR 2015, Wang et al. ChestX-ray8 2017): a finding scores where it is, not diluted over the image,
+    # and the map the score comes from is the localisation (docs/classifiers.md)
+    cfg.MODEL.CLASSIFIER.POOL = "avg"
+    cfg.MODEL.CLASSIFIER.LSE_R = 5.0
     # the head over the pooled feature: "linear" (one layer; checkpoint keys head.weight/bias), "mlgcn" (ML-GCN, Chen
     # et al. CVPR 2019: per-output classifiers from 2 graph convolutions over the training labels' co-occurrence
     # graph; detx/engine/mlgcn.py) or the name of a head registered in CLS_HEAD_REGISTRY (detx/engine/classifier.py)
