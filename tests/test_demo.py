@@ -82,6 +82,16 @@ def test_demo_settings_refuse_impossible_values(tmp_path):
         DemoSettings(out=tmp_path, dataset="mnist")
     with pytest.raises(ValueError, match="n_train"):
         DemoSettings(out=tmp_path, n_train=3, folds=4)
+    with pytest.raises(ValueError, match="cls_pool"):
+        DemoSettings(out=tmp_path, cls_pool="mean")
+
+
+@pytest.mark.parametrize("dataset", ["vindr-cxr", "mura"])
+def test_demo_classifier_pools_as_set(tmp_path, dataset):
+    for pool in ("lse", "avg"):
+        steps = build_steps(DemoSettings(out=tmp_path / pool, dataset=dataset, cls_pool=pool))
+        cmd = next(st for st in steps if "classifier" in st.name and "train_net.py" in " ".join(st.cmd)).cmd
+        assert cmd[cmd.index("MODEL.CLASSIFIER.POOL") + 1] == pool
 
 
 @pytest.mark.parametrize("dataset", ["vindr-cxr", "spinexr"])

@@ -94,7 +94,10 @@ class DemoSettings:
     seed: int = 0
     max_iter: int = 300
     eval_period: int = 100
-    cls_max_iter: int = 300
+    cls_max_iter: int = 240
+    # the CNN's pooling (MODEL.CLASSIFIER.POOL): log-sum-exp over its class activation map, so its Grad-CAM points
+    # at the finding (average pooling pointed at the image's lower edge: pointing game 0 of 20; docs/classifiers.md)
+    cls_pool: str = "lse"
     tta: tuple[str, ...] = ("hflip",)
     workers: int = 2
     extra_train_opts: tuple[str, ...] = ()
@@ -113,6 +116,8 @@ class DemoSettings:
             raise InputError(f"the demo needs n_train >= 2 * folds ({2 * self.folds}) and n_test >= 1")
         if self.max_iter < 1 or self.eval_period < 1 or self.cls_max_iter < 1:
             raise InputError("max_iter, cls_max_iter and eval_period must be >= 1")
+        if self.cls_pool not in ("avg", "max", "lse"):
+            raise InputError(f"cls_pool must be avg, max or lse, got {self.cls_pool!r}")
 
 
 @dataclass
@@ -168,6 +173,7 @@ def mura_steps(s: DemoSettings) -> list[Step]:
         py, "tools/train_net.py", "--config-file", d["cls_config"], "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0",
         "OUTPUT_DIR", str(cls_train), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", str(s.cls_max_iter),
         "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
+        "MODEL.CLASSIFIER.POOL", s.cls_pool,
     ]
     if (cls_train / "last_checkpoint").exists() and not (cls_train / "model_final.pth").exists():
         cls_cmd.insert(4, "--resume")
@@ -219,6 +225,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
         py, "tools/train_net.py", "--config-file", d["cls_config"],
         "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0", "OUTPUT_DIR", str(cls_train), "MODEL.DEVICE", "cpu",
         "MODEL.CLASSIFIER.NUM_CLASSES", d["cls_classes"], "SOLVER.MAX_ITER", str(s.cls_max_iter),
+        "MODEL.CLASSIFIER.POOL", s.cls_pool,
         "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
         "INPUT.MIN_SIZE_TRAIN", f"({s.size},)", "INPUT.MAX_SIZE_TRAIN", str(s.size), "INPUT.MIN_SIZE_TEST",
         str(s.size), "INPUT.MAX_SIZE_TEST", str(s.size),
@@ -513,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-period", type=int, default=DemoSettings.eval_period)
     parser.add_argument("--cls-max-iter", type=int, default=DemoSettings.cls_max_iter,
                         help="iterations of the tiny image classifier")
+    parser.add_argument("--cls-pool", default=DemoSettings.cls_pool, choices=["avg", "max", "lse"],
+                        help="the image classifier's MODEL.CLASSIFIER.POOL (default lse)")
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
     parser.add_argument("--quiet", action="store_true", help="only the step headers and the final numbers")
     parser.add_argument("--fresh", action="store_true",
@@ -522,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         s = DemoSettings(out=Path(args.out), dataset=args.dataset, n_train=args.n_train, n_test=args.n_test,
                          size=args.size, max_iter=args.max_iter, eval_period=args.eval_period,
-                         cls_max_iter=args.cls_max_iter, seed=args.seed)
+                         cls_max_iter=args.cls_max_iter, cls_pool=args.cls_pool, seed=args.seed)
         run_demo(s, quiet=args.quiet, fresh=args.fresh)
     except DetxError as e:
         print(f"demo: {e}", file=sys.stderr)
