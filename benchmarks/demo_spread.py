@@ -9,7 +9,9 @@ A second environment (``--python``) compares, e.g., the locked install against a
     python benchmarks/demo_spread.py --seeds 0 1 2 [--python /tmp/venv-lock/bin/python /tmp/venv-cv51/bin/python]
         [--out output/demo_spread] [--json spread.json] [--n-train N --max-iter N --cls-max-iter N --size N]
 
-A finished run (its results.json exists with the same settings) is reused, so an interrupted spread resumes.
+A finished run (its results.json exists with the same settings) is reused, so an interrupted spread resumes;
+``--finished-only`` reports on the runs of the grid that have finished and names the others (the runs can be
+started by hand, in any order, as ``python -m detx.workflows.demo --out OUT/env<E>_seed<S> --seed S --quiet``).
 ``python tools/results_doc.py --spread spread.json`` puts the figures into docs/results.md.
 """
 
@@ -54,15 +56,20 @@ def main() -> None:
     p.add_argument("--python", nargs="+", default=[sys.executable], help="the environments' Python executables")
     p.add_argument("--out", default="output/demo_spread", help="one demo folder per run below this")
     p.add_argument("--json", default=None, help="write the runs and the spread here")
+    p.add_argument("--finished-only", action="store_true",
+                   help="only the runs whose results.json exists; the others are named as not run")
     for opt in ("--n-train", "--max-iter", "--cls-max-iter", "--size", "--eval-period"):
         p.add_argument(opt, type=int, default=None, help="passed to the demo")
     args = p.parse_args()
     extra = [x for opt in ("n_train", "max_iter", "cls_max_iter", "size", "eval_period")
              if getattr(args, opt) is not None for x in (f"--{opt.replace('_', '-')}", str(getattr(args, opt)))]
-    runs = []
+    runs, missing = [], []
     for e, python in enumerate(args.python):
         name = env_name(python)
         for seed in args.seeds:
+            if args.finished_only and not (Path(args.out) / f"env{e}_seed{seed}" / "results.json").exists():
+                missing.append(f"seed {seed}, {name}")
+                continue
             r = run_one(python, seed, Path(args.out) / f"env{e}_seed{seed}", extra)
             runs.append({"name": f"seed {seed}, {name}", "seed": seed, "environment": name,
                          "numbers": {k: r["numbers"].get(k) for k in KEYS}, "ci95": r.get("ci95", {}),
@@ -72,6 +79,8 @@ def main() -> None:
         vals = [r["numbers"][k] for r in runs if r["numbers"][k] is not None]
         spread[k] = max(vals) - min(vals) if vals else None
     print(f"\nspread (max - min) over {len(runs)} runs ({len(args.seeds)} seeds x {len(args.python)} environments):")
+    if missing:
+        print(f"  not run: {'; '.join(missing)}")
     for k in KEYS:
         vals = [r["numbers"][k] for r in runs]
         ok = "" if spread[k] is None else ("  within 0.05" if spread[k] <= BAR else "  ABOVE 0.05")
@@ -82,7 +91,9 @@ def main() -> None:
         description = (f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}) x {len(args.python)} "
                        f"environment(s); demo settings: n_train {settings.get('n_train')}, size {settings.get('size')}, "
                        f"max_iter {settings.get('max_iter')}, cls_max_iter {settings.get('cls_max_iter')}. Spread = max - "
-                       "min over the runs; the bar is 0.05.")
+                       "min over the runs; the bar is 0.05."
+                       + (f" {len(runs)} of {len(runs) + len(missing)} runs of the grid finished; not run: "
+                          f"{'; '.join(missing)}." if missing else ""))
         Path(args.json).write_text(json.dumps({"description": description, "keys": list(KEYS), "runs": runs,
                                                "spread": spread}, indent=2))
 

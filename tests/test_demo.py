@@ -58,10 +58,12 @@ def test_demo_writes_every_report_file_and_reuses_them(tmp_path, capsys):
         assert 0.0 <= lo <= hi <= 1.0, key
     assert f"mAP40_ci95 {results['ci95']['mAP40'][0]:.3f} {results['ci95']['mAP40'][1]:.3f}" in out.splitlines()
 
-    # A second run reuses every output and prints the same numbers.
+    # A second run reuses every output and prints the same numbers; results.json keeps what making them took.
+    assert results["seconds"] > 0 and results["seconds"] == pytest.approx(sum(results["step_seconds"].values()))
     again = run_demo(s, quiet=True)
     assert set(again["timings"].values()) == {0.0}
     assert again["numbers"] == result["numbers"]
+    assert json.loads(p["results"].read_text())["step_seconds"] == results["step_seconds"]
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
