@@ -25,7 +25,7 @@ import argparse
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,22 @@ def skipped_and_folds_lines(problems: dict[str, int], skipped: int, folds: dict[
         lines.append(f"  {folds_label}: " + ", ".join(f"{k}: {v['train']} train / {v['val']} val"
                                                       for k, v in folds.items()))
     return lines
+
+
+def write_fold_splits(meta: pd.DataFrame, folds: int, write: Callable[[str, pd.Series], None],
+                      rows: np.ndarray | None = None) -> dict[str, dict[str, int]]:
+    """``write("train_fold<k>.json", ids)`` and ``write("val_fold<k>.json", ids)`` for each fold k of
+    ``meta["fold"]`` (none when ``folds < 2``), over the rows ``rows`` (a boolean mask; all by default); returns the
+    fold sizes, ``{"<k>": {"train": n, "val": n}}``, for the summary."""
+    keep = np.ones(len(meta), bool) if rows is None else np.asarray(rows, bool)
+    sizes = {}
+    for k in range(folds if folds >= 2 else 0):
+        in_k = (meta["fold"] == k).to_numpy()
+        val, trn = meta.loc[keep & in_k, "image_id"], meta.loc[keep & ~in_k, "image_id"]
+        write(f"train_fold{k}.json", trn)
+        write(f"val_fold{k}.json", val)
+        sizes[str(k)] = {"train": len(trn), "val": len(val)}
+    return sizes
 
 
 def format_readers(readers: dict[str, Any]) -> str:
@@ -520,15 +536,13 @@ def prepare_unlocked(
         write_coco(ann_dir / "all.json", build_coco(meta, fused, classes, {**coco_info, "split": "all"},
                                                     box_masks=box_masks, image_labels=extra_labels))
         written.add("all.json")
-        for k in range(folds if folds >= 2 else 0):
-            val_ids = meta.loc[meta["fold"] == k, "image_id"]
-            train_ids = meta.loc[meta["fold"] != k, "image_id"]
-            for split, ids in (("train", train_ids), ("val", val_ids)):
-                name = f"{split}_fold{k}.json"
-                write_coco(ann_dir / name, build_coco(meta, fused, classes, {**coco_info, "split": name[:-5]},
-                                                      image_ids=ids, box_masks=box_masks, image_labels=extra_labels))
-                written.add(name)
-            summary.folds[str(k)] = {"train": len(train_ids), "val": len(val_ids)}
+
+        def write_split(name: str, ids: pd.Series) -> None:
+            write_coco(ann_dir / name, build_coco(meta, fused, classes, {**coco_info, "split": name[:-5]},
+                                                  image_ids=ids, box_masks=box_masks, image_labels=extra_labels))
+            written.add(name)
+
+        summary.folds.update(write_fold_splits(meta, folds, write_split))
         atomic_write_text(ann_dir / "boxes_readers.csv", table.to_csv(index=False))
         atomic_write_text(ann_dir / "boxes_fused.csv", fused.to_csv(index=False))
         summary.boxes_before_fusion = int((table["class_name"] != NO_FINDING).sum())

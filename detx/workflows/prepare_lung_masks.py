@@ -34,7 +34,7 @@ from detx.data.lung_masks import (
     read_lung_sides,
 )
 from detx.data.readers import ProblemLog, make_table
-from detx.workflows.prepare import skipped_and_folds_lines
+from detx.workflows.prepare import skipped_and_folds_lines, write_fold_splits
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +161,7 @@ def _prepare(pairs, log: ProblemLog, layout: str, images: Path, masks, out: Path
         written.append(f"annotations/{name}")
 
     write("all.json", meta["image_id"])
-    for k in range(folds if folds >= 2 else 0):
-        val = meta.loc[meta["fold"] == k, "image_id"]
-        trn = meta.loc[meta["fold"] != k, "image_id"]
-        write(f"train_fold{k}.json", trn)
-        write(f"val_fold{k}.json", val)
-        summary.folds[str(k)] = {"train": len(trn), "val": len(val)}
+    summary.folds.update(write_fold_splits(meta, folds, write))
     summary.images = len(meta)
     done = [results[i] for i in meta["image_id"]]
     summary.images_converted = sum(not r.skipped for r in done)

@@ -41,7 +41,7 @@ from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms
 from detx.data.folds import assign_folds
 from detx.data.readers import ProblemLog, make_table
-from detx.workflows.prepare import skipped_and_folds_lines
+from detx.workflows.prepare import skipped_and_folds_lines, write_fold_splits
 
 logger = logging.getLogger(__name__)
 
@@ -239,12 +239,7 @@ def _prepare(release: Path, out: Path, size: int, folds: int, seed: int, workers
 
     if train.any():
         write("all.json", meta.loc[train, "image_id"])
-        for k in range(folds if folds >= 2 else 0):
-            val = meta.loc[train & (meta["fold"] == k).to_numpy(), "image_id"]
-            trn = meta.loc[train & (meta["fold"] != k).to_numpy(), "image_id"]
-            write(f"train_fold{k}.json", trn)
-            write(f"val_fold{k}.json", val)
-            summary.folds[str(k)] = {"train": len(trn), "val": len(val)}
+        summary.folds.update(write_fold_splits(meta, folds, write, rows=train))
     if (~train).any():
         write("valid.json", meta.loc[~train, "image_id"])
     for s in SPLITS:

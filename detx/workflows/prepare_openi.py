@@ -50,7 +50,7 @@ from detx.data.openi import (
     read_openi_reports,
 )
 from detx.data.readers import ProblemLog, make_table
-from detx.workflows.prepare import skipped_and_folds_lines
+from detx.workflows.prepare import skipped_and_folds_lines, write_fold_splits
 
 logger = logging.getLogger(__name__)
 
@@ -247,12 +247,7 @@ def _prepare(reports_in, images_in, out: Path, metadata, size: int, folds: int, 
         written.append(f"annotations/{name}")
 
     write("all.json", meta["image_id"])
-    for k in range(folds if folds >= 2 else 0):
-        val = meta.loc[meta["fold"] == k, "image_id"]
-        trn = meta.loc[meta["fold"] != k, "image_id"]
-        write(f"train_fold{k}.json", trn)
-        write(f"val_fold{k}.json", val)
-        summary.folds[str(k)] = {"train": len(trn), "val": len(val)}
+    summary.folds.update(write_fold_splits(meta, folds, write))
     summary.images = len(meta)
     summary.normal_images = int((meta["label"] == 0).sum())
     summary.views = {str(k): int(v) for k, v in meta["view"].value_counts().sort_index().items()}
