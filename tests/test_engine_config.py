@@ -57,8 +57,11 @@ def test_every_config_loads(config):
     assert cfg.is_frozen()
     assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS is False  # normal X-rays stay in training
     assert cfg.INPUT.RANDOM_FLIP == "none"  # flips come from DETX.AUG only
-    assert num_classes(cfg) == (7 if "spinexr" in config else 14)
+    assert num_classes(cfg) == (2 if "lungs" in config else 7 if "spinexr" in config else 14)  # lungs: left, right
     # the metric does not punish low-confidence extra boxes: every model keeps them
+    if "lungs" in config:  # the lung segmenter: real masks, no flips (they would swap the lungs)
+        assert cfg.MODEL.MASK_ON and not cfg.DETX.BOX_MASKS and cfg.DETX.AUG.HFLIP_PROB == 0
+        return
     thresh = cfg.MODEL.RETINANET.SCORE_THRESH_TEST if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else \
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     assert thresh <= 0.01
