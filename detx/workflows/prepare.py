@@ -597,25 +597,51 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def add_common_prepare_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    size_default: int,
+    folds_help: str | None = None,
+    workers_help: str | None = None,
+    strict_help: str | None = None,
+    quiet: bool = True,
+) -> None:
+    """Add the options every ``datasets/prepare_*.py`` shares: ``--out --size --folds --seed --workers --strict``
+    and, with ``quiet``, ``--quiet`` (no progress bar).
+
+    ``size_default`` is the default longest PNG side; the ``*_help`` texts replace the generic ones where a dataset
+    says more (what the folds are grouped by, what a bad input is).
+    """
+    parser.add_argument("--out", required=True, help="output folder of the prepared dataset")
+    parser.add_argument("--size", type=int, default=size_default,
+                        help=f"longest side of the PNGs (default {size_default})")
+    parser.add_argument("--folds", type=int, default=5,
+                        help=folds_help or "number of folds; < 2 writes only all.json")
+    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=workers_help or "conversion processes (default: CPU count, at most 8)")
+    parser.add_argument("--strict", action="store_true",
+                        help=strict_help or "stop with exit status 1 at the first bad row or image")
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_prepare_arguments(parser, dataset: str) -> None:
     """The command-line options of ``datasets/prepare_*.py`` (DESIGN section 2), shared by both scripts."""
     parser.add_argument("--csv", help="reader annotation CSV; leave out for a test set (images only)")
     parser.add_argument("--dicom-dir", required=True, help="folder with the DICOM files (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder of the prepared dataset")
+    # no --quiet: prepare_from_args always shows the progress bars
+    add_common_prepare_arguments(parser, size_default=1024,
+                                 workers_help="DICOM decoding processes (default: CPU count, at most 8)",
+                                 strict_help="stop with an error at the first bad row or image", quiet=False)
     if dataset == "vindr-cxr":
         parser.add_argument("--format", default="auto", choices=["auto", "kaggle", "physionet"],
                             help="annotation format (default: from the CSV header)")
         parser.add_argument("--image-labels", help="PhysioNet image_labels_*.csv (default: the one next to --csv)")
         parser.add_argument("--kaggle-classes", action=argparse.BooleanOptionalAction, default=True,
                             help="PhysioNet: map the 22 local labels onto the Kaggle 14 (default) or keep all 22")
-    parser.add_argument("--size", type=int, default=1024, help="longest side of the PNGs (default 1024)")
     parser.add_argument("--fusion", default="wbf", choices=FUSION_METHODS, help="reader fusion (default wbf)")
     parser.add_argument("--iou-thr", type=float, default=0.4, help="IoU above which boxes fuse (default 0.4)")
-    parser.add_argument("--folds", type=int, default=5, help="number of folds; < 2 writes only all.json")
-    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="DICOM decoding processes (default: CPU count, at most 8)")
-    parser.add_argument("--strict", action="store_true", help="stop with an error at the first bad row or image")
     parser.add_argument("--box-masks", action="store_true",
                         help="add each box as a rectangle polygon segmentation (Mask R-CNN on box data)")
     parser.add_argument("--bit-depth", type=int, default=8, choices=[8, 16], help="PNG bit depth (default 8)")

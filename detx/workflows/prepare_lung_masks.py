@@ -34,7 +34,7 @@ from detx.data.lung_masks import (
     read_lung_sides,
 )
 from detx.data.readers import ProblemLog, make_table
-from detx.workflows.prepare import skipped_and_folds_lines, write_fold_splits
+from detx.workflows.prepare import add_common_prepare_arguments, skipped_and_folds_lines, write_fold_splits
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +176,6 @@ def _prepare(pairs, log: ProblemLog, layout: str, images: Path, masks, out: Path
 
 def add_lung_mask_arguments(parser) -> None:
     """The command-line options of ``datasets/prepare_lung_masks.py``."""
-    from detx.workflows.prepare import default_workers
-
     parser.add_argument("--layout", required=True, choices=LAYOUTS,
                         help="montgomery (CXR_png/, ManualMask/{left,right}Mask/), shenzhen (CXR_png/, mask/), or "
                              "folders (--images and --masks)")
@@ -185,14 +183,7 @@ def add_lung_mask_arguments(parser) -> None:
                         "(folders: <id>.png, or <id>.dicom / <id>.dcm)")
     parser.add_argument("--masks", default=None, help="folders layout: the mask folder (left/ and right/, 'left "
                         "lung'/ and 'right lung'/, or <id>.png / <id>_mask.png with both lungs)")
-    parser.add_argument("--out", required=True, help="output folder of the prepared dataset")
-    parser.add_argument("--size", type=int, default=512, help="longest side of the PNGs (default 512)")
-    parser.add_argument("--folds", type=int, default=5, help="number of folds; < 2 writes only all.json")
-    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="conversion processes (default: CPU count, at most 8)")
-    parser.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first bad pair")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common_prepare_arguments(parser, size_default=512, strict_help="stop with exit status 1 at the first bad pair")
 
 
 def prepare_lung_masks_from_args(args) -> LungMaskSummary:

@@ -41,7 +41,7 @@ from detx.data.coco_json import build_coco, write_coco
 from detx.data.dicom import convert_dicoms
 from detx.data.folds import assign_folds
 from detx.data.readers import ProblemLog, make_table
-from detx.workflows.prepare import skipped_and_folds_lines, write_fold_splits
+from detx.workflows.prepare import add_common_prepare_arguments, skipped_and_folds_lines, write_fold_splits
 
 logger = logging.getLogger(__name__)
 
@@ -262,17 +262,9 @@ def _prepare(release: Path, out: Path, size: int, folds: int, seed: int, workers
 
 def add_mura_arguments(parser) -> None:
     """The command-line options of ``datasets/prepare_mura.py``."""
-    from detx.workflows.prepare import default_workers
-
     parser.add_argument("--root", required=True, help="folder holding MURA-v1.1/ (or MURA-v1.1 itself)")
-    parser.add_argument("--out", required=True, help="output folder of the prepared dataset")
-    parser.add_argument("--size", type=int, default=512, help="longest side of the PNGs (default 512)")
-    parser.add_argument("--folds", type=int, default=5, help="folds of the train split, grouped by patient (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="conversion processes (default: CPU count, at most 8)")
-    parser.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first bad row or image")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common_prepare_arguments(parser, size_default=512,
+                                 folds_help="folds of the train split, grouped by patient (default 5)")
 
 
 def prepare_mura_from_args(args) -> MuraSummary:

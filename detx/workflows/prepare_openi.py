@@ -50,7 +50,7 @@ from detx.data.openi import (
     read_openi_reports,
 )
 from detx.data.readers import ProblemLog, make_table
-from detx.workflows.prepare import skipped_and_folds_lines, write_fold_splits
+from detx.workflows.prepare import add_common_prepare_arguments, skipped_and_folds_lines, write_fold_splits
 
 logger = logging.getLogger(__name__)
 
@@ -264,22 +264,13 @@ def _prepare(reports_in, images_in, out: Path, metadata, size: int, folds: int, 
 
 def add_openi_arguments(parser) -> None:
     """The command-line options of ``datasets/prepare_openi.py``."""
-    from detx.workflows.prepare import default_workers
-
     parser.add_argument("--reports", required=True, help="folder of ecgen-radiology/*.xml (or NLMCXR_reports.tgz)")
     parser.add_argument("--images", required=True, help="folder of the images (PNG or DICOM release), searched "
                         "recursively")
-    parser.add_argument("--out", required=True, help="output folder of the prepared dataset")
     parser.add_argument("--metadata", default=None, help="the DICOM header table (nlmcxr_dicom_metadata.csv.gz) "
                         "for the views; without it the views come from the captions")
-    parser.add_argument("--size", type=int, default=512, help="longest side of the PNGs (default 512)")
-    parser.add_argument("--folds", type=int, default=5, help="folds, grouped by study (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="conversion processes (default: CPU count, at most 8)")
-    parser.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first bad report or "
-                        "missing image")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common_prepare_arguments(parser, size_default=512, folds_help="folds, grouped by study (default 5)",
+                                 strict_help="stop with exit status 1 at the first bad report or missing image")
 
 
 def prepare_openi_from_args(args) -> OpenISummary:
