@@ -24,36 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from logged_run import run_logged  # noqa: E402
+
+from detx.viz.curves import last_metric  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 Q = ROOT / "configs/quick_schedules"
 RECIPES = ("scratch", "supcon+frozen", "supcon+finetune", "detector-init", "vgg16-frozen")
-
-
-def _child_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def _run(cmd: list[str], log: Path) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(map(str, cmd)) + "\n")
-        f.flush()
-        rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
-
-
-def _last(metrics: Path, key: str) -> float | None:
-    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    vals = [r[key] for r in rows if key in r]
-    return vals[-1] if vals else None
 
 
 def train(out: Path, config: Path, demo: Path, budget: float, size: int, log: Path, *opts: str) -> tuple[Path, float]:
@@ -61,15 +44,14 @@ def train(out: Path, config: Path, demo: Path, budget: float, size: int, log: Pa
     ``OUTPUT_DIR/cpu_s.txt``, so that a second invocation reuses the run and its figure)."""
     if (out / "model_final.pth").is_file() and (out / "cpu_s.txt").is_file():
         return out, float((out / "cpu_s.txt").read_text())
-    cpu0 = _child_cpu()
-    _run([sys.executable, "tools/train_net.py", "--config-file", config, "--overwrite",
-          "DETX.DATA_ROOT", demo / "prepared", "DETX.FOLD", "0", "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu",
-          "MODEL.CLASSIFIER.NUM_CLASSES", "14", "SOLVER.MAX_ITER", "5000", "SOLVER.STEPS", "()",
-          "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0", "DETX.VAL_PERIOD", "-1",
-          "DETX.BEST_METRIC", "", "DETX.CURVES", "False", "DETX.EVAL.BOOTSTRAP", "0", "DETX.CPU_BUDGET_S", str(budget),
-          "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size, "INPUT.MIN_SIZE_TEST", size,
-          "INPUT.MAX_SIZE_TEST", size, "SEED", "0", *opts], log)
-    cpu = _child_cpu() - cpu0
+    cpu = run_logged([
+        sys.executable, "tools/train_net.py", "--config-file", config, "--overwrite",
+        "DETX.DATA_ROOT", demo / "prepared", "DETX.FOLD", "0", "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu",
+        "MODEL.CLASSIFIER.NUM_CLASSES", "14", "SOLVER.MAX_ITER", "5000", "SOLVER.STEPS", "()",
+        "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0", "DETX.VAL_PERIOD", "-1",
+        "DETX.BEST_METRIC", "", "DETX.CURVES", "False", "DETX.EVAL.BOOTSTRAP", "0", "DETX.CPU_BUDGET_S", str(budget),
+        "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size, "INPUT.MIN_SIZE_TEST", size,
+        "INPUT.MAX_SIZE_TEST", size, "SEED", "0", *opts], log)
     (out / "cpu_s.txt").write_text(f"{cpu:.1f}\n")
     return out, cpu
 
@@ -79,18 +61,18 @@ def score(run: Path, demo: Path, size: int, log: Path) -> dict[str, float | None
     cfg, w = run / "config.yaml", run / "model_final.pth"
     test_csv, test_json, heat = run / "test_classification.csv", run / "test_metrics.json", run / "heatmaps"
     if not test_json.is_file():
-        _run([sys.executable, "tools/predict.py", "--quiet", "--classifier-config", cfg, "--classifier-weights", w,
-              "--input", demo / "raw" / "test", "--dicom-size", size, "--cache-dir", demo / "cache",
-              "--classification-out", test_csv], log)
-        _run([sys.executable, "tools/evaluate.py", "--gt", demo / "raw" / "test_ground_truth.csv", "--pred", test_csv,
-              "--out", test_json], log)
+        run_logged([sys.executable, "tools/predict.py", "--quiet", "--classifier-config", cfg,
+                    "--classifier-weights", w, "--input", demo / "raw" / "test", "--dicom-size", size,
+                    "--cache-dir", demo / "cache", "--classification-out", test_csv], log)
+        run_logged([sys.executable, "tools/evaluate.py", "--gt", demo / "raw" / "test_ground_truth.csv",
+                    "--pred", test_csv, "--out", test_json], log)
     if not (heat / "summary.json").is_file():
-        _run([sys.executable, "tools/explain.py", "--config-file", cfg, "--weights", w, "--input",
-              demo / "prepared" / "annotations" / "val_fold0.json", "--out", heat, "--method", "gradcam"], log)
-    return {"heldout_auc": _last(run / "metrics.json", "cls/auc"),
+        run_logged([sys.executable, "tools/explain.py", "--config-file", cfg, "--weights", w, "--input",
+                    demo / "prepared" / "annotations" / "val_fold0.json", "--out", heat, "--method", "gradcam"], log)
+    return {"heldout_auc": last_metric(run / "metrics.json", "cls/auc"),
             "test_auc": (json.loads(test_json.read_text()).get("image_level") or {}).get("auc"),
             "pointing_game": json.loads((heat / "summary.json").read_text()).get("pointing_game"),
-            "iterations": _last(run / "metrics.json", "cpu_budget_iters")}
+            "iterations": last_metric(run / "metrics.json", "cpu_budget_iters")}
 
 
 def reference(demo: Path) -> dict[str, float | None]:
@@ -145,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                              cache, out / name / "features.pt")
         rows[name] = {**score(run, demo, args.size, log), "cpu_s": cpu + shared_cpu}
         print(f"{name}: {rows[name]}", flush=True)
-    knn = _last(stage1 / "metrics.json", "cls/knn_auc") if (stage1 / "metrics.json").is_file() else None
+    knn = last_metric(stage1 / "metrics.json", "cls/knn_auc") if (stage1 / "metrics.json").is_file() else None
     rows = {"detection-derived (reference)": reference(demo), **rows}  # read last: the demo may still be finishing
 
     def f(v: float | None, nd: int = 3) -> str:

@@ -16,39 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from logged_run import run_logged  # noqa: E402
+
+from detx.viz.curves import last_metric  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CLS_TINY = ROOT / "configs/quick_schedules/vindr_cxr_cls_tiny.yaml"
 LUNGS_TINY = ROOT / "configs/quick_schedules/lungs_mask_tiny.yaml"
-
-
-def _child_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def _run(cmd: list, log: Path) -> float:
-    """Run a command (repo root as cwd), its output appended to ``log``; returns the CPU seconds it used."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    before = _child_cpu()
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(map(str, cmd)) + "\n")
-        f.flush()
-        rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
-    return _child_cpu() - before
-
-
-def _last(metrics: Path, key: str) -> float | None:
-    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    vals = [r[key] for r in rows if key in r]
-    return vals[-1] if vals else None
 
 
 def _crop_iou_vs_masks(meta, masks: Path, margin: float) -> dict[str, float]:
@@ -110,27 +90,29 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
     t0 = time.time()
     data = out / "synthetic"
     if not (data / "train.csv").is_file():
-        _run([py, "-m", "detx.synthetic", "--out", data, "--n-train", args.n_train, "--n-test", 2, "--seed", args.seed,
-              "--min-size", args.min_size, "--max-size", args.max_size, "--lung-masks", "--no-progress"], log)
+        run_logged([py, "-m", "detx.synthetic", "--out", data, "--n-train", args.n_train, "--n-test", 2,
+                    "--seed", args.seed, "--min-size", args.min_size, "--max-size", args.max_size, "--lung-masks",
+                    "--no-progress"], log)
     prep = [py, "datasets/prepare_vindr_cxr.py", "--csv", data / "train.csv", "--dicom-dir", data / "train",
             "--size", args.size, "--folds", args.folds, "--workers", 1, "--no-report"]
-    _run([*prep, "--out", out / "whole"], log)
+    run_logged([*prep, "--out", out / "whole"], log)
     crop_opts = ["--crop", "lungs", "--crop-margin", args.margin]
     segmenter_cpu = None
     if args.lung_source == "masks":
         crop_opts += ["--lung-masks", data / "lung_masks" / "train"]
     else:  # the segmenter learns from another set's masks
         lungs = out / "lung_set"
-        _run([py, "-m", "detx.synthetic", "--out", lungs, "--n-train", 32, "--n-test", 1, "--seed", args.seed + 1000,
-              "--min-size", args.min_size, "--max-size", args.max_size, "--lung-masks", "--no-progress"], log)
-        _run([py, "datasets/prepare_lung_masks.py", "--layout", "folders", "--images", lungs / "train", "--masks",
-              lungs / "lung_masks" / "train", "--out", out / "lungs_prepared", "--size", args.size, "--folds", 0,
-              "--workers", 1, "--quiet"], log)
-        segmenter_cpu = _run([py, "tools/train_net.py", "--config-file", LUNGS_TINY, "DETX.DATA_ROOT",
-                              out / "lungs_prepared", "DETX.FOLD", -1, "OUTPUT_DIR", out / "lung_segmenter",
-                              "MODEL.DEVICE", "cpu", "TEST.EVAL_PERIOD", 0], log)
+        run_logged([py, "-m", "detx.synthetic", "--out", lungs, "--n-train", 32, "--n-test", 1,
+                    "--seed", args.seed + 1000, "--min-size", args.min_size, "--max-size", args.max_size,
+                    "--lung-masks", "--no-progress"], log)
+        run_logged([py, "datasets/prepare_lung_masks.py", "--layout", "folders", "--images", lungs / "train",
+                    "--masks", lungs / "lung_masks" / "train", "--out", out / "lungs_prepared", "--size", args.size,
+                    "--folds", 0, "--workers", 1, "--quiet"], log)
+        segmenter_cpu = run_logged([py, "tools/train_net.py", "--config-file", LUNGS_TINY, "DETX.DATA_ROOT",
+                                    out / "lungs_prepared", "DETX.FOLD", -1, "OUTPUT_DIR", out / "lung_segmenter",
+                                    "MODEL.DEVICE", "cpu", "TEST.EVAL_PERIOD", 0], log)
         crop_opts += ["--lung-config", LUNGS_TINY, "--lung-weights", out / "lung_segmenter" / "model_final.pth"]
-    _run([*prep, "--out", out / "crops", *crop_opts], log)
+    run_logged([*prep, "--out", out / "crops", *crop_opts], log)
 
     import pandas as pd
 
@@ -143,14 +125,15 @@ def _bench(args: argparse.Namespace, out: Path) -> int:
     rows = {}
     for name in ("whole", "crops"):
         run = out / f"cls_{name}"
-        cpu = _run([py, "tools/train_net.py", "--config-file", CLS_TINY, "DETX.DATA_ROOT", out / name, "DETX.FOLD",
-                    args.fold, "OUTPUT_DIR", run, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", args.max_iter,
-                    "SOLVER.STEPS", f"({int(args.max_iter * 0.8)},)", "TEST.EVAL_PERIOD", args.max_iter,
-                    "DETX.VAL_PERIOD", -1, "DETX.EVAL.BOOTSTRAP", 0, "INPUT.MIN_SIZE_TRAIN", f"({args.size},)",
-                    "INPUT.MAX_SIZE_TRAIN", args.size, "INPUT.MIN_SIZE_TEST", args.size, "INPUT.MAX_SIZE_TEST",
-                    args.size], log)
-        rows[name] = {"auc": _last(run / "metrics.json", "cls/auc"),
-                      "auc_macro": _last(run / "metrics.json", "cls/auc_macro"), "cpu_s": round(cpu, 1)}
+        cpu = run_logged([
+            py, "tools/train_net.py", "--config-file", CLS_TINY, "DETX.DATA_ROOT", out / name, "DETX.FOLD",
+            args.fold, "OUTPUT_DIR", run, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", args.max_iter,
+            "SOLVER.STEPS", f"({int(args.max_iter * 0.8)},)", "TEST.EVAL_PERIOD", args.max_iter,
+            "DETX.VAL_PERIOD", -1, "DETX.EVAL.BOOTSTRAP", 0, "INPUT.MIN_SIZE_TRAIN", f"({args.size},)",
+            "INPUT.MAX_SIZE_TRAIN", args.size, "INPUT.MIN_SIZE_TEST", args.size, "INPUT.MAX_SIZE_TEST",
+            args.size], log)
+        rows[name] = {"auc": last_metric(run / "metrics.json", "cls/auc"),
+                      "auc_macro": last_metric(run / "metrics.json", "cls/auc_macro"), "cpu_s": round(cpu, 1)}
     result = {"settings": vars(args), "held_out_images": int((meta["fold"] == args.fold).sum()),
               "images": len(meta), "crop_area_kept": {"mean": float(kept.mean()), "min": float(kept.min()),
                                                       "max": float(kept.max())},

@@ -7,7 +7,7 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
-from detx.viz.curves import plot_training_curves, read_metrics, series
+from detx.viz.curves import last_metric, plot_training_curves, read_metrics, series
 
 
 def write_lines(path, rows, tail=""):
@@ -29,6 +29,16 @@ def test_read_metrics_merges_resumed_rows_and_skips_a_torn_line(tmp_path):
     assert got[0] == {"iteration": 19, "total_loss": 2.0, "lr": 0.01, "val_total_loss": 1.5}
     assert series(got, "total_loss") == ([19, 39], [2.0, 0.9])
     assert series(got, "vinbigdata/mAP40") == ([40], [0.25])
+
+
+def test_last_metric_is_the_last_logged_value(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_lines(path, [{"iteration": 9, "cls/auc": 0.6, "total_loss": 1.0}, {"iteration": 19, "total_loss": 0.5},
+                       {"iteration": 19, "cls/auc": 0.7}, {"iteration": 29, "total_loss": 0.4}],
+                tail='{"iteration": 39, "cls/au')
+    assert last_metric(path, "cls/auc") == 0.7
+    assert last_metric(path, "total_loss") == 0.4
+    assert last_metric(path, "cls/knn_auc") is None
 
 
 def test_plot_training_curves(tmp_path):

@@ -31,6 +31,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def last_metric(path: str | os.PathLike, key: str) -> float | None:
+    """The last value of ``key`` in a detectron2 ``metrics.json`` (rows as :func:`read_metrics` merges them), or
+    ``None`` when no row has it."""
+    values = [r[key] for r in read_metrics(path) if key in r]
+    return values[-1] if values else None
+
+
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(iterations, values) of one key over the rows that have it."""
     it = [r["iteration"] for r in rows if r.get(key) is not None]

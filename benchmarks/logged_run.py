@@ -1,0 +1,34 @@
+"""Running a step of a benchmark as a subprocess: its output appended to a log, its CPU time measured, a failure
+ending the benchmark. Used by ``bench_lung_crops.py`` and ``bench_classifier_recipes.py``."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_cpu_seconds() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_logged(cmd: list, log: Path) -> float:
+    """Run ``cmd`` (its items as strings, the repository root as cwd), its output appended to ``log`` after a
+    ``$ cmd`` line; returns the CPU seconds it used.
+
+    Raises:
+        SystemExit: the command failed (its exit status and the log named).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    before = child_cpu_seconds()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(map(str, cmd)) + "\n")
+        f.flush()
+        rc = subprocess.run([str(c) for c in cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
+    return child_cpu_seconds() - before
