@@ -12,7 +12,8 @@ A second environment (``--python``) compares, e.g., the locked install against a
 A finished run (its results.json exists with the same settings) is reused, so an interrupted spread resumes;
 ``--finished-only`` reports on the runs of the grid that have finished and names the others (the runs can be
 started by hand, in any order, as ``python -m detx.workflows.demo --out OUT/env<E>_seed<S> --seed S --quiet``).
-``python tools/results_doc.py --spread spread.json`` puts the figures into docs/results.md.
+``python tools/results_doc.py --spread spread.json`` puts the figures into docs/results.md and the table of
+benchmarks/RESULTS.md ("The demo's spread", between its demo-spread markers).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from detx.core.predictions import Predictions
 ROOT = Path(__file__).resolve().parent.parent
 QUOTE = re.compile(r"`(\w+) (\d+\.\d{3})`(?: \(95% CI (\d+\.\d{3})-(\d+\.\d{3})\))?")
 DEMO = ROOT / "docs" / "results" / "demo.json"
+SPREAD = ROOT / "docs" / "results" / "demo_spread.json"
+BENCH_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # Until a demo run on the locked environment is recorded (make demo; python tools/results_doc.py --demo
 # output/demo/results.json), there is nothing to compare the README with.
 recorded = pytest.mark.skipif(not DEMO.exists(), reason="no demo run recorded in docs/results/demo.json yet")
@@ -46,6 +49,46 @@ def test_render_hand_made_results():
 def test_results_md_is_generated_from_the_results_files():
     doc = load_script("tools/results_doc.py")
     assert (ROOT / "docs" / "results.md").read_text() == doc.render(*doc.load())
+
+
+@pytest.mark.skipif(not SPREAD.exists(), reason="no spread recorded in docs/results/demo_spread.json yet")
+def test_benchmark_results_spread_is_generated_from_the_spread_file():
+    doc = load_script("tools/results_doc.py")
+    spread = json.loads(SPREAD.read_text())
+    text = BENCH_RESULTS.read_text()
+    begin = text.index(doc.SPREAD_BEGIN + "\n") + len(doc.SPREAD_BEGIN) + 1
+    assert text[begin:text.index(doc.SPREAD_END)] == doc.spread_block(spread)
+    assert "\n".join(doc.spread_lines(spread)) in (ROOT / "docs" / "results.md").read_text()  # the same table
+
+
+@recorded
+def test_results_doc_replaces_only_the_marked_block(tmp_path, monkeypatch):
+    doc = load_script("tools/results_doc.py")
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "docs" / "results", results)
+    spread = {"description": "2 seeds", "keys": ["mAP40"], "spread": {"mAP40": 0.1},
+              "runs": [{"name": "seed 0", "numbers": {"mAP40": 0.5}, "seconds": 60.0},
+                       {"name": "seed 1", "numbers": {"mAP40": 0.6}, "seconds": 66.0}]}
+    (results / "demo_spread.json").write_text(json.dumps(spread))
+    before = f"# hand-kept\n\n| a table | 0.123 |\n\n{doc.SPREAD_BEGIN}\n"
+    after = f"{doc.SPREAD_END}\n\nnotes, typed by hand: 0.456\n"
+    bench = tmp_path / "RESULTS.md"
+    bench.write_text(before + "| stale | 0.999 |\n" + after)
+    monkeypatch.setattr(doc, "RESULTS", results)
+    monkeypatch.setattr(doc, "DOC", tmp_path / "results.md")
+    monkeypatch.setattr(doc, "BENCH_RESULTS", bench)
+
+    assert doc.main(["--check"]) == 1
+    assert doc.main([]) == 0
+    assert bench.read_text() == before + doc.spread_block(spread) + after
+    assert "| seed 1 | 0.600 | 1.1 |" in bench.read_text() and "stale" not in bench.read_text()
+    assert doc.main(["--check"]) == 0
+    assert doc.main([]) == 0 and bench.read_text() == before + doc.spread_block(spread) + after  # idempotent
+
+    bench.write_text("no markers\n")
+    assert doc.main([]) == 1 and bench.read_text() == "no markers\n"
+    with pytest.raises(ValueError):
+        doc.replace_marked(f"{doc.SPREAD_END}\n{doc.SPREAD_BEGIN}\n", "x\n")
 
 
 @recorded

@@ -5,8 +5,10 @@
 
 ``--demo`` copies a demo run's ``results.json`` (``make demo``) to ``docs/results/demo.json``; ``--spread`` copies
 the output of ``benchmarks/demo_spread.py --json`` to ``docs/results/demo_spread.json``; then ``docs/results.md`` is
-written from ``docs/results/*.json``. ``--check`` writes nothing and exits 1 when docs/results.md is not what the
-files say (tests/test_results_doc.py runs it, and checks that the README quotes the same numbers).
+written from ``docs/results/*.json``, and the spread's table also into benchmarks/RESULTS.md, between the lines
+``<!-- demo-spread:begin -->`` and ``<!-- demo-spread:end -->`` (the rest of that file is left as it is).
+``--check`` writes nothing and exits 1 when either is not what the files say (tests/test_results_doc.py checks the
+same, and that the README quotes the same numbers).
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from detx.core.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 DOC = ROOT / "docs" / "results.md"
+BENCH_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SPREAD_BEGIN = "<!-- demo-spread:begin -->"
+SPREAD_END = "<!-- demo-spread:end -->"
 
 LABELS = {
     "mAP40": "held-out fold, challenge metric (mAP@0.4)",
@@ -63,16 +70,42 @@ def render(demo: dict, spread: dict | None) -> str:
     lines += ["", "Other numbers of the same run: " + ", ".join(f"`{k} {fmt(demo['numbers'][k])}`" for k in other)
               + "."]
     if spread:
-        lines += ["", "## The demo's spread (`benchmarks/demo_spread.py`)", "",
-                  f"{spread['description']}", "",
-                  "| run | " + " | ".join(f"`{k}`" for k in spread["keys"]) + " | minutes |",
-                  "|---|" + "---|" * (len(spread["keys"]) + 1)]
-        for run in spread["runs"]:
-            lines.append(f"| {run['name']} | " + " | ".join(fmt(run["numbers"].get(k)) for k in spread["keys"])
-                         + f" | {run['seconds'] / 60:.1f} |")
-        lines.append("| **spread (max - min)** | " + " | ".join(fmt(spread["spread"].get(k)) for k in spread["keys"])
-                     + " | |")
+        lines += ["", "## The demo's spread (`benchmarks/demo_spread.py`)", "", *spread_lines(spread)]
     return "\n".join(lines) + "\n"
+
+
+def spread_lines(spread: dict) -> list[str]:
+    """The spread's description and its table (one row per run, then the spread): docs/results.md's section and
+    benchmarks/RESULTS.md's marked block both come from here."""
+    lines = [f"{spread['description']}", "",
+             "| run | " + " | ".join(f"`{k}`" for k in spread["keys"]) + " | minutes |",
+             "|---|" + "---|" * (len(spread["keys"]) + 1)]
+    for run in spread["runs"]:
+        lines.append(f"| {run['name']} | " + " | ".join(fmt(run["numbers"].get(k)) for k in spread["keys"])
+                     + f" | {run['seconds'] / 60:.1f} |")
+    lines.append("| **spread (max - min)** | " + " | ".join(fmt(spread["spread"].get(k)) for k in spread["keys"])
+                 + " | |")
+    return lines
+
+
+def spread_block(spread: dict) -> str:
+    """What benchmarks/RESULTS.md holds between :data:`SPREAD_BEGIN` and :data:`SPREAD_END`."""
+    return "\n" + "\n".join(spread_lines(spread)) + "\n\n"
+
+
+def replace_marked(text: str, block: str, begin: str = SPREAD_BEGIN, end: str = SPREAD_END) -> str:
+    """``text`` with what lies between its ``begin`` and ``end`` lines replaced by ``block``; the rest as it was.
+
+    Raises:
+        ValueError: the marker lines are not there once each, ``begin`` first.
+    """
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.strip() == begin]
+    ends = [i for i, line in enumerate(lines) if line.strip() == end]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise ValueError(f"need one {begin!r} line and, after it, one {end!r} line (found {len(starts)} and "
+                         f"{len(ends)})")
+    return "".join(lines[:starts[0] + 1]) + block + "".join(lines[ends[0]:])
 
 
 def load() -> tuple[dict, dict | None]:
@@ -93,14 +126,22 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(args.demo, RESULTS / "demo.json")
         if args.spread:
             shutil.copyfile(args.spread, RESULTS / "demo_spread.json")
-    text = render(*load())
-    if args.check:
-        if not DOC.exists() or DOC.read_text() != text:
-            print(f"{DOC} is out of date: run python tools/results_doc.py", file=sys.stderr)
+    demo, spread = load()
+    outputs = {DOC: render(demo, spread)}
+    if spread:
+        try:
+            outputs[BENCH_RESULTS] = replace_marked(BENCH_RESULTS.read_text(), spread_block(spread))
+        except ValueError as e:
+            print(f"{BENCH_RESULTS}: {e}", file=sys.stderr)
             return 1
-        return 0
-    DOC.write_text(text)
-    print(f"wrote {DOC}")
+    if args.check:
+        stale = [path for path, text in outputs.items() if not path.exists() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is out of date: run python tools/results_doc.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        atomic_write_text(path, text)
+        print(f"wrote {path}")
     return 0
 
 
