@@ -24,14 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from detx.core.machine import cpu_model
+
+    cpu = cpu_model()
     try:
         import torch
 

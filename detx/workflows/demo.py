@@ -425,6 +425,9 @@ def write_results(s: DemoSettings, p: dict[str, Path], numbers: dict[str, float 
             return None
 
     import detectron2
+    import torch
+
+    from detx.core.machine import cpu_model
 
     old: dict[str, Any] = {}
     if p["results"].exists():
@@ -452,6 +455,10 @@ def write_results(s: DemoSettings, p: dict[str, Path], numbers: dict[str, float 
                                        "albumentations", "pandas", "scikit-learn")},
             "detectron2": f"{detectron2.__version__} ({Path(detectron2.__file__).parent.parent.name})",
             "cpu_threads": os.cpu_count(),
+            # the same seed and lock train another model on another CPU (MKL/oneDNN kernel paths): part of the
+            # environment (docs/reproducibility.md)
+            "cpu": cpu_model(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },
     }
     write_json(p["results"], results, indent=2)
