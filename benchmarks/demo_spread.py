@@ -12,6 +12,8 @@ A second environment (``--python``) compares, e.g., the locked install against a
 A finished run (its results.json exists with the same settings) is reused, so an interrupted spread resumes;
 ``--finished-only`` reports on the runs of the grid that have finished and names the others (the runs can be
 started by hand, in any order, as ``python -m detx.workflows.demo --out OUT/env<E>_seed<S> --seed S --quiet``).
+``--add FILE...`` adds runs made elsewhere (another machine: the same seed and lock train another model on
+another CPU): a demo's ``results.json`` or an earlier ``--json`` file, whose runs are kept as they are.
 ``python tools/results_doc.py --spread spread.json`` puts the figures into docs/results.md and the table of
 benchmarks/RESULTS.md ("The demo's spread", between its demo-spread markers).
 """
@@ -37,6 +39,41 @@ def env_name(python: str) -> str:
     return f"opencv {out[0]}, numpy {out[1]}"
 
 
+def run_environment(results: dict) -> str | None:
+    """The environment a demo's results.json records: OpenCV, numpy and the CPU (None when it records no OpenCV)."""
+    env = results.get("environment") or {}
+    cv = env.get("opencv-python-headless")
+    if not cv:
+        return None
+    cv = ".".join(cv.split(".")[:3])  # 4.12.0.88 -> 4.12.0, as cv2.__version__ says it
+    cpu = f", {env['cpu']} ({env.get('torch_cpu_capability') or 'n/a'})" if env.get("cpu") else ""
+    return f"opencv {cv}, numpy {env.get('numpy')}{cpu}"
+
+
+def as_run(r: dict, seed: int, name: str) -> dict:
+    """One row of the spread from a demo's results.json."""
+    return {"name": f"seed {seed}, {name}", "seed": seed, "environment": name,
+            "numbers": {k: r["numbers"].get(k) for k in KEYS}, "ci95": r.get("ci95", {}),
+            "seconds": r.get("seconds", 0.0), "settings": r["settings"]}
+
+
+def added_runs(paths: list[str]) -> list[dict]:
+    """The runs of ``--add``: a demo results.json is one run; an earlier spread JSON gives its runs unchanged."""
+    runs = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if "runs" in data:
+            runs += data["runs"]
+        elif "numbers" in data and "settings" in data:
+            name = run_environment(data)
+            if name is None:
+                raise SystemExit(f"{path}: its environment records no OpenCV version")
+            runs.append(as_run(data, int(data["settings"]["seed"]), name))
+        else:
+            raise SystemExit(f"{path}: neither a demo results.json nor a demo_spread JSON")
+    return runs
+
+
 def run_one(python: str, seed: int, out: Path, extra: list[str]) -> dict:
     results = out / "results.json"
     t = time.monotonic()
@@ -59,27 +96,39 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the runs and the spread here")
     p.add_argument("--finished-only", action="store_true",
                    help="only the runs whose results.json exists; the others are named as not run")
+    p.add_argument("--add", nargs="+", default=[], metavar="FILE",
+                   help="runs made elsewhere: a demo results.json, or an earlier --json file (its runs as they are)")
+    p.add_argument("--python-none", action="store_true",
+                   help="run nothing here: only the --add runs (e.g. to merge another machine's run)")
     for opt in ("--n-train", "--max-iter", "--cls-max-iter", "--size", "--eval-period"):
         p.add_argument(opt, type=int, default=None, help="passed to the demo")
     args = p.parse_args()
     extra = [x for opt in ("n_train", "max_iter", "cls_max_iter", "size", "eval_period")
              if getattr(args, opt) is not None for x in (f"--{opt.replace('_', '-')}", str(getattr(args, opt)))]
     runs, missing = [], []
-    for e, python in enumerate(args.python):
+    for e, python in enumerate([] if args.python_none else args.python):
         name = env_name(python)
         for seed in args.seeds:
             if args.finished_only and not (Path(args.out) / f"env{e}_seed{seed}" / "results.json").exists():
                 missing.append(f"seed {seed}, {name}")
                 continue
             r = run_one(python, seed, Path(args.out) / f"env{e}_seed{seed}", extra)
-            runs.append({"name": f"seed {seed}, {name}", "seed": seed, "environment": name,
-                         "numbers": {k: r["numbers"].get(k) for k in KEYS}, "ci95": r.get("ci95", {}),
-                         "seconds": r.get("seconds", 0.0), "settings": r["settings"]})
+            runs.append(as_run(r, seed, run_environment(r) or name))
+    runs += added_runs(args.add)
+    if not runs:
+        raise SystemExit("no runs: nothing finished and nothing added")
+    differ = {k for r in runs for k in set(r["settings"]) | set(runs[0]["settings"])
+              if k != "seed" and r["settings"].get(k) != runs[0]["settings"].get(k)}
+    if differ:
+        raise SystemExit(f"the runs were made with other demo settings ({', '.join(sorted(differ))}): their spread "
+                         "would not be the seed's and the environment's")
+    seeds = sorted({r["seed"] for r in runs})
+    envs = list(dict.fromkeys(r["environment"] for r in runs))
     spread = {}
     for k in KEYS:
         vals = [r["numbers"][k] for r in runs if r["numbers"][k] is not None]
         spread[k] = max(vals) - min(vals) if vals else None
-    print(f"\nspread (max - min) over {len(runs)} runs ({len(args.seeds)} seeds x {len(args.python)} environments):")
+    print(f"\nspread (max - min) over {len(runs)} runs ({len(seeds)} seeds, {len(envs)} environments):")
     if missing:
         print(f"  not run: {'; '.join(missing)}")
     for k in KEYS:
@@ -89,8 +138,8 @@ def main() -> None:
               + f"   spread {'n/a' if spread[k] is None else f'{spread[k]:.3f}'}{ok}")
     if args.json:
         settings = runs[0]["settings"] if runs else {}
-        description = (f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}) x {len(args.python)} "
-                       f"environment(s); demo settings: n_train {settings.get('n_train')}, size {settings.get('size')}, "
+        description = (f"{len(runs)} runs of {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) in {len(envs)} "
+                       f"environment(s) ({'; '.join(envs)}); demo settings: n_train {settings.get('n_train')}, size {settings.get('size')}, "
                        f"max_iter {settings.get('max_iter')}, cls_max_iter {settings.get('cls_max_iter')}. Spread = max - "
                        "min over the runs; the bar is 0.05."
                        + (f" {len(runs)} of {len(runs) + len(missing)} runs of the grid finished; not run: "
