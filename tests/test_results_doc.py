@@ -45,6 +45,25 @@ def test_render_hand_made_results():
     assert "| seed 1 | 0.640 | n/a | 6.5 |" in text and "| **spread (max - min)** | 0.040 | n/a | |" in text
 
 
+def test_render_test_size_and_cpu():
+    """The larger-test-set section and the CPU in the environment line, from hand-made files."""
+    doc = load_script("tools/results_doc.py")
+    demo = _demo_results()
+    demo["environment"].update(cpu="AMD EPYC", torch_cpu_capability="AVX512")
+    bench = load_script("benchmarks/demo_test_size.py")
+    figs = bench.subset_figures([0.5, 0.7, 0.6])
+    assert (figs["min"], figs["max"], figs["n"]) == (0.5, 0.7, 3)
+    assert figs["mean"] == pytest.approx(0.6) and figs["sd"] == pytest.approx(0.1)
+    test_size = {"demo_seed": 0, "test_seed": 100, "images": 400, "mAP40": 0.5321, "mAP40_ci95": [0.5126, 0.5795],
+                 "auc": 0.8266, "demo_test_mAP40": 0.6339, "demo_test_auc": 0.8225, "environment": demo["environment"],
+                 "subsets": {"40": {"mAP40": figs, "auc": bench.subset_figures([0.8, 0.9])}}}
+    text = doc.render(demo, None, test_size)
+    assert "; CPU AMD EPYC (torch kernels AVX512)." in text
+    assert "(AMD EPYC) on 400 newly generated test images (generator seed 100): mAP40 0.532 (bootstrap 95% " \
+           "interval 0.513-0.580), image-level AUC 0.827" in text
+    assert "| 40 | 3 | 0.500-0.700 | 0.100 | 0.600 | 0.800-0.900 | 0.071 |" in text
+
+
 @recorded
 def test_results_md_is_generated_from_the_results_files():
     doc = load_script("tools/results_doc.py")
@@ -129,3 +148,32 @@ def test_bootstrap_map_interval():
     assert bootstrap_map_ci({}, {}, n_boot=5) is None
 
 
+
+
+def test_demo_spread_adds_runs_made_elsewhere(tmp_path, monkeypatch, capsys):
+    """--add merges another machine's results.json (named by its OpenCV, numpy and CPU) with an earlier spread's runs
+    and refuses runs made with other demo settings."""
+    spread_mod = load_script("benchmarks/demo_spread.py")
+    settings = {"seed": 0, "n_train": 160, "size": 256, "max_iter": 300, "cls_max_iter": 240}
+    earlier = {"description": "x", "keys": list(spread_mod.KEYS), "spread": {}, "runs": [
+        {"name": "seed 0, opencv 4.12.0, numpy 2.2.6", "seed": 0, "environment": "opencv 4.12.0, numpy 2.2.6",
+         "numbers": dict.fromkeys(spread_mod.KEYS, 0.6), "ci95": {}, "seconds": 600.0, "settings": settings}]}
+    other = _demo_results()
+    other["numbers"].update(mAP40=0.5, cnn_auc=0.8, auc=0.9, test_auc_detection=0.95)
+    other["settings"] = dict(settings)
+    other["environment"].update(cpu="AMD EPYC", torch_cpu_capability="AVX512")
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    (tmp_path / "results.json").write_text(json.dumps(other))
+    out = tmp_path / "spread.json"
+    monkeypatch.setattr("sys.argv", ["demo_spread.py", "--python-none", "--add", str(tmp_path / "earlier.json"),
+                                     str(tmp_path / "results.json"), "--json", str(out)])
+    spread_mod.main()
+    got = json.loads(out.read_text())
+    assert [r["name"] for r in got["runs"]] == ["seed 0, opencv 4.12.0, numpy 2.2.6",
+                                                 "seed 0, opencv 4.12.0, numpy 2.2.6, AMD EPYC (AVX512)"]
+    assert got["spread"]["mAP40"] == pytest.approx(0.1) and got["spread"]["test_mAP40"] == pytest.approx(0.6049 - 0.6)
+    assert got["description"].startswith("2 runs of 1 seed(s) (0) in 2 environment(s)")
+    other["settings"]["max_iter"] = 100
+    (tmp_path / "results.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="max_iter"):
+        spread_mod.main()

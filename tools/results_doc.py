@@ -42,7 +42,7 @@ def fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def render(demo: dict, spread: dict | None) -> str:
+def render(demo: dict, spread: dict | None, test_size: dict | None = None) -> str:
     """The text of docs/results.md from the demo's results.json (and the spread's JSON, when there is one)."""
     env = demo["environment"]
     lines = [
@@ -57,7 +57,9 @@ def render(demo: dict, spread: dict | None) -> str:
         f"One run with seed {demo['settings']['seed']}, {demo['seconds'] / 60:.1f} min in all; environment: Python "
         f"{env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, numpy {env['numpy']}, "
         f"opencv-python-headless {env['opencv-python-headless']}, albumentations {env['albumentations']}, "
-        f"detectron2 {env['detectron2']}.",
+        f"detectron2 {env['detectron2']}"
+        + (f"; CPU {env['cpu']} (torch kernels {env.get('torch_cpu_capability') or 'n/a'})" if env.get("cpu") else "")
+        + ".",
         "",
         f"| number | what | value | bootstrap 95% interval ({demo['n_boot']} resamples of the images) |",
         "|---|---|---|---|",
@@ -71,7 +73,30 @@ def render(demo: dict, spread: dict | None) -> str:
               + "."]
     if spread:
         lines += ["", "## The demo's spread (`benchmarks/demo_spread.py`)", "", *spread_lines(spread)]
+    if test_size:
+        lines += ["", "## The same models on a larger test set (`benchmarks/demo_test_size.py`)", "",
+                  *test_size_lines(test_size)]
     return "\n".join(lines) + "\n"
+
+
+def test_size_lines(t: dict) -> list[str]:
+    """One demo's models scored on a larger test set, whole and in disjoint subsets of each size."""
+    ci = t.get("mAP40_ci95")
+    env = t.get("environment") or {}
+    where = f" ({env['cpu']})" if env.get("cpu") else ""
+    lines = [f"The models of a demo run with seed {t['demo_seed']}{where} on {t['images']} newly generated test images "
+             f"(generator seed {t['test_seed']}): mAP40 {fmt(t['mAP40'])}"
+             + (f" (bootstrap 95% interval {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+             + f", image-level AUC {fmt(t['auc'])}. On the demo's own test set the same models scored mAP40 "
+             f"{fmt(t['demo_test_mAP40'])} and AUC {fmt(t['demo_test_auc'])}. The same predictions, scored on "
+             "disjoint random subsets of the new images:", "",
+             "| subset size | subsets | mAP40 min-max | mAP40 sd | mAP40 mean | AUC min-max | AUC sd |",
+             "|---|---|---|---|---|---|---|"]
+    for n, f in t["subsets"].items():
+        m, a = f["mAP40"], f["auc"]
+        lines.append(f"| {n} | {m['n']} | {m['min']:.3f}-{m['max']:.3f} | {m['sd']:.3f} | {m['mean']:.3f} | "
+                     f"{a['min']:.3f}-{a['max']:.3f} | {a['sd']:.3f} |")
+    return lines
 
 
 def spread_lines(spread: dict) -> list[str]:
@@ -108,16 +133,20 @@ def replace_marked(text: str, block: str, begin: str = SPREAD_BEGIN, end: str = 
     return "".join(lines[:starts[0] + 1]) + block + "".join(lines[ends[0]:])
 
 
-def load() -> tuple[dict, dict | None]:
+def load() -> tuple[dict, dict | None, dict | None]:
+    """docs/results/'s demo.json and, where they exist, demo_spread.json and demo_test_size.json."""
     demo = json.loads((RESULTS / "demo.json").read_text())
-    spread_file = RESULTS / "demo_spread.json"
-    return demo, json.loads(spread_file.read_text()) if spread_file.exists() else None
+    optional = [RESULTS / "demo_spread.json", RESULTS / "demo_test_size.json"]
+    spread, test_size = (json.loads(f.read_text()) if f.exists() else None for f in optional)
+    return demo, spread, test_size
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", default=None, help="a demo run's results.json to copy to docs/results/demo.json")
     p.add_argument("--spread", default=None, help="benchmarks/demo_spread.py's JSON to copy to docs/results/")
+    p.add_argument("--test-size", default=None,
+                   help="benchmarks/demo_test_size.py's JSON to copy to docs/results/demo_test_size.json")
     p.add_argument("--check", action="store_true", help="exit 1 when docs/results.md is out of date; write nothing")
     args = p.parse_args(argv)
     if not args.check:
@@ -126,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(args.demo, RESULTS / "demo.json")
         if args.spread:
             shutil.copyfile(args.spread, RESULTS / "demo_spread.json")
-    demo, spread = load()
-    outputs = {DOC: render(demo, spread)}
+        if args.test_size:
+            shutil.copyfile(args.test_size, RESULTS / "demo_test_size.json")
+    demo, spread, test_size = load()
+    outputs = {DOC: render(demo, spread, test_size)}
     if spread:
         try:
             outputs[BENCH_RESULTS] = replace_marked(BENCH_RESULTS.read_text(), spread_block(spread))
