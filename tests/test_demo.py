@@ -119,3 +119,18 @@ def test_mura_demo_reports_study_level_auc_and_kappa(tmp_path, capsys):
     assert "Per body part" in report and "study-level Cohen's kappa" in report
     out = capsys.readouterr().out
     assert any(line.startswith("study_kappa ") for line in out.splitlines())
+
+
+def test_dataset_defaults_and_overrides(tmp_path):
+    """make demo DATASET=mura gets its own sizes and schedule; an option given on the command line wins, an unset one
+    (None) keeps the dataset's default; the chest demo keeps the class defaults."""
+    from detx.workflows.demo import DATASET_DEFAULTS
+
+    mura = DemoSettings.for_dataset("mura", out=tmp_path, n_train=None, cls_max_iter=None)
+    assert (mura.n_train, mura.n_test, mura.cls_max_iter, mura.eval_period) == (1200, 300, 1000, 250)
+    assert DATASET_DEFAULTS["mura"]["n_train"] == mura.n_train
+    assert DemoSettings.for_dataset("mura", out=tmp_path, n_train=48).n_train == 48
+    chest = DemoSettings.for_dataset("vindr-cxr", out=tmp_path)
+    assert (chest.n_train, chest.cls_max_iter) == (DemoSettings.n_train, DemoSettings.cls_max_iter)
+    mura_cmd = next(st for st in build_steps(mura) if "train_net.py" in " ".join(st.cmd)).cmd
+    assert mura_cmd[mura_cmd.index("SOLVER.MAX_ITER") + 1] == "1000"
