@@ -1,8 +1,7 @@
 """What machine a number was made on: the CPU model, recorded beside results that depend on it.
 
-Training on the CPU is deterministic on one machine, but another CPU (another vendor or instruction set) takes other
-kernel paths in MKL and oneDNN, so the same seed and locked environment train a slightly different model there
-(docs/reproducibility.md).
+The same seed and locked environment give other numbers on another CPU: numpy's AVX-512F kernels move a few synthetic
+pixels by one grey level, enough to train another model (docs/reproducibility.md); on one machine it is deterministic.
 """
 
 from __future__ import annotations

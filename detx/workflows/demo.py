@@ -471,8 +471,8 @@ def write_results(s: DemoSettings, p: dict[str, Path], numbers: dict[str, float 
                                        "albumentations", "pandas", "scikit-learn")},
             "detectron2": f"{detectron2.__version__} ({Path(detectron2.__file__).parent.parent.name})",
             "cpu_threads": os.cpu_count(),
-            # the same seed and lock train another model on another CPU (MKL/oneDNN kernel paths): part of the
-            # environment (docs/reproducibility.md)
+            # the same seed and lock give other numbers on another CPU (numpy's AVX-512F kernels move a few synthetic
+            # pixels): part of the environment (docs/reproducibility.md)
             "cpu": cpu_model(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },
