@@ -21,22 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from logged_run import run_logged  # noqa: E402
 
 
 def run(cmd: list[str], log: Path) -> None:
-    """Run ``cmd`` from the repository root, its output appended to ``log``; stop with its tail when it fails."""
+    """One step, printed and run with its output in ``log`` (benchmarks/logged_run.py)."""
     print("$", " ".join(cmd), flush=True)
-    with open(log, "a", encoding="utf-8") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"failed (exit {rc}); see {log}")
+    run_logged(cmd, log)
 
 
 def subset_figures(values: list[float]) -> dict:
@@ -109,11 +107,11 @@ def main() -> None:
              str(args.n_test), "--seed", str(args.seed), "--min-size", str(s["min_size"]), "--max-size",
              str(s["max_size"])], log)
     if not sub.exists():  # the demo's own test-set command, on the larger set
-        run([py, "tools/predict.py", "--config-file", str(demo / "train" / "config.yaml"), "--weights",
-             str(demo / "train" / "model_best.pth"), "--tta", *s["tta"], "--classifier-config",
-             str(demo / "cls_train" / "config.yaml"), "--classifier-weights", str(demo / "cls_train" / "model_best.pth"),
-             "--input", str(raw / "test"), "--dicom-size", str(s["size"]), "--out", str(sub), "--cache-dir",
-             str(work / "cache")], log)
+        from detx.workflows.demo import DemoSettings, test_prediction_cmd
+
+        settings = DemoSettings(out=demo, python=py, **{k: tuple(v) if isinstance(v, list) else v
+                                                        for k, v in s.items()})
+        run(test_prediction_cmd(settings, raw / "test", sub, work / "cache"), log)
     figures = score(raw / "test_ground_truth.csv", sub, args.subsets, args.n_boot)
     figures.update({"demo": str(demo), "demo_seed": s["seed"], "test_seed": args.seed,
                     "demo_test_mAP40": results["numbers"].get("test_mAP40"),

@@ -217,6 +217,17 @@ def mura_steps(s: DemoSettings) -> list[Step]:
     ]
 
 
+def test_prediction_cmd(s: DemoSettings, dicom_dir: Path, out: Path, cache: Path) -> list[str]:
+    """How the demo predicts its test DICOM folder: its best detector (with ``s.tta``) and its CNN for No finding,
+    at ``s.size``; ``benchmarks/demo_test_size.py`` predicts its larger test set with the same command."""
+    p = paths(s)
+    train, cls_train = p["train"], p["cls_train"]
+    return [s.python, "tools/predict.py", "--config-file", str(train / "config.yaml"), "--weights",
+            str(train / "model_best.pth"), "--tta", *s.tta, "--classifier-config", str(cls_train / "config.yaml"),
+            "--classifier-weights", str(cls_train / "model_best.pth"), "--input", str(dicom_dir), "--dicom-size",
+            str(s.size), "--out", str(out), "--cache-dir", str(cache)]
+
+
 def build_steps(s: DemoSettings) -> list[Step]:
     """The demo's commands, in order, with the files that mark each as done."""
     if s.dataset == "mura":
@@ -297,8 +308,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
               "--method", "gradcam"],
              [p["heatmaps"] / "summary.json"]),
         Step("predict the synthetic test set (DICOM folder) to submission.csv, No finding from the CNN",
-             [*predict_common, *cnn, "--input", str(raw / d["test_dir"]), "--dicom-size", str(s.size),
-              "--out", str(p["submission"]), "--cache-dir", str(p["cache"])],
+             test_prediction_cmd(s, raw / d["test_dir"], p["submission"], p["cache"]),
              [p["submission"]]),
         Step("score the test submission against the generator's test ground truth",
              [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["submission"]),
