@@ -16,6 +16,10 @@ started by hand, in any order, as ``python -m detx.workflows.demo --out OUT/env<
 another CPU): a demo's ``results.json`` or an earlier ``--json`` file, whose runs are kept as they are.
 ``python tools/results_doc.py --spread spread.json`` puts the figures into docs/results.md and the table of
 benchmarks/RESULTS.md ("The demo's spread", between its demo-spread markers).
+
+``--dataset mura`` spreads the MURA demo instead (``make demo DATASET=mura``: its image- and study-level AUC and
+the study-level kappa; default ``--out output/demo_spread_mura``); ``python tools/results_doc.py --mura-spread
+spread.json`` puts it into docs/results.md.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("mAP40", "cnn_auc", "auc", "test_mAP40", "test_auc_detection")
+#: the numbers spread per demo dataset (the spine demo reports what the chest one does)
+DATASET_KEYS = {"mura": ("image_auc", "study_auc", "study_kappa")}
 BAR = 0.05
 
 
@@ -50,10 +56,15 @@ def run_environment(results: dict) -> str | None:
     return f"opencv {cv}, numpy {env.get('numpy')}{cpu}"
 
 
+def keys_of(dataset: str | None) -> tuple[str, ...]:
+    """The numbers spread for a demo dataset (None: the chest demo, as runs recorded before the option say)."""
+    return DATASET_KEYS.get(dataset or "vindr-cxr", KEYS)
+
+
 def as_run(r: dict, seed: int, name: str) -> dict:
     """One row of the spread from a demo's results.json."""
     return {"name": f"seed {seed}, {name}", "seed": seed, "environment": name,
-            "numbers": {k: r["numbers"].get(k) for k in KEYS}, "ci95": r.get("ci95", {}),
+            "numbers": {k: r["numbers"].get(k) for k in keys_of(r["settings"].get("dataset"))}, "ci95": r.get("ci95", {}),
             "seconds": r.get("seconds", 0.0), "settings": r["settings"]}
 
 
@@ -74,7 +85,7 @@ def added_runs(paths: list[str]) -> list[dict]:
     return runs
 
 
-def run_one(python: str, seed: int, out: Path, extra: list[str]) -> dict:
+def run_one(python: str, seed: int, out: Path, extra: list[str], keys: tuple[str, ...] = KEYS) -> dict:
     results = out / "results.json"
     t = time.monotonic()
     cmd = [python, "-m", "detx.workflows.demo", "--out", str(out), "--seed", str(seed), "--quiet", *extra]
@@ -83,16 +94,19 @@ def run_one(python: str, seed: int, out: Path, extra: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"demo failed (exit {proc.returncode}) for seed {seed} with {python}:\n{proc.stderr[-3000:]}")
     r = json.loads(results.read_text())
-    print(f"  seed {seed}: " + ", ".join(f"{k} {r['numbers'].get(k) or float('nan'):.3f}" for k in KEYS)
+    print(f"  seed {seed}: " + ", ".join(f"{k} {r['numbers'].get(k) or float('nan'):.3f}" for k in keys)
           + f"  ({time.monotonic() - t:.0f} s)", flush=True)
     return r
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="vindr-cxr", choices=["vindr-cxr", "spinexr", "mura"],
+                   help="which demo (make demo DATASET=...)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--python", nargs="+", default=[sys.executable], help="the environments' Python executables")
-    p.add_argument("--out", default="output/demo_spread", help="one demo folder per run below this")
+    p.add_argument("--out", default=None,
+                   help="one demo folder per run below this (default output/demo_spread, output/demo_spread_mura)")
     p.add_argument("--json", default=None, help="write the runs and the spread here")
     p.add_argument("--finished-only", action="store_true",
                    help="only the runs whose results.json exists; the others are named as not run")
@@ -103,7 +117,10 @@ def main() -> None:
     for opt in ("--n-train", "--max-iter", "--cls-max-iter", "--size", "--eval-period"):
         p.add_argument(opt, type=int, default=None, help="passed to the demo")
     args = p.parse_args()
-    extra = [x for opt in ("n_train", "max_iter", "cls_max_iter", "size", "eval_period")
+    keys = keys_of(args.dataset)
+    if args.out is None:
+        args.out = "output/demo_spread" + ("" if args.dataset == "vindr-cxr" else f"_{args.dataset.replace('-', '')}")
+    extra = ["--dataset", args.dataset] + [x for opt in ("n_train", "max_iter", "cls_max_iter", "size", "eval_period")
              if getattr(args, opt) is not None for x in (f"--{opt.replace('_', '-')}", str(getattr(args, opt)))]
     runs, missing = [], []
     for e, python in enumerate([] if args.python_none else args.python):
@@ -112,9 +129,12 @@ def main() -> None:
             if args.finished_only and not (Path(args.out) / f"env{e}_seed{seed}" / "results.json").exists():
                 missing.append(f"seed {seed}, {name}")
                 continue
-            r = run_one(python, seed, Path(args.out) / f"env{e}_seed{seed}", extra)
+            r = run_one(python, seed, Path(args.out) / f"env{e}_seed{seed}", extra, keys)
             runs.append(as_run(r, seed, run_environment(r) or name))
     runs += added_runs(args.add)
+    other = sorted({r["settings"].get("dataset") or "vindr-cxr" for r in runs} - {args.dataset})
+    if other:
+        raise SystemExit(f"runs of the {', '.join(other)} demo cannot join a --dataset {args.dataset} spread")
     if not runs:
         raise SystemExit("no runs: nothing finished and nothing added")
     differ = {k for r in runs for k in set(r["settings"]) | set(runs[0]["settings"])
@@ -125,26 +145,31 @@ def main() -> None:
     seeds = sorted({r["seed"] for r in runs})
     envs = list(dict.fromkeys(r["environment"] for r in runs))
     spread = {}
-    for k in KEYS:
+    for k in keys:
         vals = [r["numbers"][k] for r in runs if r["numbers"][k] is not None]
         spread[k] = max(vals) - min(vals) if vals else None
     print(f"\nspread (max - min) over {len(runs)} runs ({len(seeds)} seeds, {len(envs)} environments):")
     if missing:
         print(f"  not run: {'; '.join(missing)}")
-    for k in KEYS:
+    for k in keys:
         vals = [r["numbers"][k] for r in runs]
         ok = "" if spread[k] is None else ("  within 0.05" if spread[k] <= BAR else "  ABOVE 0.05")
         print(f"  {k:20s} " + " ".join("  n/a" if v is None else f"{v:.3f}" for v in vals)
               + f"   spread {'n/a' if spread[k] is None else f'{spread[k]:.3f}'}{ok}")
     if args.json:
         settings = runs[0]["settings"] if runs else {}
-        description = (f"{len(runs)} runs of {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) in {len(envs)} "
+        description = (("The MURA demo (make demo DATASET=mura): " if args.dataset == "mura" else "")
+                       + f"{len(runs)} runs of {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) in {len(envs)} "
                        f"environment(s) ({'; '.join(envs)}); demo settings: n_train {settings.get('n_train')}, size {settings.get('size')}, "
-                       f"max_iter {settings.get('max_iter')}, cls_max_iter {settings.get('cls_max_iter')}. Spread = max - "
-                       "min over the runs; the bar is 0.05."
+                       + (f"n_test {settings.get('n_test')}, cls_pool {settings.get('cls_pool')}, " if args.dataset == "mura"
+                          else f"max_iter {settings.get('max_iter')}, ")
+                       + f"cls_max_iter {settings.get('cls_max_iter')}. Spread = max - min over the runs; "
+                       + ("the goal is a study-level AUC of at least 0.85 with every seed." if args.dataset == "mura"
+                          else "the bar is 0.05.")
                        + (f" {len(runs)} of {len(runs) + len(missing)} runs of the grid finished; not run: "
                           f"{'; '.join(missing)}." if missing else ""))
-        Path(args.json).write_text(json.dumps({"description": description, "keys": list(KEYS), "runs": runs,
+        Path(args.json).write_text(json.dumps({"description": description, "dataset": args.dataset,
+                                               "keys": list(keys), "runs": runs,
                                                "spread": spread}, indent=2))
 
 

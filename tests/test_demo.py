@@ -7,7 +7,7 @@ from importlib import metadata
 
 import pandas as pd
 import pytest
-from conftest import TRAINED_TINY_OPTS
+from conftest import TRAINED_TINY_OPTS, load_script
 
 from detx.workflows.demo import DemoSettings, build_steps, paths, run_demo
 
@@ -128,9 +128,24 @@ def test_dataset_defaults_and_overrides(tmp_path):
 
     mura = DemoSettings.for_dataset("mura", out=tmp_path, n_train=None, cls_max_iter=None)
     assert (mura.n_train, mura.n_test, mura.cls_max_iter, mura.eval_period) == (1200, 300, 1000, 250)
+    assert (mura.cls_pool, DemoSettings.for_dataset("mura", out=tmp_path, cls_pool="lse").cls_pool) == ("avg", "lse")
     assert DATASET_DEFAULTS["mura"]["n_train"] == mura.n_train
     assert DemoSettings.for_dataset("mura", out=tmp_path, n_train=48).n_train == 48
     chest = DemoSettings.for_dataset("vindr-cxr", out=tmp_path)
     assert (chest.n_train, chest.cls_max_iter) == (DemoSettings.n_train, DemoSettings.cls_max_iter)
     mura_cmd = next(st for st in build_steps(mura) if "train_net.py" in " ".join(st.cmd)).cmd
     assert mura_cmd[mura_cmd.index("SOLVER.MAX_ITER") + 1] == "1000"
+
+
+def test_mura_recipe_study_trains_the_demo_command(tmp_path):
+    """benchmarks/mura_recipe.py changes only the output folder and the variant's options of the MURA demo's own
+    training command (later detectron2 options win)."""
+    bench = load_script("benchmarks/mura_recipe.py")
+    s = DemoSettings.for_dataset("mura", out=tmp_path / "demo", seed=1)
+    demo_cmd = [str(c) for c in next(st for st in build_steps(s) if "train_net.py" in " ".join(map(str, st.cmd))).cmd]
+    cmd = bench.training_cmd(s, tmp_path / "lse", ["MODEL.CLASSIFIER.POOL", "lse", "SOLVER.LR_SCHEDULER_NAME", "X"])
+    assert cmd[cmd.index("OUTPUT_DIR") + 1] == str(tmp_path / "lse")
+    assert cmd[:cmd.index("OUTPUT_DIR")] == demo_cmd[:demo_cmd.index("OUTPUT_DIR")]
+    assert cmd[-4:] == ["MODEL.CLASSIFIER.POOL", "lse", "SOLVER.LR_SCHEDULER_NAME", "X"]
+    assert bench.VARIANTS["demo"] == [] and all(v and len(v) % 2 == 0 for k, v in bench.VARIANTS.items() if k != "demo")
+    assert demo_cmd[demo_cmd.index("MODEL.CLASSIFIER.POOL") + 1] == "avg" and demo_cmd[demo_cmd.index("SEED") + 1] == "1"

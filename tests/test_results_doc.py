@@ -177,3 +177,47 @@ def test_demo_spread_adds_runs_made_elsewhere(tmp_path, monkeypatch, capsys):
     (tmp_path / "results.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="max_iter"):
         spread_mod.main()
+
+
+def test_demo_spread_of_the_mura_demo(tmp_path, monkeypatch):
+    """--dataset mura spreads the MURA demo's own numbers (study-level AUC and kappa), renders as its own section of
+    docs/results.md, and refuses a chest demo's run."""
+    spread_mod = load_script("benchmarks/demo_spread.py")
+    doc = load_script("tools/results_doc.py")
+    settings = {"seed": 0, "dataset": "mura", "n_train": 1200, "n_test": 300, "size": 256, "cls_max_iter": 1000,
+                "cls_pool": "avg"}
+    files = []
+    for seed, study in ((0, 0.95), (1, 0.9)):
+        r = _demo_results()
+        r["numbers"] = {"image_auc": study - 0.01, "study_auc": study, "study_kappa": 0.7, "study_sensitivity": 0.8}
+        r["settings"] = {**settings, "seed": seed}
+        files.append(tmp_path / f"mura{seed}.json")
+        files[-1].write_text(json.dumps(r))
+    out = tmp_path / "spread.json"
+    argv = ["demo_spread.py", "--dataset", "mura", "--python-none", "--json", str(out), "--add"]
+    monkeypatch.setattr("sys.argv", argv + [str(f) for f in files])
+    spread_mod.main()
+    got = json.loads(out.read_text())
+    assert got["keys"] == ["image_auc", "study_auc", "study_kappa"] and got["dataset"] == "mura"
+    assert got["spread"]["study_auc"] == pytest.approx(0.05) and got["spread"]["study_kappa"] == 0.0
+    assert got["description"].startswith("The MURA demo") and "cls_pool avg" in got["description"]
+    assert "study-level AUC of at least 0.85" in got["description"]
+    text = doc.render(_demo_results(), None, None, got)
+    assert "## The MURA demo across seeds" in text and "| seed 1, opencv 4.12.0, numpy 2.2.6 | 0.890 | 0.900 |" in text
+    chest = _demo_results()
+    chest["settings"] = {"seed": 0}
+    (tmp_path / "chest.json").write_text(json.dumps(chest))
+    monkeypatch.setattr("sys.argv", argv + [str(files[0]), str(tmp_path / "chest.json")])
+    with pytest.raises(SystemExit, match="vindr-cxr demo cannot join"):
+        spread_mod.main()
+
+
+@pytest.mark.skipif(not (ROOT / "docs" / "results" / "demo_mura_spread.json").exists(),
+                    reason="no MURA spread recorded in docs/results/demo_mura_spread.json yet")
+def test_readme_quotes_the_mura_spread():
+    """The README's MURA sentence gives the study-level AUC range and seed count of the recorded MURA spread."""
+    spread = json.loads((ROOT / "docs" / "results" / "demo_mura_spread.json").read_text())
+    values = [r["numbers"]["study_auc"] for r in spread["runs"]]
+    m = re.search(r"study AUC (\d\.\d{3})-(\d\.\d{3}) with each of (\d+) seeds", (ROOT / "README.md").read_text())
+    assert m, "the README's MURA demo sentence"
+    assert (m.group(1), m.group(2), int(m.group(3))) == (f"{min(values):.3f}", f"{max(values):.3f}", len(values))

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Regenerate docs/results.md from the results files a run wrote, so every quoted number comes from a file.
 
-    python tools/results_doc.py [--demo output/demo/results.json] [--spread SPREAD.json] [--check]
+    python tools/results_doc.py [--demo output/demo/results.json] [--spread SPREAD.json] [--test-size TS.json]
+        [--mura-spread MURA_SPREAD.json] [--check]
 
 ``--demo`` copies a demo run's ``results.json`` (``make demo``) to ``docs/results/demo.json``; ``--spread`` copies
-the output of ``benchmarks/demo_spread.py --json`` to ``docs/results/demo_spread.json``; then ``docs/results.md`` is
+the output of ``benchmarks/demo_spread.py --json`` to ``docs/results/demo_spread.json`` (``--mura-spread``: of
+``demo_spread.py --dataset mura``, to ``demo_mura_spread.json``); then ``docs/results.md`` is
 written from ``docs/results/*.json``, and the spread's table also into benchmarks/RESULTS.md, between the lines
 ``<!-- demo-spread:begin -->`` and ``<!-- demo-spread:end -->`` (the rest of that file is left as it is).
 ``--check`` writes nothing and exits 1 when either is not what the files say (tests/test_results_doc.py checks the
@@ -42,7 +44,7 @@ def fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def render(demo: dict, spread: dict | None, test_size: dict | None = None) -> str:
+def render(demo: dict, spread: dict | None, test_size: dict | None = None, mura_spread: dict | None = None) -> str:
     """The text of docs/results.md from the demo's results.json (and the spread's JSON, when there is one)."""
     env = demo["environment"]
     lines = [
@@ -76,6 +78,9 @@ def render(demo: dict, spread: dict | None, test_size: dict | None = None) -> st
     if test_size:
         lines += ["", "## The same models on a larger test set (`benchmarks/demo_test_size.py`)", "",
                   *test_size_lines(test_size)]
+    if mura_spread:
+        lines += ["", "## The MURA demo across seeds (`benchmarks/demo_spread.py --dataset mura`)", "",
+                  *spread_lines(mura_spread)]
     return "\n".join(lines) + "\n"
 
 
@@ -133,12 +138,13 @@ def replace_marked(text: str, block: str, begin: str = SPREAD_BEGIN, end: str = 
     return "".join(lines[:starts[0] + 1]) + block + "".join(lines[ends[0]:])
 
 
-def load() -> tuple[dict, dict | None, dict | None]:
-    """docs/results/'s demo.json and, where they exist, demo_spread.json and demo_test_size.json."""
+def load() -> tuple[dict, dict | None, dict | None, dict | None]:
+    """docs/results/'s demo.json and, where they exist, demo_spread.json, demo_test_size.json and
+    demo_mura_spread.json."""
     demo = json.loads((RESULTS / "demo.json").read_text())
-    optional = [RESULTS / "demo_spread.json", RESULTS / "demo_test_size.json"]
-    spread, test_size = (json.loads(f.read_text()) if f.exists() else None for f in optional)
-    return demo, spread, test_size
+    optional = [RESULTS / "demo_spread.json", RESULTS / "demo_test_size.json", RESULTS / "demo_mura_spread.json"]
+    spread, test_size, mura_spread = (json.loads(f.read_text()) if f.exists() else None for f in optional)
+    return demo, spread, test_size, mura_spread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", default=None, help="benchmarks/demo_spread.py's JSON to copy to docs/results/")
     p.add_argument("--test-size", default=None,
                    help="benchmarks/demo_test_size.py's JSON to copy to docs/results/demo_test_size.json")
+    p.add_argument("--mura-spread", default=None,
+                   help="benchmarks/demo_spread.py --dataset mura's JSON to copy to docs/results/demo_mura_spread.json")
     p.add_argument("--check", action="store_true", help="exit 1 when docs/results.md is out of date; write nothing")
     args = p.parse_args(argv)
     if not args.check:
@@ -157,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(args.spread, RESULTS / "demo_spread.json")
         if args.test_size:
             shutil.copyfile(args.test_size, RESULTS / "demo_test_size.json")
-    demo, spread, test_size = load()
-    outputs = {DOC: render(demo, spread, test_size)}
+        if args.mura_spread:
+            shutil.copyfile(args.mura_spread, RESULTS / "demo_mura_spread.json")
+    demo, spread, test_size, mura_spread = load()
+    outputs = {DOC: render(demo, spread, test_size, mura_spread)}
     if spread:
         try:
             outputs[BENCH_RESULTS] = replace_marked(BENCH_RESULTS.read_text(), spread_block(spread))
