@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from detx.workflows.demo import DATASETS
+
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("mAP40", "cnn_auc", "auc", "test_mAP40", "test_auc_detection")
 #: the numbers spread per demo dataset (the spine demo reports what the chest one does)
@@ -56,15 +58,20 @@ def run_environment(results: dict) -> str | None:
     return f"opencv {cv}, numpy {env.get('numpy')}{cpu}"
 
 
-def keys_of(dataset: str | None) -> tuple[str, ...]:
-    """The numbers spread for a demo dataset (None: the chest demo, as runs recorded before the option say)."""
-    return DATASET_KEYS.get(dataset or "vindr-cxr", KEYS)
+def dataset_of(settings: dict) -> str:
+    """The demo dataset a run's settings record (runs recorded before the option: the chest demo)."""
+    return settings.get("dataset") or "vindr-cxr"
+
+
+def keys_of(dataset: str) -> tuple[str, ...]:
+    """The numbers spread for a demo dataset."""
+    return DATASET_KEYS.get(dataset, KEYS)
 
 
 def as_run(r: dict, seed: int, name: str) -> dict:
     """One row of the spread from a demo's results.json."""
     return {"name": f"seed {seed}, {name}", "seed": seed, "environment": name,
-            "numbers": {k: r["numbers"].get(k) for k in keys_of(r["settings"].get("dataset"))}, "ci95": r.get("ci95", {}),
+            "numbers": {k: r["numbers"].get(k) for k in keys_of(dataset_of(r["settings"]))}, "ci95": r.get("ci95", {}),
             "seconds": r.get("seconds", 0.0), "settings": r["settings"]}
 
 
@@ -101,7 +108,7 @@ def run_one(python: str, seed: int, out: Path, extra: list[str], keys: tuple[str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="vindr-cxr", choices=["vindr-cxr", "spinexr", "mura"],
+    p.add_argument("--dataset", default="vindr-cxr", choices=sorted(DATASETS),
                    help="which demo (make demo DATASET=...)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--python", nargs="+", default=[sys.executable], help="the environments' Python executables")
@@ -132,7 +139,7 @@ def main() -> None:
             r = run_one(python, seed, Path(args.out) / f"env{e}_seed{seed}", extra, keys)
             runs.append(as_run(r, seed, run_environment(r) or name))
     runs += added_runs(args.add)
-    other = sorted({r["settings"].get("dataset") or "vindr-cxr" for r in runs} - {args.dataset})
+    other = sorted({dataset_of(r["settings"]) for r in runs} - {args.dataset})
     if other:
         raise SystemExit(f"runs of the {', '.join(other)} demo cannot join a --dataset {args.dataset} spread")
     if not runs:

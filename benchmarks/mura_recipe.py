@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "brightness/contrast": ["DETX.AUG.BRIGHTNESS_CONTRAST_PROB", "0.5"],
 }
 
+
 def training_cmd(s: DemoSettings, out: Path, overrides: list[str]) -> list[str]:
     """The MURA demo's classifier training command, writing to ``out``, with ``overrides`` appended."""
     cmd = [str(c) for c in mura_steps(s)[2].cmd]
@@ -70,16 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name in args.variants:
         run = out / re.sub(r"[^0-9a-z.]+", "_", name)  # "rate 0.02, step at 250" -> rate_0.02_step_at_250
-        cpu = None
+        cpu_file = run / "cpu_seconds.txt"  # kept beside the run, so a reused training still reports its cost
         if not (run / "model_final.pth").exists():
+            cpu_file.unlink(missing_ok=True)
             cpu = round(run_logged(training_cmd(s, run, VARIANTS[name]), log), 1)
+            cpu_file.write_text(f"{cpu}\n")
         iters, aucs = series(read_metrics(run / "metrics.json"), "cls/auc")
-        rows[name] = {"iterations": iters, "auc": aucs, "cpu_s": cpu}
+        rows[name] = {"iterations": iters, "auc": aucs,
+                      "cpu_s": float(cpu_file.read_text()) if cpu_file.exists() else None}
     print(f"MURA demo set, seed {args.seed}: held-out fold 0 AUC of P(abnormal) at each evaluation "
           f"({s.cls_max_iter} iterations, {s.n_train} training images)")
     for name, r in rows.items():
         curve = ", ".join(f"{a:.3f}@{i}" for i, a in zip(r["iterations"], r["auc"]))
-        cpu = "reused" if r["cpu_s"] is None else f"{r['cpu_s']:.0f} s"
+        cpu = "not recorded" if r["cpu_s"] is None else f"{r['cpu_s']:.0f} s"
         print(f"  {name:<26} {curve}   CPU {cpu}")
     if args.json:
         Path(args.json).write_text(json.dumps({"seed": args.seed, "settings": s.recorded(), "variants": VARIANTS,
