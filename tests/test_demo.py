@@ -86,6 +86,26 @@ def test_demo_settings_refuse_impossible_values(tmp_path):
         DemoSettings(out=tmp_path, n_train=3, folds=4)
     with pytest.raises(ValueError, match="cls_pool"):
         DemoSettings(out=tmp_path, cls_pool="mean")
+    with pytest.raises(ValueError, match="cls_feature"):
+        DemoSettings(out=tmp_path, cls_feature="res3")
+
+
+def test_demo_folder_from_before_a_setting_was_recorded_is_reused(tmp_path):
+    """A demo folder whose settings file predates cls_feature is the same demo when it pooled what the default pools
+    (nothing to --fresh), and another one when the run asks for another stage."""
+    from detx.workflows.demo import SETTINGS_FILE, check_settings
+
+    for dataset in ("vindr-cxr", "mura"):
+        s = DemoSettings.for_dataset(dataset, out=tmp_path / dataset)
+        s.out.mkdir()
+        old = {k: v for k, v in s.recorded().items() if k != "cls_feature"}
+        (s.out / SETTINGS_FILE).write_text(json.dumps(old))
+        check_settings(s)
+        assert json.loads((s.out / SETTINGS_FILE).read_text())["cls_feature"] == s.cls_feature
+        (s.out / SETTINGS_FILE).write_text(json.dumps(old))
+        other = "res4" if s.cls_feature == "res5" else "res5"
+        with pytest.raises(ValueError, match=f"cls_feature '{s.cls_feature}' -> '{other}'"):
+            check_settings(DemoSettings.for_dataset(dataset, out=s.out, cls_feature=other))
 
 
 @pytest.mark.parametrize("dataset", ["vindr-cxr", "mura"])
@@ -94,6 +114,19 @@ def test_demo_classifier_pools_as_set(tmp_path, dataset):
         steps = build_steps(DemoSettings(out=tmp_path / pool, dataset=dataset, cls_pool=pool))
         cmd = next(st for st in steps if "classifier" in st.name and "train_net.py" in " ".join(st.cmd)).cmd
         assert cmd[cmd.index("MODEL.CLASSIFIER.POOL") + 1] == pool
+
+
+@pytest.mark.parametrize("dataset, default", [("vindr-cxr", "res5"), ("spinexr", "res5"), ("mura", "res4")])
+def test_demo_classifier_pools_the_stage_set(tmp_path, dataset, default):
+    """The chest and spine demos' CNN pools res5, MURA's res4 as its config does; --cls-feature overrides, and the
+    backbone is built only up to the pooled stage."""
+    for feature in (None, "res4", "res5"):
+        s = DemoSettings.for_dataset(dataset, out=tmp_path / str(feature), cls_feature=feature)
+        cmd = next(st for st in build_steps(s) if "train_net.py" in " ".join(st.cmd)
+                   and "cls_train" in " ".join(st.cmd)).cmd
+        want = feature or default
+        assert cmd[cmd.index("MODEL.CLASSIFIER.IN_FEATURE") + 1] == want
+        assert cmd[cmd.index("MODEL.RESNETS.OUT_FEATURES") + 1] == f"['{want}']"
 
 
 @pytest.mark.parametrize("dataset", ["vindr-cxr", "spinexr"])
@@ -149,3 +182,33 @@ def test_mura_recipe_study_trains_the_demo_command(tmp_path):
     assert cmd[-4:] == ["MODEL.CLASSIFIER.POOL", "lse", "SOLVER.LR_SCHEDULER_NAME", "X"]
     assert bench.VARIANTS["demo"] == [] and all(v and len(v) % 2 == 0 for k, v in bench.VARIANTS.items() if k != "demo")
     assert demo_cmd[demo_cmd.index("MODEL.CLASSIFIER.POOL") + 1] == "avg" and demo_cmd[demo_cmd.index("SEED") + 1] == "1"
+
+
+def test_chest_cls_recipe_study_trains_and_scores_the_demo_commands(tmp_path):
+    """benchmarks/chest_cls_recipe.py trains the chest demo's own classifier command (output folder and the variant's
+    options changed, never resumed) and scores each variant with the demo's TTA, its larger test set generated with
+    another seed than the demo's."""
+    bench = load_script("benchmarks/chest_cls_recipe.py")
+    s = DemoSettings.for_dataset("vindr-cxr", out=tmp_path / "demo", seed=2)
+    p = paths(s)
+    (p["cls_train"]).mkdir(parents=True)
+    (p["cls_train"] / "last_checkpoint").write_text("model_0000099.pth")  # the demo would resume: the study must not
+    demo_cmd = [str(c) for c in bench.classifier_step(s).cmd]
+    assert "--resume" in demo_cmd and demo_cmd[demo_cmd.index("MODEL.WEIGHTS") + 1] == str(p["train"] / "model_best.pth")
+    cmd = bench.training_cmd(s, tmp_path / "r", ["SOLVER.BASE_LR", "0.005"])
+    assert "--resume" not in cmd and cmd[cmd.index("OUTPUT_DIR") + 1] == str(tmp_path / "r")
+    assert cmd[-2:] == ["SOLVER.BASE_LR", "0.005"]
+    expected = [c for c in demo_cmd if c != "--resume"]
+    expected[expected.index("OUTPUT_DIR") + 1] = str(tmp_path / "r")
+    assert cmd[:len(expected)] == expected
+    assert bench.VARIANTS["demo"] == [] and all(v and len(v) % 2 == 0 for k, v in bench.VARIANTS.items() if k != "demo")
+    assert len({bench.slug(k) for k in bench.VARIANTS}) == len(bench.VARIANTS)
+    scoring = bench.scoring_cmds(s, tmp_path / "r", tmp_path / "large")
+    for key in ("classify held-out", "classify test", "classify large test"):
+        c = scoring[key]
+        assert c[c.index("--tta") + 1:c.index("--tta") + 1 + len(s.tta)] == list(s.tta)
+        assert c[c.index("--classifier-weights") + 1] == str(tmp_path / "r" / "model_best.pth")
+    gen = bench.large_test_cmds(s, tmp_path / "large", 50, 7)["generate"]
+    assert gen[gen.index("--seed") + 1] == "7" and gen[gen.index("--n-test") + 1] == "50"
+    with pytest.raises(SystemExit, match="the demo's own seed"):
+        bench.main(["--out", str(tmp_path / "demo"), "--seed", "2", "--large-seed", "2", "--variants", "demo"])

@@ -98,6 +98,9 @@ class DemoSettings:
     # the CNN's pooling (MODEL.CLASSIFIER.POOL): log-sum-exp over its class activation map, so its Grad-CAM points
     # at the finding (average pooling pointed at the image's lower edge: pointing game 0 of 20; docs/classifiers.md)
     cls_pool: str = "lse"
+    # the backbone stage the CNN pools (MODEL.CLASSIFIER.IN_FEATURE): res5 (8 x 8 cells at 256 px) or res4 (16 x 16);
+    # on the chest demo neither is better over seeds 0-2 (benchmarks/chest_cls_recipe.py, docs/classifiers.md)
+    cls_feature: str = "res5"
     tta: tuple[str, ...] = ("hflip",)
     workers: int = 2
     extra_train_opts: tuple[str, ...] = ()
@@ -125,7 +128,17 @@ class DemoSettings:
             raise InputError("max_iter, cls_max_iter and eval_period must be >= 1")
         if self.cls_pool not in ("avg", "max", "lse"):
             raise InputError(f"cls_pool must be avg, max or lse, got {self.cls_pool!r}")
+        if self.cls_feature not in CLS_FEATURES:
+            raise InputError(f"cls_feature must be one of {', '.join(CLS_FEATURES)}, got {self.cls_feature!r}")
 
+    def cls_feature_opts(self) -> list[str]:
+        """The classifier's options that pool :attr:`cls_feature` (the backbone is built up to that stage)."""
+        return ["MODEL.RESNETS.OUT_FEATURES", f"['{self.cls_feature}']", "MODEL.CLASSIFIER.IN_FEATURE",
+                self.cls_feature]
+
+
+#: the backbone stages the demo's CNN can pool (``--cls-feature``)
+CLS_FEATURES: tuple[str, ...] = ("res4", "res5")
 
 #: Per dataset, what its demo changes from :class:`DemoSettings`' defaults. MURA has no detector to start its
 #: classifier from: the tiny ResNet learns the synthetic signs from scratch only with more images and iterations
@@ -133,8 +146,15 @@ class DemoSettings:
 #: (log-sum-exp pooling from scratch stayed at chance on two seeds of three; mura_cls_tiny.yaml says the rest).
 #: Its 300 valid images make the study-level AUC a number rather than a coin (40 images are about 18 studies).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mura": {"n_train": 1200, "n_test": 300, "cls_max_iter": 1000, "eval_period": 250, "cls_pool": "avg"},
+    "mura": {"n_train": 1200, "n_test": 300, "cls_max_iter": 1000, "eval_period": 250, "cls_pool": "avg",
+             "cls_feature": "res4"},
 }
+
+
+def unrecorded_defaults(dataset: str) -> dict[str, Any]:
+    """The settings added after demo runs were recorded, with the value runs of ``dataset`` made before them used
+    (the demo pooled the stage its dataset's default pools now)."""
+    return {"cls_feature": DATASET_DEFAULTS.get(dataset, {}).get("cls_feature", DemoSettings.cls_feature)}
 
 
 @dataclass
@@ -190,7 +210,7 @@ def mura_steps(s: DemoSettings) -> list[Step]:
         py, "tools/train_net.py", "--config-file", d["cls_config"], "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0",
         "OUTPUT_DIR", str(cls_train), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", str(s.cls_max_iter),
         "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
-        "MODEL.CLASSIFIER.POOL", s.cls_pool,
+        "MODEL.CLASSIFIER.POOL", s.cls_pool, *s.cls_feature_opts(),
     ]
     if (cls_train / "last_checkpoint").exists() and not (cls_train / "model_final.pth").exists():
         cls_cmd.insert(4, "--resume")
@@ -253,7 +273,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
         py, "tools/train_net.py", "--config-file", d["cls_config"],
         "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0", "OUTPUT_DIR", str(cls_train), "MODEL.DEVICE", "cpu",
         "MODEL.CLASSIFIER.NUM_CLASSES", d["cls_classes"], "SOLVER.MAX_ITER", str(s.cls_max_iter),
-        "MODEL.CLASSIFIER.POOL", s.cls_pool,
+        "MODEL.CLASSIFIER.POOL", s.cls_pool, *s.cls_feature_opts(),
         "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
         "INPUT.MIN_SIZE_TRAIN", f"({s.size},)", "INPUT.MAX_SIZE_TRAIN", str(s.size), "INPUT.MIN_SIZE_TEST",
         str(s.size), "INPUT.MAX_SIZE_TEST", str(s.size),
@@ -507,6 +527,7 @@ def check_settings(s: DemoSettings, fresh: bool = False) -> None:
             before = json.loads(record.read_text())
         except (OSError, ValueError):
             before = {}
+        before = {**unrecorded_defaults(s.dataset), **before}  # made before a setting was recorded: its value then
         now = s.recorded()
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
         if diff:
@@ -575,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"iterations of the tiny image classifier, {default('cls_max_iter')}")
     parser.add_argument("--cls-pool", default=None, choices=["avg", "max", "lse"],
                         help=f"the image classifier's MODEL.CLASSIFIER.POOL, {default('cls_pool')}")
+    parser.add_argument("--cls-feature", default=None, choices=list(CLS_FEATURES),
+                        help=f"the backbone stage the image classifier pools, {default('cls_feature')}")
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
     parser.add_argument("--quiet", action="store_true", help="only the step headers and the final numbers")
     parser.add_argument("--fresh", action="store_true",
@@ -584,7 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         s = DemoSettings.for_dataset(args.dataset, out=Path(args.out), n_train=args.n_train, n_test=args.n_test,
                                      size=args.size, max_iter=args.max_iter, eval_period=args.eval_period,
-                                     cls_max_iter=args.cls_max_iter, cls_pool=args.cls_pool, seed=args.seed)
+                                     cls_max_iter=args.cls_max_iter, cls_pool=args.cls_pool,
+                                     cls_feature=args.cls_feature, seed=args.seed)
         run_demo(s, quiet=args.quiet, fresh=args.fresh)
     except DetxError as e:
         print(f"demo: {e}", file=sys.stderr)
