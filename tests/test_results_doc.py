@@ -45,6 +45,23 @@ def test_render_hand_made_results():
     assert "| seed 1 | 0.640 | n/a | 6.5 |" in text and "| **spread (max - min)** | 0.040 | n/a | |" in text
 
 
+def test_spread_runs_with_other_settings_are_named():
+    """Runs of the spread made with other demo settings than the demo's run are named under the table: a setting
+    their version did not record counts as the value it had then (cls_feature: res5)."""
+    doc = load_script("tools/results_doc.py")
+    demo = _demo_results()
+    demo["settings"] = {"seed": 0, "cls_pool": "lse", "cls_feature": "res4"}
+    runs = [{"name": f"seed {s}", "numbers": {"mAP40": 0.6}, "seconds": 60.0, "settings": {"seed": s, "cls_pool": p}}
+            for s, p in ((1, "lse"), (2, "avg"))]
+    spread = {"description": "2 seeds", "keys": ["mAP40"], "spread": {"mAP40": 0.0}, "runs": runs}
+    assert doc.settings_differences(demo, spread) == '`cls_pool` "avg" -> "lse"; `cls_feature` "res5" -> "res4"'
+    assert "other demo settings than the run above: `cls_pool`" in doc.render(demo, spread)
+    for run in runs:
+        run["settings"].update(cls_pool="lse", cls_feature="res4")
+    assert doc.settings_differences(demo, spread) == ""
+    assert "other demo settings" not in doc.render(demo, spread)
+
+
 def test_render_test_size_and_cpu():
     """The larger-test-set section and the CPU in the environment line, from hand-made files."""
     doc = load_script("tools/results_doc.py")

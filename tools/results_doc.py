@@ -75,6 +75,9 @@ def render(demo: dict, spread: dict | None, test_size: dict | None = None, mura_
               + "."]
     if spread:
         lines += ["", "## The demo's spread (`benchmarks/demo_spread.py`)", "", *spread_lines(spread)]
+        differ = settings_differences(demo, spread)
+        if differ:
+            lines += ["", "These runs were made with other demo settings than the run above: " + differ + "."]
     if test_size:
         lines += ["", "## The same models on a larger test set (`benchmarks/demo_test_size.py`)", "",
                   *test_size_lines(test_size)]
@@ -82,6 +85,28 @@ def render(demo: dict, spread: dict | None, test_size: dict | None = None, mura_
         lines += ["", "## The MURA demo across seeds (`benchmarks/demo_spread.py --dataset mura`)", "",
                   *spread_lines(mura_spread)]
     return "\n".join(lines) + "\n"
+
+
+def settings_differences(demo: dict, spread: dict) -> str:
+    """The demo settings (other than the seed) in which the spread's runs differ from the demo's run, as
+    "`name` theirs -> the demo's" (a setting their version did not record has the value it had then,
+    :func:`~detx.workflows.demo.unrecorded_defaults`); empty when none."""
+    from detx.workflows.demo import unrecorded_defaults
+
+    dataset = demo["settings"].get("dataset", "vindr-cxr")
+    now = {**demo["settings"], **{k: v for k, v in unrecorded_defaults(dataset).items() if k not in demo["settings"]}}
+    now.pop("seed", None)
+    seen: dict[str, set] = {}
+    for run in spread["runs"]:
+        settings = run.get("settings") or {}
+        for k, v in now.items():
+            if k not in settings and k not in demo["settings"]:
+                continue  # recorded by neither
+            theirs = settings[k] if k in settings else unrecorded_defaults(settings.get("dataset", dataset)).get(
+                k, "not recorded")
+            if theirs != v:
+                seen.setdefault(k, set()).add(json.dumps(theirs))
+    return "; ".join(f"`{k}` {' / '.join(sorted(seen[k]))} -> {json.dumps(now[k])}" for k in now if k in seen)
 
 
 def test_size_lines(t: dict) -> list[str]:
