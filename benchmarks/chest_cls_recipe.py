@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from logged_run import run_logged  # noqa: E402
+from logged_run import run_logged, trained_once  # noqa: E402
 
 from detx.workflows.demo import DATASETS, DemoSettings, Step, build_steps, paths  # noqa: E402
 
@@ -155,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name in args.variants:
         run = out / "cls_recipe" / (slug(name) + ("" if args.cls_max_iter is None else f"_{args.cls_max_iter}it"))
-        cpu_file = run / "cpu_seconds.txt"
-        if not (run / "model_final.pth").exists():
-            cpu_file.unlink(missing_ok=True)
-            cpu = round(run_logged(training_cmd(s, run, VARIANTS[name]), log), 1)
-            cpu_file.write_text(f"{cpu}\n")
+        cpu = trained_once(training_cmd(s, run, VARIANTS[name]), run, log)
         cmds = scoring_cmds(s, run, large)
         for key, marker in (("classify held-out", run / "valid_cls.csv"), ("score held-out", run / "valid_metrics.json"),
                             ("classify test", run / "test_cls.csv"), ("score test", run / "test_metrics.json"),
@@ -172,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {"held_out_auc": auc_of(run / "valid_metrics.json"), "test_auc": auc_of(run / "test_metrics.json"),
                       "large_test_auc": auc_of(run / "large_metrics.json"),
                       "pointing_game": heat.get("pointing_game"),
-                      "cpu_s": float(cpu_file.read_text()) if cpu_file.exists() else None}
+                      "cpu_s": cpu}
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 

@@ -1,5 +1,5 @@
 """Running a step of a benchmark as a subprocess: its output appended to a log, its CPU time measured, a failure
-ending the benchmark. Used by ``bench_lung_crops.py`` and ``bench_classifier_recipes.py``."""
+ending the benchmark; a training run once and reused after. Used by the benchmarks that train or predict."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def run_logged(cmd: list, log: Path) -> float:
     if rc != 0:
         raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
     return child_cpu_seconds() - before
+
+
+def trained_once(cmd: list, run: Path, log: Path) -> float | None:
+    """Run the training ``cmd`` (which writes ``run/model_final.pth``) unless that file exists; returns the CPU
+    seconds the training used, kept in ``run/cpu_seconds.txt`` so that a reused run still reports its cost (None for
+    a run finished before that file was kept)."""
+    cpu_file = run / "cpu_seconds.txt"
+    if not (run / "model_final.pth").exists():
+        cpu_file.unlink(missing_ok=True)
+        cpu = round(run_logged(cmd, log), 1)
+        run.mkdir(parents=True, exist_ok=True)
+        cpu_file.write_text(f"{cpu}\n")
+    return float(cpu_file.read_text()) if cpu_file.exists() else None

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from logged_run import run_logged  # noqa: E402
+from logged_run import run_logged, trained_once  # noqa: E402
 
 from detx.viz.curves import read_metrics, series  # noqa: E402
 from detx.workflows.demo import DemoSettings, mura_steps  # noqa: E402
@@ -71,14 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name in args.variants:
         run = out / re.sub(r"[^0-9a-z.]+", "_", name)  # "rate 0.02, step at 250" -> rate_0.02_step_at_250
-        cpu_file = run / "cpu_seconds.txt"  # kept beside the run, so a reused training still reports its cost
-        if not (run / "model_final.pth").exists():
-            cpu_file.unlink(missing_ok=True)
-            cpu = round(run_logged(training_cmd(s, run, VARIANTS[name]), log), 1)
-            cpu_file.write_text(f"{cpu}\n")
+        cpu = trained_once(training_cmd(s, run, VARIANTS[name]), run, log)
         iters, aucs = series(read_metrics(run / "metrics.json"), "cls/auc")
-        rows[name] = {"iterations": iters, "auc": aucs,
-                      "cpu_s": float(cpu_file.read_text()) if cpu_file.exists() else None}
+        rows[name] = {"iterations": iters, "auc": aucs, "cpu_s": cpu}
     print(f"MURA demo set, seed {args.seed}: held-out fold 0 AUC of P(abnormal) at each evaluation "
           f"({s.cls_max_iter} iterations, {s.n_train} training images)")
     for name, r in rows.items():

@@ -212,3 +212,21 @@ def test_chest_cls_recipe_study_trains_and_scores_the_demo_commands(tmp_path):
     assert gen[gen.index("--seed") + 1] == "7" and gen[gen.index("--n-test") + 1] == "50"
     with pytest.raises(SystemExit, match="the demo's own seed"):
         bench.main(["--out", str(tmp_path / "demo"), "--seed", "2", "--large-seed", "2", "--variants", "demo"])
+
+
+def test_a_benchmark_training_runs_once_and_keeps_its_cost(tmp_path):
+    """benchmarks/logged_run.py's trained_once: runs the command when its run has no model_final.pth, records the CPU
+    seconds beside it, and on a second call reuses the run (the command is not run again) with the recorded cost."""
+    import sys
+
+    lr = load_script("benchmarks/logged_run.py")
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    code = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True); "
+            "(p / 'model_final.pth').write_text('x'); open(sys.argv[2], 'a').write('ran\\n')")
+    cmd = [sys.executable, "-c", code, str(run), str(tmp_path / "count")]
+    first = lr.trained_once(cmd, run, log)
+    assert first is not None and first >= 0 and (run / "cpu_seconds.txt").read_text() == f"{first}\n"
+    assert lr.trained_once(cmd, run, log) == first
+    assert (tmp_path / "count").read_text() == "ran\n"
+    (run / "cpu_seconds.txt").unlink()  # a run finished before its cost was kept: reused, cost unknown
+    assert lr.trained_once(cmd, run, log) is None and (tmp_path / "count").read_text() == "ran\n"
