@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from logged_run import run_logged, trained_once  # noqa: E402
+from logged_run import run_logged, slug, trained_once  # noqa: E402
 
-from detx.workflows.demo import DATASETS, DemoSettings, Step, build_steps, paths  # noqa: E402
+from detx.workflows.demo import DATASETS, DemoSettings, Step, build_steps, detection_test_cmd, paths  # noqa: E402
 
 #: variant -> the overrides appended to the demo's classifier training command (later options win)
 VARIANTS: dict[str, list[str]] = {
@@ -48,11 +47,6 @@ VARIANTS: dict[str, list[str]] = {
     # longer, the step to 0.002 at 250 now inside the run; freezing the stem and res2 pays for part of it
     "400 iterations, stem and res2 frozen": ["SOLVER.MAX_ITER", "400", "MODEL.BACKBONE.FREEZE_AT", "2"],
 }
-
-
-def slug(name: str) -> str:
-    """A variant's folder name: "rate 0.005" -> rate_0.005."""
-    return re.sub(r"[^0-9a-z.]+", "_", name.lower()).strip("_")
 
 
 def classifier_step(s: DemoSettings) -> Step:
@@ -98,15 +92,12 @@ def scoring_cmds(s: DemoSettings, run: Path, large: Path) -> dict[str, list[str]
 def large_test_cmds(s: DemoSettings, work: Path, n: int, seed: int) -> dict[str, list[str]]:
     """Generate the larger test set and predict it with the demo's detector and its fitted classifier of P(abnormal)
     from the detections (the demo's own comparison command), then score that."""
-    p, py = paths(s), s.python
+    py = s.python
     return {
         "generate": [py, "-m", "detx.synthetic", "--out", str(work / "raw"), "--dataset", s.dataset, "--n-train", "8",
                      "--n-test", str(n), "--seed", str(seed), "--min-size", str(s.min_size), "--max-size",
                      str(s.max_size)],
-        "detect": [py, "tools/predict.py", "--config-file", str(p["train"] / "config.yaml"), "--weights",
-                   str(p["train"] / "model_best.pth"), "--tta", *s.tta, "--input", str(work / "raw" / "test"),
-                   "--dicom-size", str(s.size), "--out", str(work / "det_submission.csv"), "--classifier",
-                   str(p["classifier"]), "--cache-dir", str(work / "cache")],
+        "detect": detection_test_cmd(s, work / "raw" / "test", work / "det_submission.csv", work / "cache"),
         "score": [py, "tools/evaluate.py", "--gt", str(work / "raw" / "test_ground_truth.csv"), "--pred",
                   str(work / "det_submission.csv"), "--out", str(work / "det_metrics.json")],
     }

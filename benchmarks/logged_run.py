@@ -3,6 +3,7 @@ ending the benchmark; a training run once and reused after. Used by the benchmar
 
 from __future__ import annotations
 
+import re
 import resource
 import subprocess
 from pathlib import Path
@@ -32,6 +33,11 @@ def run_logged(cmd: list, log: Path) -> float:
     if rc != 0:
         raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
     return child_cpu_seconds() - before
+
+
+def slug(name: str) -> str:
+    """A variant's run folder name: "rate 0.02, step at 250" -> rate_0.02_step_at_250."""
+    return re.sub(r"[^0-9a-z.]+", "_", name.lower()).strip("_")
 
 
 def trained_once(cmd: list, run: Path, log: Path) -> float | None:

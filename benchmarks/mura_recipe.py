@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from logged_run import run_logged, trained_once  # noqa: E402
+from logged_run import run_logged, slug, trained_once  # noqa: E402
 
 from detx.viz.curves import read_metrics, series  # noqa: E402
 from detx.workflows.demo import DemoSettings, mura_steps  # noqa: E402
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             run_logged(step.cmd, log)
     rows = {}
     for name in args.variants:
-        run = out / re.sub(r"[^0-9a-z.]+", "_", name)  # "rate 0.02, step at 250" -> rate_0.02_step_at_250
+        run = out / slug(name)
         cpu = trained_once(training_cmd(s, run, VARIANTS[name]), run, log)
         iters, aucs = series(read_metrics(run / "metrics.json"), "cls/auc")
         rows[name] = {"iterations": iters, "auc": aucs, "cpu_s": cpu}

@@ -90,22 +90,17 @@ def render(demo: dict, spread: dict | None, test_size: dict | None = None, mura_
 def settings_differences(demo: dict, spread: dict) -> str:
     """The demo settings (other than the seed) in which the spread's runs differ from the demo's run, as
     "`name` theirs -> the demo's" (a setting their version did not record has the value it had then,
-    :func:`~detx.workflows.demo.unrecorded_defaults`); empty when none."""
-    from detx.workflows.demo import unrecorded_defaults
+    :func:`~detx.workflows.demo.with_unrecorded`); empty when none."""
+    from detx.workflows.demo import with_unrecorded
 
-    dataset = demo["settings"].get("dataset", "vindr-cxr")
-    now = {**demo["settings"], **{k: v for k, v in unrecorded_defaults(dataset).items() if k not in demo["settings"]}}
+    now = with_unrecorded(demo["settings"])
     now.pop("seed", None)
     seen: dict[str, set] = {}
     for run in spread["runs"]:
-        settings = run.get("settings") or {}
+        theirs = with_unrecorded(run.get("settings") or {}, now.get("dataset", "vindr-cxr"))
         for k, v in now.items():
-            if k not in settings and k not in demo["settings"]:
-                continue  # recorded by neither
-            theirs = settings[k] if k in settings else unrecorded_defaults(settings.get("dataset", dataset)).get(
-                k, "not recorded")
-            if theirs != v:
-                seen.setdefault(k, set()).add(json.dumps(theirs))
+            if theirs.get(k, "not recorded") != v:
+                seen.setdefault(k, set()).add(json.dumps(theirs.get(k, "not recorded")))
     return "; ".join(f"`{k}` {' / '.join(sorted(seen[k]))} -> {json.dumps(now[k])}" for k in now if k in seen)
 
 

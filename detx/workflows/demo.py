@@ -151,10 +151,13 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def unrecorded_defaults(dataset: str) -> dict[str, Any]:
-    """The settings added after demo runs were recorded, with the value runs of ``dataset`` made before them used
-    (the demo pooled the stage its dataset's default pools now)."""
-    return {"cls_feature": DATASET_DEFAULTS.get(dataset, {}).get("cls_feature", DemoSettings.cls_feature)}
+def with_unrecorded(settings: dict[str, Any], dataset: str = "vindr-cxr") -> dict[str, Any]:
+    """``settings`` (a recorded ``DemoSettings.recorded()``), with the settings added after it was recorded appended at
+    the value runs made before them used: the demo pooled the stage its dataset's default pools now. ``dataset``
+    applies when the record names none."""
+    ds = settings.get("dataset", dataset)
+    added = {"cls_feature": DATASET_DEFAULTS.get(ds, {}).get("cls_feature", DemoSettings.cls_feature)}
+    return {**settings, **{k: v for k, v in added.items() if k not in settings}}
 
 
 @dataclass
@@ -249,6 +252,15 @@ def test_prediction_cmd(s: DemoSettings, dicom_dir: Path, out: Path, cache: Path
             str(s.size), "--out", str(out), "--cache-dir", str(cache)]
 
 
+def detection_test_cmd(s: DemoSettings, dicom_dir: Path, out: Path, cache: Path) -> list[str]:
+    """How the demo predicts a test DICOM folder for comparison: its best detector (with ``s.tta``) and P(abnormal)
+    from the detections (the fitted classifier); ``benchmarks/chest_cls_recipe.py`` uses it on its larger test set."""
+    p = paths(s)
+    return [s.python, "tools/predict.py", "--config-file", str(p["train"] / "config.yaml"), "--weights",
+            str(p["train"] / "model_best.pth"), "--tta", *s.tta, "--input", str(dicom_dir), "--dicom-size", str(s.size),
+            "--out", str(out), "--classifier", str(p["classifier"]), "--cache-dir", str(cache)]
+
+
 def build_steps(s: DemoSettings) -> list[Step]:
     """The demo's commands, in order, with the files that mark each as done."""
     if s.dataset == "mura":
@@ -336,8 +348,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
               "--out", str(p["test_metrics"])],
              [p["test_metrics"]]),
         Step("the same test submission with P(abnormal) from the detections (fitted classifier), for comparison",
-             [*predict_common, "--input", str(raw / d["test_dir"]), "--dicom-size", str(s.size),
-              "--out", str(p["det_submission"]), "--classifier", str(p["classifier"]), "--cache-dir", str(p["cache"])],
+             detection_test_cmd(s, raw / d["test_dir"], p["det_submission"], p["cache"]),
              [p["det_submission"]]),
         Step("score it",
              [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["det_submission"]),
@@ -527,7 +538,7 @@ def check_settings(s: DemoSettings, fresh: bool = False) -> None:
             before = json.loads(record.read_text())
         except (OSError, ValueError):
             before = {}
-        before = {**unrecorded_defaults(s.dataset), **before}  # made before a setting was recorded: its value then
+        before = with_unrecorded(before, s.dataset)  # made before a setting was recorded: its value then
         now = s.recorded()
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
         if diff:
