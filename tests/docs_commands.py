@@ -173,6 +173,12 @@ def _makefile_targets() -> set[str]:
     return {m.group(1) for m in re.finditer(r"^([A-Za-z][\w.-]*)\s*:(?!=)", text, re.M)}
 
 
+def _makefile_variables() -> set[str]:
+    """The variables the Makefile assigns (``NAME ?= ...``, ``NAME := ...``): the ones ``make NAME=...`` can set."""
+    text = (ROOT / "Makefile").read_text()
+    return {m.group(1) for m in re.finditer(r"^([A-Za-z_]\w*)\s*[?:+]?=", text, re.M)}
+
+
 def _unknown_config_keys(words: list[str]) -> list[str]:
     """``KEY VALUE`` overrides among ``words`` whose key the detx config (detectron2's + ``DETX.*``) lacks."""
     from detx.cli import CONFIG_KEY
@@ -208,7 +214,11 @@ def check_command(argv: list[str]) -> str | None:
     if argv[0] == "make":
         targets = [a for a in argv[1:] if not a.startswith("-") and "=" not in a]
         unknown = [t for t in targets if t not in _makefile_targets()]
-        return f"make: no target {unknown} in the Makefile" if unknown else None
+        if unknown:
+            return f"make: no target {unknown} in the Makefile"
+        names = [a.split("=", 1)[0] for a in argv[1:] if "=" in a and not a.startswith("-")]
+        unset = [n for n in names if n not in _makefile_variables()]
+        return f"make: the Makefile uses no variable {unset}" if unset else None
     args = argv[1:]
     if not args or args[0] in ("-c", "-"):
         return None

@@ -56,6 +56,7 @@ def test_every_documented_command_parses_against_its_script():
     (["python", "tools/train_net.py", "--config-file", "c.yaml", "DETX.DATA_ROT", "x"], "DETX.DATA_ROT"),
     (["python", "-m", "detx.synthetic", "--out", "o", "--n-train", "3", "--n-tests", "1"], "--n-tests"),
     (["make", "demos"], "demos"),
+    (["make", "demo", "LUNG_CROP=1"], "LUNG_CROP"),
     (["python", "tools/no_such_tool.py", "--x"], "no such script"),
 ])
 def test_a_renamed_flag_key_target_or_script_fails_the_check(argv, fragment):
@@ -69,6 +70,7 @@ def test_the_check_accepts_what_is_right():
     assert check_command(["python", "tools/train_net.py", "--config-file", "c.yaml", "DETX.DATA_ROOT", "x",
                           "SOLVER.MAX_ITER", "20", "--resume"]) is None
     assert check_command(["make", "demo", "DATASET=mura"]) is None
+    assert check_command(["make", "demo", "LUNG_CROPS=1"]) is None
 
 
 def test_bash_expands_loops_and_braces_before_the_check(tmp_path):
