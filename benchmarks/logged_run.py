@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import resource
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -43,11 +44,24 @@ def slug(name: str) -> str:
 def trained_once(cmd: list, run: Path, log: Path) -> float | None:
     """Run the training ``cmd`` (which writes ``run/model_final.pth``) unless that file exists; returns the CPU
     seconds the training used, kept in ``run/cpu_seconds.txt`` so that a reused run still reports its cost (None for
-    a run finished before that file was kept)."""
-    cpu_file = run / "cpu_seconds.txt"
-    if not (run / "model_final.pth").exists():
+    a run finished before that file was kept). The command is kept in ``run/command.txt``: a finished run is reused
+    only for the same command (a run finished before that file was kept is taken to be this command's).
+
+    Raises:
+        SystemExit: ``run`` holds a training made with another command.
+    """
+    cpu_file, cmd_file = run / "cpu_seconds.txt", run / "command.txt"
+    text = shlex.join(str(c) for c in cmd) + "\n"
+    if (run / "model_final.pth").exists():
+        if cmd_file.exists() and cmd_file.read_text() != text:
+            raise SystemExit(f"{run} holds a training made with another command ({cmd_file}); delete it to train "
+                             f"again with:\n{text}")
+        if not cmd_file.exists():
+            cmd_file.write_text(text)
+    else:
         cpu_file.unlink(missing_ok=True)
         cpu = round(run_logged(cmd, log), 1)
         run.mkdir(parents=True, exist_ok=True)
         cpu_file.write_text(f"{cpu}\n")
+        cmd_file.write_text(text)
     return float(cpu_file.read_text()) if cpu_file.exists() else None
