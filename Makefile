@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DATASET ?= vindr-cxr
+# make demo LUNG_CROPS=1: the chest demo also trains its CNN on lung-field crops (docs/lung-fields.md)
+LUNG_CROPS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -32,7 +34,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m detx.workflows.demo --dataset $(DATASET) --out output/demo$(if $(filter-out vindr-cxr,$(DATASET)),-$(DATASET),)
+	$(PY) -m detx.workflows.demo --dataset $(DATASET) --out output/demo$(if $(filter-out vindr-cxr,$(DATASET)),-$(DATASET),)$(if $(LUNG_CROPS), --lung-crops,)
 
 docs: install
 	$(VENV)/bin/mkdocs build --strict --site-dir build/site

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import metadata
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import TRAINED_TINY_OPTS, load_script
 
-from detx.workflows.demo import DemoSettings, build_steps, paths, run_demo
+from detx.workflows.demo import DATASETS, DemoSettings, build_steps, paths, run_demo
 
 # Small and quick: the tiny config at 128 px for a handful of iterations (the real demo trains for minutes).
 TINY_OPTS = tuple(v for i, v in enumerate(TRAINED_TINY_OPTS)
@@ -65,6 +66,32 @@ def test_demo_writes_every_report_file_and_reuses_them(tmp_path, capsys):
     assert again["numbers"] == result["numbers"]
     assert json.loads(p["results"].read_text())["step_seconds"] == results["step_seconds"]
 
+    # --lung-crops adds to the same folder: every step above is reused, the CNN is trained again on lung crops of the
+    # same images and scored on the same held-out ones, beside the whole-image CNN
+    crops = run_demo(dataclasses.replace(s, lung_crops=True), quiet=True)
+    lung_steps = [k for k, v in crops["timings"].items() if v > 0]
+    assert lung_steps and all(k.startswith("lung crops:") for k in lung_steps)
+    assert {k: v for k, v in crops["numbers"].items() if "lung" not in k} == result["numbers"]
+    lung_metrics = json.loads(p["lung_cnn_val_metrics"].read_text())
+    assert crops["numbers"]["cnn_auc_lung_crops"] == lung_metrics["image_level"]["auc"]
+    facts = json.loads(p["results"].read_text())["lung_crops"]
+    assert facts["same_held_out_images"] and facts["held_out_images"]["crops"] == lung_metrics["num_images"]
+    assert 0.0 < facts["area_kept"]["min"] <= facts["area_kept"]["mean"] < 1.0
+    # the demo's own time stays what it was; the comparison's is kept beside it
+    after = json.loads(p["results"].read_text())
+    assert after["seconds"] == results["seconds"]
+    assert facts["seconds"] == pytest.approx(sum(v for k, v in after["step_seconds"].items() if k in lung_steps))
+    meta = pd.read_csv(p["lung_prepared"] / "meta.csv")
+    assert (meta.crop_x1 - meta.crop_x0 < meta.orig_width).all()  # cropped, not the whole image
+    report = p["report"].read_text()
+    assert "## The CNN on lung crops beside the CNN on whole images" in report
+    assert "lung_crops/val/cnn_plots/roc.png" in report
+    # the same images: the crops' generator run wrote the demo's own DICOMs again (and masks beside them)
+    d = DATASETS[s.dataset]
+    assert (p["lung_raw"] / d["train_csv"]).read_bytes() == (p["raw"] / d["train_csv"]).read_bytes()
+    dicom = next((p["raw"] / d["train_dir"]).iterdir())
+    assert (p["lung_raw"] / d["train_dir"] / dicom.name).read_bytes() == dicom.read_bytes()
+
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     s = tiny_settings(tmp_path / "demo")
@@ -88,6 +115,9 @@ def test_demo_settings_refuse_impossible_values(tmp_path):
         DemoSettings(out=tmp_path, cls_pool="mean")
     with pytest.raises(ValueError, match="cls_feature"):
         DemoSettings(out=tmp_path, cls_feature="res3")
+    for dataset in ("spinexr", "mura"):
+        with pytest.raises(ValueError, match="lung_crops needs the chest demo"):
+            DemoSettings.for_dataset(dataset, out=tmp_path, lung_crops=True)
 
 
 def test_demo_folder_from_before_a_setting_was_recorded_is_reused(tmp_path):
@@ -189,7 +219,7 @@ def test_chest_cls_recipe_study_trains_and_scores_the_demo_commands(tmp_path):
     options changed, never resumed) and scores each variant with the demo's TTA, its larger test set generated with
     another seed than the demo's."""
     bench = load_script("benchmarks/chest_cls_recipe.py")
-    s = DemoSettings.for_dataset("vindr-cxr", out=tmp_path / "demo", seed=2)
+    s = DemoSettings.for_dataset("vindr-cxr", out=tmp_path / "demo", seed=2, **bench.BASE)
     p = paths(s)
     (p["cls_train"]).mkdir(parents=True)
     (p["cls_train"] / "last_checkpoint").write_text("model_0000099.pth")  # the demo would resume: the study must not
@@ -201,8 +231,21 @@ def test_chest_cls_recipe_study_trains_and_scores_the_demo_commands(tmp_path):
     expected = [c for c in demo_cmd if c != "--resume"]
     expected[expected.index("OUTPUT_DIR") + 1] = str(tmp_path / "r")
     assert cmd[:len(expected)] == expected
-    assert bench.VARIANTS["demo"] == [] and all(v and len(v) % 2 == 0 for k, v in bench.VARIANTS.items() if k != "demo")
+    assert bench.VARIANTS[bench.BEFORE] == []
+    assert all(v and len(v) % 2 == 0 for k, v in bench.VARIANTS.items() if k != bench.BEFORE)
     assert len({bench.slug(k) for k in bench.VARIANTS}) == len(bench.VARIANTS)
+    # the demo's default CNN is the measured variant: the base command with its options trains the same
+    chosen = bench.training_cmd(s, tmp_path / "r", bench.VARIANTS["400 iterations, stem to res3 frozen"])
+    default = [str(c) for c in bench.classifier_step(DemoSettings.for_dataset("vindr-cxr", out=tmp_path / "demo",
+                                                                              seed=2)).cmd if c != "--resume"]
+    default[default.index("OUTPUT_DIR") + 1] = str(tmp_path / "r")
+
+    def options(c: list[str]) -> dict[str, str]:  # detectron2's KEY VALUE overrides, the later one winning
+        i = c.index("DETX.DATA_ROOT")
+        return dict(zip(c[i::2], c[i + 1::2]))
+
+    assert options(chosen) == {**options(default), "SOLVER.CHECKPOINT_PERIOD": str(10 ** 9)}
+    assert options(default)["SOLVER.MAX_ITER"] == "400" and options(default)["MODEL.BACKBONE.FREEZE_AT"] == "3"
     scoring = bench.scoring_cmds(s, tmp_path / "r", tmp_path / "large")
     for key in ("classify held-out", "classify test", "classify large test"):
         c = scoring[key]
@@ -211,7 +254,7 @@ def test_chest_cls_recipe_study_trains_and_scores_the_demo_commands(tmp_path):
     gen = bench.large_test_cmds(s, tmp_path / "large", 50, 7)["generate"]
     assert gen[gen.index("--seed") + 1] == "7" and gen[gen.index("--n-test") + 1] == "50"
     with pytest.raises(SystemExit, match="the demo's own seed"):
-        bench.main(["--out", str(tmp_path / "demo"), "--seed", "2", "--large-seed", "2", "--variants", "demo"])
+        bench.main(["--out", str(tmp_path / "demo"), "--seed", "2", "--large-seed", "2", "--variants", bench.BEFORE])
 
 
 def test_a_benchmark_training_runs_once_and_keeps_its_cost(tmp_path):
@@ -228,5 +271,8 @@ def test_a_benchmark_training_runs_once_and_keeps_its_cost(tmp_path):
     assert first is not None and first >= 0 and (run / "cpu_seconds.txt").read_text() == f"{first}\n"
     assert lr.trained_once(cmd, run, log) == first
     assert (tmp_path / "count").read_text() == "ran\n"
+    # the same run folder asked for with another command: refused, not reused under the other command's name
+    with pytest.raises(SystemExit, match="another command"):
+        lr.trained_once([*cmd, "SOLVER.BASE_LR", "0.5"], run, log)
     (run / "cpu_seconds.txt").unlink()  # a run finished before its cost was kept: reused, cost unknown
     assert lr.trained_once(cmd, run, log) is None and (tmp_path / "count").read_text() == "ran\n"

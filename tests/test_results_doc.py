@@ -60,6 +60,9 @@ def test_spread_runs_with_other_settings_are_named():
         run["settings"].update(cls_pool="lse", cls_feature="res4")
     assert doc.settings_differences(demo, spread) == ""
     assert "other demo settings" not in doc.render(demo, spread)
+    # an additive setting (the lung-crop comparison) changes none of the demo's own numbers: not a difference
+    demo["settings"]["lung_crops"] = True
+    assert doc.settings_differences(demo, spread) == ""
 
 
 def test_render_test_size_and_cpu():
@@ -141,8 +144,11 @@ def test_readme_quotes_the_demo_results_file():
         if m.group(3):
             lo, hi = demo["ci95"][key]
             assert (m.group(3), m.group(4)) == (f"{lo:.3f}", f"{hi:.3f}"), f"README's interval of {key}"
-    minutes = re.search(r"A demo run .*? took (\d+) min", readme)
-    assert minutes and int(minutes.group(1)) == int(demo["seconds"] // 60)
+    took = re.search(r"A demo run .*? took (\d+\.\d) min \((\d+) s\)", readme)
+    assert took and took.groups() == (f"{demo['seconds'] / 60:.1f}", f"{demo['seconds']:.0f}"), "the demo's time"
+    lungs = re.search(r"`LUNG_CROPS=1` adds (\d+\.\d) min \((\d+) s\)", readme)
+    secs = demo["lung_crops"]["seconds"]
+    assert lungs and lungs.groups() == (f"{secs / 60:.1f}", f"{secs:.0f}"), "the lung-crop comparison's time"
 
 
 def test_bootstrap_map_interval():

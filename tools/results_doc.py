@@ -88,13 +88,14 @@ def render(demo: dict, spread: dict | None, test_size: dict | None = None, mura_
 
 
 def settings_differences(demo: dict, spread: dict) -> str:
-    """The demo settings (other than the seed) in which the spread's runs differ from the demo's run, as
-    "`name` theirs -> the demo's" (a setting their version did not record has the value it had then,
-    :func:`~detx.workflows.demo.with_unrecorded`); empty when none."""
-    from detx.workflows.demo import with_unrecorded
+    """The demo settings (other than the seed and the additive ones, which change no number of the demo's own) in
+    which the spread's runs differ from the demo's run, as "`name` theirs -> the demo's" (a setting their version did
+    not record has the value it had then, :func:`~detx.workflows.demo.with_unrecorded`); empty when none."""
+    from detx.workflows.demo import ADDITIVE_SETTINGS, with_unrecorded
 
     now = with_unrecorded(demo["settings"])
-    now.pop("seed", None)
+    for k in ("seed", *ADDITIVE_SETTINGS):
+        now.pop(k, None)
     seen: dict[str, set] = {}
     for run in spread["runs"]:
         theirs = with_unrecorded(run.get("settings") or {}, now.get("dataset", "vindr-cxr"))

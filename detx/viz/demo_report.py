@@ -32,6 +32,8 @@ NUMBER_LABELS = {
     "test_mAP40": "challenge mAP@0.4 on the synthetic test set",
     "test_auc": "image-level AUC on the synthetic test set (No finding from the CNN)",
     "test_auc_detection": "image-level AUC on the test set, P(abnormal) from the detections instead",
+    "cnn_auc_lung_crops": "CNN classifier P(abnormal) AUC on lung crops (held-out fold)",
+    "cnn_auc_macro_lung_crops": "CNN classifier macro AUC on lung crops (held-out fold)",
     "image_auc": "image-level ROC AUC (official valid split)",
     "study_auc": "study-level ROC AUC (a study's P = mean of its images')",
     "study_sensitivity": "study-level sensitivity (Youden threshold)",
@@ -120,11 +122,44 @@ def readers_section(verdicts: Mapping[str, Mapping[str, Any] | None], readers_di
     return lines
 
 
+def lung_crops_section(facts: Mapping[str, Any], p: Mapping[str, Path], numbers: Mapping[str, float | None],
+                       base: Path) -> list[str]:
+    """The report's comparison of the CNN on lung crops with the CNN on whole images (``--lung-crops``)."""
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    def ci(v: Any) -> str:
+        return f" ({v[0]:.3f}-{v[1]:.3f})" if v else ""
+
+    whole_ci = (json.loads(Path(p["cnn_val_metrics"]).read_text()).get("image_level", {}).get("ci") or {}).get("auc")
+    n, kept = facts["held_out_images"], facts["area_kept"]
+    same = ("the same held-out images" if facts["same_held_out_images"]
+            else f"**not the same held-out images** ({n['whole']} whole, {n['crops']} crops)")
+    lines = ["## The CNN on lung crops beside the CNN on whole images", "",
+             f"The same images, generated again with the lung fields as drawn, prepared cropped to the lung box with a "
+             f"margin of {facts['margin']:.0%} (`--crop lungs`; the crops kept {kept['mean']:.0%} of an image on "
+             f"average, {kept['min']:.0%}-{kept['max']:.0%}), and the same CNN command trained on fold 0; both scored "
+             f"on {same}, {n['crops']} images. In brackets: bootstrap 95% intervals.", "",
+             "| input | P(abnormal) AUC | mean per-class AUC |", "|---|---|---|",
+             f"| whole image | {f(numbers.get('cnn_auc'))}{ci(whole_ci)} | {f(numbers.get('cnn_auc_macro'))} |",
+             f"| lung crop | {f(numbers.get('cnn_auc_lung_crops'))}{ci(facts.get('cnn_auc_ci95'))} | "
+             f"{f(numbers.get('cnn_auc_macro_lung_crops'))} |", ""]
+    if facts.get("crop_problems"):
+        lines += [f"Crop problems (prepare's summary): {facts['crop_problems']}.", ""]
+    whole_roc, crop_roc = Path(p["cnn_val_plots"]) / "roc.png", Path(p["lung_cnn_val_plots"]) / "roc.png"
+    if whole_roc.exists() and crop_roc.exists():
+        lines += ["| whole image | lung crop |", "|---|---|",
+                  f"| ![whole-image CNN ROC]({_rel(whole_roc, base)}) | ![lung-crop CNN ROC]({_rel(crop_roc, base)}) |",
+                  ""]
+    return lines
+
+
 def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str, float | None],
-                      timings: Mapping[str, float], readers: Mapping[str, Mapping[str, Any] | None] | None = None
-                      ) -> Path:
+                      timings: Mapping[str, float], readers: Mapping[str, Mapping[str, Any] | None] | None = None,
+                      lung_crops: Mapping[str, Any] | None = None) -> Path:
     """Write ``report.md`` (and ``ap_per_class.png``) beside the demo outputs; return the report path. ``readers``:
-    the readers tool's verdicts (``{"synthetic": ..., "real": ...}``) for the readers section."""
+    the readers tool's verdicts (``{"synthetic": ..., "real": ...}``) for the readers section; ``lung_crops``: the
+    facts of the lung-crop comparison (``detx.workflows.demo.lung_crop_facts``), for its section."""
     report: Path = p["report"]
     base = report.parent
     val = json.loads(Path(p["val_metrics"]).read_text())
@@ -159,6 +194,8 @@ def write_demo_report(settings: Any, p: Mapping[str, Path], numbers: Mapping[str
                   "Left: the CNN's P(abnormal); right: P(abnormal) from the detector's boxes (max rule), on the same "
                   "held-out images.", "", "| CNN | from detections |", "|---|---|",
                   f"| ![CNN ROC]({_rel(cnn_roc, base)}) | ![detection ROC]({_rel(plots / 'roc.png', base)}) |", ""]
+    if lung_crops:
+        lines += lung_crops_section(lung_crops, p, numbers, base)
     heat_dir = Path(p["heatmaps"])
     if (heat_dir / "summary.json").exists():
         summary = json.loads((heat_dir / "summary.json").read_text())

@@ -94,13 +94,21 @@ class DemoSettings:
     seed: int = 0
     max_iter: int = 300
     eval_period: int = 100
-    cls_max_iter: int = 240
+    # the CNN's schedule: 400 iterations (the tiny config's step to a tenth of the rate at 250 inside the run) with the
+    # detector's stem, res2 and res3 kept as they are (MODEL.BACKBONE.FREEZE_AT 3, which pays for most of the longer
+    # run): on the seeds 0-2 sets it reaches the detections' P(abnormal) on 400 new test images and a pointing game of
+    # at least 0.5 (240 iterations, nothing frozen: 0.01-0.10 below; benchmarks/chest_cls_recipe.py, docs/classifiers.md)
+    cls_max_iter: int = 400
+    cls_freeze_at: int = 3
     # the CNN's pooling (MODEL.CLASSIFIER.POOL): log-sum-exp over its class activation map, so its Grad-CAM points
     # at the finding (average pooling pointed at the image's lower edge: pointing game 0 of 20; docs/classifiers.md)
     cls_pool: str = "lse"
     # the backbone stage the CNN pools (MODEL.CLASSIFIER.IN_FEATURE): res5 (8 x 8 cells at 256 px) or res4 (16 x 16);
     # on the chest demo neither is better over seeds 0-2 (benchmarks/chest_cls_recipe.py, docs/classifiers.md)
     cls_feature: str = "res5"
+    # also train the CNN on lung-field crops of the same images and show it beside the whole-image one (chest demo
+    # only; about 3.5 more minutes). Additive: it adds files and leaves every other one as it is (ADDITIVE_SETTINGS)
+    lung_crops: bool = False
     tta: tuple[str, ...] = ("hflip",)
     workers: int = 2
     extra_train_opts: tuple[str, ...] = ()
@@ -130,12 +138,24 @@ class DemoSettings:
             raise InputError(f"cls_pool must be avg, max or lse, got {self.cls_pool!r}")
         if self.cls_feature not in CLS_FEATURES:
             raise InputError(f"cls_feature must be one of {', '.join(CLS_FEATURES)}, got {self.cls_feature!r}")
+        if not 0 <= self.cls_freeze_at <= 5:
+            raise InputError(f"cls_freeze_at must be 0 (train every layer) to 5 (freeze the whole ResNet), got "
+                             f"{self.cls_freeze_at}")
+        if self.lung_crops and self.dataset != "vindr-cxr":
+            raise InputError(f"lung_crops needs the chest demo (vindr-cxr: the generator draws lungs), not {self.dataset}")
 
     def cls_feature_opts(self) -> list[str]:
-        """The classifier's options that pool :attr:`cls_feature` (the backbone is built up to that stage)."""
+        """The classifier's options that pool :attr:`cls_feature` (the backbone is built up to that stage) and keep
+        the stages up to :attr:`cls_freeze_at` as they start."""
         return ["MODEL.RESNETS.OUT_FEATURES", f"['{self.cls_feature}']", "MODEL.CLASSIFIER.IN_FEATURE",
-                self.cls_feature]
+                self.cls_feature, "MODEL.BACKBONE.FREEZE_AT", str(self.cls_freeze_at)]
 
+
+#: settings that only add steps and files: a folder made without them is reused with them (and the other way round)
+ADDITIVE_SETTINGS: tuple[str, ...] = ("lung_crops",)
+
+#: the lung box's margin, as a fraction of its size, when the demo crops to the lung fields (``--crop-margin``)
+LUNG_CROP_MARGIN = 0.05
 
 #: the backbone stages the demo's CNN can pool (``--cls-feature``)
 CLS_FEATURES: tuple[str, ...] = ("res4", "res5")
@@ -145,9 +165,11 @@ CLS_FEATURES: tuple[str, ...] = ("res4", "res5")
 #: (at 120 training images and 240 iterations it stayed at chance; docs/classifiers.md) and with average pooling
 #: (log-sum-exp pooling from scratch stayed at chance on two seeds of three; mura_cls_tiny.yaml says the rest).
 #: Its 300 valid images make the study-level AUC a number rather than a coin (40 images are about 18 studies).
+#: The spine demo's CNN keeps the schedule it was measured with (the chest one's was not tried on it).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mura": {"n_train": 1200, "n_test": 300, "cls_max_iter": 1000, "eval_period": 250, "cls_pool": "avg",
-             "cls_feature": "res4"},
+             "cls_feature": "res4", "cls_freeze_at": 0},
+    "spinexr": {"cls_max_iter": 240, "cls_freeze_at": 0},
 }
 
 
@@ -156,7 +178,8 @@ def with_unrecorded(settings: dict[str, Any], dataset: str = "vindr-cxr") -> dic
     the value runs made before them used: the demo pooled the stage its dataset's default pools now. ``dataset``
     applies when the record names none."""
     ds = settings.get("dataset", dataset)
-    added = {"cls_feature": DATASET_DEFAULTS.get(ds, {}).get("cls_feature", DemoSettings.cls_feature)}
+    added = {"cls_feature": DATASET_DEFAULTS.get(ds, {}).get("cls_feature", DemoSettings.cls_feature),
+             "cls_freeze_at": 0, "lung_crops": False}
     return {**settings, **{k: v for k, v in added.items() if k not in settings}}
 
 
@@ -197,6 +220,15 @@ def paths(s: DemoSettings) -> dict[str, Path]:
         "valid_metrics": o / "valid" / "metrics.json",
         "valid_plots": o / "valid" / "plots",
         "readers": o / "readers",
+        # --lung-crops: the same images generated again with their lung masks, prepared cropped to the lung fields,
+        # and the same CNN trained on them
+        "lung_raw": o / "lung_crops" / "raw",
+        "lung_prepared": o / "lung_crops" / "prepared",
+        "lung_val_json": o / "lung_crops" / "prepared" / "annotations" / "val_fold0.json",
+        "lung_cls_train": o / "lung_crops" / "cls_train",
+        "lung_cnn_val": o / "lung_crops" / "val" / "cnn_classification.csv",
+        "lung_cnn_val_metrics": o / "lung_crops" / "val" / "cnn_metrics.json",
+        "lung_cnn_val_plots": o / "lung_crops" / "val" / "cnn_plots",
         "report": o / "report.md",
         "results": o / "results.json",
     }
@@ -261,6 +293,64 @@ def detection_test_cmd(s: DemoSettings, dicom_dir: Path, out: Path, cache: Path)
             "--out", str(out), "--classifier", str(p["classifier"]), "--cache-dir", str(cache)]
 
 
+def cnn_training_cmd(s: DemoSettings, data_root: Path, out: Path) -> list[str]:
+    """The chest/spine demo's CNN training on fold 0 of ``data_root`` into ``out`` (``--resume`` when a run there was
+    stopped), initialised from the demo detector's best weights."""
+    d = DATASETS[s.dataset]
+    cmd = [
+        s.python, "tools/train_net.py", "--config-file", d["cls_config"],
+        "DETX.DATA_ROOT", str(data_root), "DETX.FOLD", "0", "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu",
+        "MODEL.CLASSIFIER.NUM_CLASSES", d["cls_classes"], "SOLVER.MAX_ITER", str(s.cls_max_iter),
+        "MODEL.CLASSIFIER.POOL", s.cls_pool, *s.cls_feature_opts(),
+        "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
+        "INPUT.MIN_SIZE_TRAIN", f"({s.size},)", "INPUT.MAX_SIZE_TRAIN", str(s.size), "INPUT.MIN_SIZE_TEST",
+        str(s.size), "INPUT.MAX_SIZE_TEST", str(s.size),
+        # the classifier starts from the detector's backbone (its FPN bottom-up ResNet-18, the same family as the tiny
+        # classifier's): it has learnt the findings from every box (docs/classifiers.md)
+        "MODEL.WEIGHTS", str(paths(s)["train"] / "model_best.pth"),
+    ]
+    if (out / "last_checkpoint").exists() and not (out / "model_final.pth").exists():
+        cmd.insert(4, "--resume")
+    return cmd
+
+
+def generate_cmd(s: DemoSettings, out: Path, *extra: str) -> list[str]:
+    """The demo's synthetic data (chest or spine) written to ``out``."""
+    return [s.python, "-m", "detx.synthetic", "--out", str(out), "--dataset", s.dataset, "--n-train", str(s.n_train),
+            "--n-test", str(s.n_test), "--seed", str(s.seed), "--min-size", str(s.min_size), "--max-size",
+            str(s.max_size), *extra]
+
+
+def lung_crop_steps(s: DemoSettings) -> list[Step]:
+    """``--lung-crops``: the demo's images generated again with the lung fields as drawn (the generator writes the same
+    other bytes with or without masks), prepared cropped to the lung box with a margin, and the demo's CNN trained and
+    evaluated on fold 0 of the crops, the same held-out images as the whole-image CNN (checked in the report)."""
+    d = DATASETS[s.dataset]
+    p = paths(s)
+    py, raw, prepared, cls_train = s.python, p["lung_raw"], p["lung_prepared"], p["lung_cls_train"]
+    return [
+        Step("lung crops: generate the same images with their lung masks",
+             generate_cmd(s, raw, "--lung-masks"), [raw / d["train_csv"], raw / "lung_masks" / "train"]),
+        Step("lung crops: prepare the training images cropped to their lung fields",
+             [py, d["prepare"], "--csv", str(raw / d["train_csv"]), "--dicom-dir", str(raw / d["train_dir"]),
+              "--out", str(prepared), "--size", str(s.size), "--folds", str(s.folds), "--seed", str(s.seed),
+              "--workers", str(s.workers), "--crop", "lungs", "--crop-margin", str(LUNG_CROP_MARGIN), "--lung-masks",
+              str(raw / "lung_masks" / "train")],
+             [prepared / "annotations" / "all.json", p["lung_val_json"]]),
+        Step("lung crops: train the same CNN on fold 0 of the crops (CPU)", cnn_training_cmd(s, prepared, cls_train),
+             [cls_train / "model_final.pth", cls_train / "model_best.pth"], console_filter=TRAIN_CONSOLE),
+        Step("lung crops: classify the held-out fold 0 crops",
+             [py, "tools/predict.py", "--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
+              str(cls_train / "model_best.pth"), "--tta", *s.tta, "--input", str(p["lung_val_json"]),
+              "--classification-out", str(p["lung_cnn_val"])],
+             [p["lung_cnn_val"]]),
+        Step("lung crops: evaluate the CNN on the held-out crops",
+             [py, "tools/evaluate.py", "--gt", str(p["lung_val_json"]), "--pred", str(p["lung_cnn_val"]),
+              "--out", str(p["lung_cnn_val_metrics"]), "--plots", str(p["lung_cnn_val_plots"])],
+             [p["lung_cnn_val_metrics"]]),
+    ]
+
+
 def build_steps(s: DemoSettings) -> list[Step]:
     """The demo's commands, in order, with the files that mark each as done."""
     if s.dataset == "mura":
@@ -281,28 +371,11 @@ def build_steps(s: DemoSettings) -> list[Step]:
     predict_common = [py, "tools/predict.py", "--config-file", str(train / "config.yaml"), "--weights", str(weights),
                       "--tta", *s.tta]
     cls_train = p["cls_train"]
-    cls_cmd = [
-        py, "tools/train_net.py", "--config-file", d["cls_config"],
-        "DETX.DATA_ROOT", str(prepared), "DETX.FOLD", "0", "OUTPUT_DIR", str(cls_train), "MODEL.DEVICE", "cpu",
-        "MODEL.CLASSIFIER.NUM_CLASSES", d["cls_classes"], "SOLVER.MAX_ITER", str(s.cls_max_iter),
-        "MODEL.CLASSIFIER.POOL", s.cls_pool, *s.cls_feature_opts(),
-        "TEST.EVAL_PERIOD", str(s.eval_period), "SOLVER.CHECKPOINT_PERIOD", str(s.eval_period), "SEED", str(s.seed),
-        "INPUT.MIN_SIZE_TRAIN", f"({s.size},)", "INPUT.MAX_SIZE_TRAIN", str(s.size), "INPUT.MIN_SIZE_TEST",
-        str(s.size), "INPUT.MAX_SIZE_TEST", str(s.size),
-        # the classifier starts from the detector's backbone (its FPN bottom-up ResNet-18, the same family as the tiny
-        # classifier's): it has learnt the findings from every box (docs/classifiers.md)
-        "MODEL.WEIGHTS", str(weights),
-    ]
-    if (cls_train / "last_checkpoint").exists() and not (cls_train / "model_final.pth").exists():
-        cls_cmd.insert(4, "--resume")
+    cls_cmd = cnn_training_cmd(s, prepared, cls_train)
     cnn = ["--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
            str(cls_train / "model_best.pth")]
     return [
-        Step("generate synthetic DICOMs and reader CSVs",
-             [py, "-m", "detx.synthetic", "--out", str(raw), "--dataset", s.dataset, "--n-train", str(s.n_train),
-              "--n-test", str(s.n_test), "--seed", str(s.seed), "--min-size", str(s.min_size),
-              "--max-size", str(s.max_size)],
-             [raw / d["train_csv"], raw / d["test_gt"]]),
+        Step("generate synthetic DICOMs and reader CSVs", generate_cmd(s, raw), [raw / d["train_csv"], raw / d["test_gt"]]),
         Step("the readers tool on the synthetic readers (panels, styles, outliers, the human baseline)",
              [py, "tools/readers.py", "--csv", str(raw / d["train_csv"]), "--out", str(p["readers"])],
              [p["readers"] / "readers.json"]),
@@ -354,6 +427,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
              [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["det_submission"]),
               "--out", str(p["det_test_metrics"])],
              [p["det_test_metrics"]]),
+        *(lung_crop_steps(s) if s.lung_crops else []),
     ]
 
 
@@ -391,8 +465,9 @@ def mura_numbers(p: dict[str, Path]) -> dict[str, float | None]:
             "study_specificity": st.get("specificity"), "study_kappa": st.get("kappa")}
 
 
-def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
-    """The numbers printed at the end and put at the top of the report."""
+def key_numbers(p: dict[str, Path], lung_crops: bool = False) -> dict[str, float | None]:
+    """The numbers printed at the end and put at the top of the report (with ``lung_crops``, the CNN's on the
+    lung crops too)."""
     val = json.loads(p["val_metrics"].read_text())
     test = json.loads(p["test_metrics"].read_text())
     clf = json.loads(p["classifier"].read_text())
@@ -418,7 +493,34 @@ def key_numbers(p: dict[str, Path]) -> dict[str, float | None]:
         "test_mAP40": test.get("mAP40"),
         "test_auc": (test.get("image_level") or {}).get("auc"),
         "test_auc_detection": (det_test.get("image_level") or {}).get("auc"),
+        **(lung_crop_numbers(p) if lung_crops else {}),
     }
+
+
+def lung_crop_numbers(p: dict[str, Path]) -> dict[str, float | None]:
+    """The CNN's held-out AUCs on the lung crops (``--lung-crops``)."""
+    il = json.loads(p["lung_cnn_val_metrics"].read_text()).get("image_level", {})
+    return {"cnn_auc_lung_crops": il.get("auc"), "cnn_auc_macro_lung_crops": il.get("auc_macro")}
+
+
+def lung_crop_facts(p: dict[str, Path]) -> dict[str, Any]:
+    """What the lung-crop comparison rests on: whether both CNNs were scored on the same held-out images, how much of
+    each image the crops kept, the crops' problems, and the AUC interval of the crop CNN."""
+    import pandas as pd
+
+    def held_out(val_json: Path) -> set[str]:
+        return {str(im.get("image_uid") or Path(im["file_name"]).stem) for im in json.loads(val_json.read_text())["images"]}
+
+    whole, crops = held_out(p["val_json"]), held_out(p["lung_val_json"])
+    meta = pd.read_csv(p["lung_prepared"] / "meta.csv", dtype={"image_id": str})
+    kept = ((meta["crop_x1"] - meta["crop_x0"]) * (meta["crop_y1"] - meta["crop_y0"])
+            / (meta["orig_width"] * meta["orig_height"]))
+    summary = json.loads((p["lung_prepared"] / "summary.json").read_text())
+    il = json.loads(p["lung_cnn_val_metrics"].read_text()).get("image_level", {})
+    return {"held_out_images": {"whole": len(whole), "crops": len(crops)}, "same_held_out_images": whole == crops,
+            "margin": LUNG_CROP_MARGIN,
+            "area_kept": {"mean": float(kept.mean()), "min": float(kept.min()), "max": float(kept.max())},
+            "crop_problems": summary.get("problems", {}), "cnn_auc_ci95": (il.get("ci") or {}).get("auc")}
 
 
 def readers_verdicts(s: DemoSettings, p: dict[str, Path]) -> dict[str, dict[str, Any] | None]:
@@ -470,9 +572,10 @@ def headline_intervals(s: DemoSettings, p: dict[str, Path], n_boot: int = N_BOOT
 
 
 def write_results(s: DemoSettings, p: dict[str, Path], numbers: dict[str, float | None],
-                  timings: dict[str, float]) -> dict[str, Any]:
+                  timings: dict[str, float], lung_crops: dict[str, Any] | None = None) -> dict[str, Any]:
     """``results.json``: the key numbers, the bootstrap 95% intervals of the headline ones, the settings and the
-    environment that made them (the README and docs/results.md quote this file, through tools/results_doc.py)."""
+    environment that made them (the README and docs/results.md quote this file, through tools/results_doc.py);
+    ``lung_crops``: :func:`lung_crop_facts` when the demo ran with them."""
     import platform
     from importlib import metadata
 
@@ -496,13 +599,18 @@ def write_results(s: DemoSettings, p: dict[str, Path], numbers: dict[str, float 
     before = old.get("step_seconds") or {}
     step_seconds = {name: round(secs if secs > 0 else float(before.get(name, 0.0)), 1)
                     for name, secs in timings.items()}
-    seconds = round(sum(step_seconds.values()), 1)
+    # the demo's own time; the opt-in lung-crop comparison's is kept beside it, so the two stay comparable
+    extra = {st.name for st in lung_crop_steps(s)} if s.lung_crops else set()
+    seconds = round(sum(v for k, v in step_seconds.items() if k not in extra), 1)
+    if lung_crops is not None:
+        lung_crops = {**lung_crops, "seconds": round(sum(v for k, v in step_seconds.items() if k in extra), 1)}
     if seconds == 0 and not before:  # everything reused from a results.json written before step_seconds existed
         seconds = float(old.get("seconds") or 0.0)
     results = {
         "numbers": numbers,
         "ci95": headline_intervals(s, p) if s.dataset != "mura" else {},
         "n_boot": N_BOOT,
+        **({"lung_crops": lung_crops} if lung_crops else {}),
         "settings": s.recorded(),
         # a step reused from an earlier run keeps the seconds it took then: "seconds" is what making these files took
         "step_seconds": step_seconds,
@@ -540,7 +648,7 @@ def check_settings(s: DemoSettings, fresh: bool = False) -> None:
             before = {}
         before = with_unrecorded(before, s.dataset)  # made before a setting was recorded: its value then
         now = s.recorded()
-        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v and k not in ADDITIVE_SETTINGS}
         if diff:
             changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise InputError(f"{s.out} holds a demo made with other settings ({changes}); its results would be "
@@ -575,9 +683,10 @@ def run_demo(s: DemoSettings, quiet: bool = False, fresh: bool = False) -> dict[
         numbers = mura_numbers(p)
         write_mura_report(s, p, numbers, timings)
     else:
-        numbers = key_numbers(p)
-        write_demo_report(s, p, numbers, timings, readers=readers_verdicts(s, p))
-    results = write_results(s, p, numbers, timings)
+        numbers = key_numbers(p, lung_crops=s.lung_crops)
+        lungs = lung_crop_facts(p) if s.lung_crops else None
+        write_demo_report(s, p, numbers, timings, readers=readers_verdicts(s, p), lung_crops=lungs)
+    results = write_results(s, p, numbers, timings, lung_crops=lungs if s.dataset != "mura" else None)
     numbers_total = time.monotonic() - t_start
     print(f"\nreport: {p['report']}\nresults: {p['results']}\nsubmission: {p['submission']}\n"
           f"total time: {numbers_total:.0f} s\n")
@@ -609,6 +718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"the image classifier's MODEL.CLASSIFIER.POOL, {default('cls_pool')}")
     parser.add_argument("--cls-feature", default=None, choices=list(CLS_FEATURES),
                         help=f"the backbone stage the image classifier pools, {default('cls_feature')}")
+    parser.add_argument("--cls-freeze-at", type=int, default=None, choices=range(6), metavar="{0..5}",
+                        help="the image classifier's MODEL.BACKBONE.FREEZE_AT (stages kept as they start), "
+                             f"{default('cls_freeze_at')}")
+    parser.add_argument("--lung-crops", action="store_true",
+                        help="chest demo: also train the CNN on lung-field crops and show it beside the whole-image "
+                             "one (about 3.5 more minutes; an existing demo folder is reused)")
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
     parser.add_argument("--quiet", action="store_true", help="only the step headers and the final numbers")
     parser.add_argument("--fresh", action="store_true",
@@ -619,7 +734,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = DemoSettings.for_dataset(args.dataset, out=Path(args.out), n_train=args.n_train, n_test=args.n_test,
                                      size=args.size, max_iter=args.max_iter, eval_period=args.eval_period,
                                      cls_max_iter=args.cls_max_iter, cls_pool=args.cls_pool,
-                                     cls_feature=args.cls_feature, seed=args.seed)
+                                     cls_feature=args.cls_feature, cls_freeze_at=args.cls_freeze_at,
+                                     lung_crops=args.lung_crops or None,
+                                     seed=args.seed)
         run_demo(s, quiet=args.quiet, fresh=args.fresh)
     except DetxError as e:
         print(f"demo: {e}", file=sys.stderr)
