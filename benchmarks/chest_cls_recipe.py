@@ -28,9 +28,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from logged_run import run_logged, slug, trained_once  # noqa: E402
+from logged_run import run_logged, slug, trained_once, variant_cmd  # noqa: E402
 
-from detx.workflows.demo import DATASETS, DemoSettings, Step, build_steps, detection_test_cmd, paths  # noqa: E402
+from detx.workflows.demo import (  # noqa: E402
+    DATASETS,
+    DemoSettings,
+    Step,
+    build_steps,
+    classify_cmd,
+    detection_test_cmd,
+    evaluate_cmd,
+    gradcam_cmd,
+    paths,
+)
 
 #: the demo's CNN settings the variants change: the demo's until this study chose "400 iterations, stem to res3
 #: frozen" (its default since 2026-12-08); pinned, so that every variant keeps its meaning and its finished run
@@ -69,35 +79,24 @@ def classifier_step(s: DemoSettings) -> Step:
 
 def training_cmd(s: DemoSettings, out: Path, overrides: list[str]) -> list[str]:
     """The chest demo's classifier training command, writing to ``out`` (no resume), with ``overrides`` appended."""
-    cmd = [str(c) for c in classifier_step(s).cmd if c != "--resume"]
-    cmd[cmd.index("OUTPUT_DIR") + 1] = str(out)
-    return [*cmd, "SOLVER.CHECKPOINT_PERIOD", str(10 ** 9), *overrides]
+    return variant_cmd(classifier_step(s).cmd, out, overrides)
 
 
 def scoring_cmds(s: DemoSettings, run: Path, large: Path) -> dict[str, list[str]]:
     """How a variant's ``model_best.pth`` is scored, with the demo's own tools and TTA: classify the held-out fold,
     the test DICOM folder and the larger test set in ``large``, evaluate them, and Grad-CAM on the held-out fold."""
-    p, d, py = paths(s), DATASETS[s.dataset], s.python
-    cnn = ["--classifier-config", str(run / "config.yaml"), "--classifier-weights", str(run / "model_best.pth"),
-           "--tta", *s.tta]
+    p, d = paths(s), DATASETS[s.dataset]
     return {
-        "classify held-out": [py, "tools/predict.py", *cnn, "--input", str(p["val_json"]),
-                              "--classification-out", str(run / "valid_cls.csv")],
-        "score held-out": [py, "tools/evaluate.py", "--gt", str(p["val_json"]), "--pred", str(run / "valid_cls.csv"),
-                           "--out", str(run / "valid_metrics.json")],
-        "classify test": [py, "tools/predict.py", *cnn, "--input", str(p["raw"] / d["test_dir"]), "--dicom-size",
-                          str(s.size), "--cache-dir", str(p["cache"]), "--classification-out",
-                          str(run / "test_cls.csv")],
-        "score test": [py, "tools/evaluate.py", "--gt", str(p["raw"] / d["test_gt"]), "--pred",
-                       str(run / "test_cls.csv"), "--out", str(run / "test_metrics.json")],
-        "classify large test": [py, "tools/predict.py", *cnn, "--input", str(large / "raw" / "test"), "--dicom-size",
-                                str(s.size), "--cache-dir", str(large / "cache"), "--classification-out",
-                                str(run / "large_cls.csv")],
-        "score large test": [py, "tools/evaluate.py", "--gt", str(large / "raw" / "test_ground_truth.csv"), "--pred",
-                             str(run / "large_cls.csv"), "--out", str(run / "large_metrics.json")],
-        "grad-cam": [py, "tools/explain.py", "--config-file", str(run / "config.yaml"), "--weights",
-                     str(run / "model_best.pth"), "--input", str(p["val_json"]), "--out", str(run / "heatmaps"),
-                     "--method", "gradcam"],
+        "classify held-out": classify_cmd(s, run, p["val_json"], run / "valid_cls.csv"),
+        "score held-out": evaluate_cmd(s, p["val_json"], run / "valid_cls.csv", run / "valid_metrics.json"),
+        "classify test": classify_cmd(s, run, p["raw"] / d["test_dir"], run / "test_cls.csv", "--dicom-size",
+                                      str(s.size), "--cache-dir", str(p["cache"])),
+        "score test": evaluate_cmd(s, p["raw"] / d["test_gt"], run / "test_cls.csv", run / "test_metrics.json"),
+        "classify large test": classify_cmd(s, run, large / "raw" / "test", run / "large_cls.csv", "--dicom-size",
+                                            str(s.size), "--cache-dir", str(large / "cache")),
+        "score large test": evaluate_cmd(s, large / "raw" / "test_ground_truth.csv", run / "large_cls.csv",
+                                         run / "large_metrics.json"),
+        "grad-cam": gradcam_cmd(s, run, p["val_json"], run / "heatmaps"),
     }
 
 
@@ -110,8 +109,8 @@ def large_test_cmds(s: DemoSettings, work: Path, n: int, seed: int) -> dict[str,
                      "--n-test", str(n), "--seed", str(seed), "--min-size", str(s.min_size), "--max-size",
                      str(s.max_size)],
         "detect": detection_test_cmd(s, work / "raw" / "test", work / "det_submission.csv", work / "cache"),
-        "score": [py, "tools/evaluate.py", "--gt", str(work / "raw" / "test_ground_truth.csv"), "--pred",
-                  str(work / "det_submission.csv"), "--out", str(work / "det_metrics.json")],
+        "score": evaluate_cmd(s, work / "raw" / "test_ground_truth.csv", work / "det_submission.csv",
+                              work / "det_metrics.json"),
     }
 
 
@@ -178,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chest demo set, seed {s.seed}, {s.cls_max_iter} classifier iterations. Reference, AUC of P(abnormal) from "
           f"the detections: {f(reference)} on the demo's {s.n_test} test images, {f(large_reference)} on "
           f"{args.n_large} new ones (goal: the CNN within 0.03, pointing game >= 0.5)")
-    print(f"  {'variant':<38} {'held-out AUC':>12} {'test AUC':>9} {f'{args.n_large} new':>9} {'pointing':>9} "
+    w = max([38, *map(len, rows)])
+    print(f"  {'variant':<{w}} {'held-out AUC':>12} {'test AUC':>9} {f'{args.n_large} new':>9} {'pointing':>9} "
           f"{'CPU s':>7}")
     for name, r in rows.items():
-        print(f"  {name:<38} {f(r['held_out_auc']):>12} {f(r['test_auc']):>9} {f(r['large_test_auc']):>9} "
+        print(f"  {name:<{w}} {f(r['held_out_auc']):>12} {f(r['test_auc']):>9} {f(r['large_test_auc']):>9} "
               f"{f(r['pointing_game']):>9} {'-' if r['cpu_s'] is None else round(r['cpu_s']):>7}")
     if args.json:
         Path(args.json).write_text(json.dumps({"seed": s.seed, "settings": s.recorded(), "reference_test_auc": reference,

@@ -41,6 +41,15 @@ def slug(name: str) -> str:
     return re.sub(r"[^0-9a-z.]+", "_", name.lower()).strip("_")
 
 
+def variant_cmd(demo_cmd: list, out: Path, overrides: list[str]) -> list[str]:
+    """A demo training command retrained as a benchmark variant: writing to ``out``, never resuming (a variant run is
+    trained whole, :func:`trained_once`), no periodic checkpoints, with ``overrides`` appended (detectron2's later
+    ``KEY VALUE`` wins)."""
+    cmd = [str(c) for c in demo_cmd if str(c) != "--resume"]
+    cmd[cmd.index("OUTPUT_DIR") + 1] = str(out)
+    return [*cmd, "SOLVER.CHECKPOINT_PERIOD", str(10 ** 9), *overrides]
+
+
 def trained_once(cmd: list, run: Path, log: Path) -> float | None:
     """Run the training ``cmd`` (which writes ``run/model_final.pth``) unless that file exists; returns the CPU
     seconds the training used, kept in ``run/cpu_seconds.txt`` so that a reused run still reports its cost (None for

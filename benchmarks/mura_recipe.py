@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from logged_run import run_logged, slug, trained_once  # noqa: E402
+from logged_run import run_logged, slug, trained_once, variant_cmd  # noqa: E402
 
 from detx.viz.curves import read_metrics, series  # noqa: E402
 from detx.workflows.demo import DemoSettings, mura_steps  # noqa: E402
@@ -46,10 +46,8 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def training_cmd(s: DemoSettings, out: Path, overrides: list[str]) -> list[str]:
-    """The MURA demo's classifier training command, writing to ``out``, with ``overrides`` appended."""
-    cmd = [str(c) for c in mura_steps(s)[2].cmd]
-    cmd[cmd.index("OUTPUT_DIR") + 1] = str(out)
-    return [*cmd, "SOLVER.CHECKPOINT_PERIOD", str(10 ** 9), *overrides]
+    """The MURA demo's classifier training command, writing to ``out`` (no resume), with ``overrides`` appended."""
+    return variant_cmd(mura_steps(s)[2].cmd, out, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -262,15 +262,32 @@ def mura_steps(s: DemoSettings) -> list[Step]:
         Step("train the tiny normal/abnormal classifier on fold 0 (CPU)", cls_cmd,
              [cls_train / "model_final.pth", cls_train / "model_best.pth"], console_filter=TRAIN_CONSOLE),
         Step("classify the official valid split",
-             [py, "tools/predict.py", "--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
-              str(cls_train / "model_best.pth"), "--tta", *s.tta, "--input", str(prepared / "annotations" / "valid.json"),
-              "--classification-out", str(p["valid_cls"])],
-             [p["valid_cls"]]),
+             classify_cmd(s, cls_train, prepared / "annotations" / "valid.json", p["valid_cls"]), [p["valid_cls"]]),
         Step("evaluate per image, per study (mean of its images) and per body part",
-             [py, "tools/evaluate.py", "--gt", str(prepared / "annotations" / "valid.json"), "--pred",
-              str(p["valid_cls"]), "--out", str(p["valid_metrics"]), "--plots", str(p["valid_plots"])],
+             evaluate_cmd(s, prepared / "annotations" / "valid.json", p["valid_cls"], p["valid_metrics"],
+                          p["valid_plots"]),
              [p["valid_metrics"]]),
     ]
+
+
+def classify_cmd(s: DemoSettings, cls_train: Path, inputs: Path, out: Path, *extra: str) -> list[str]:
+    """The CNN trained in ``cls_train`` (its best weights, ``s.tta``) classifying ``inputs`` (a COCO JSON, or a DICOM
+    folder with ``extra`` options) to the classification CSV ``out``."""
+    return [s.python, "tools/predict.py", "--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
+            str(cls_train / "model_best.pth"), "--tta", *s.tta, "--input", str(inputs), *extra, "--classification-out",
+            str(out)]
+
+
+def evaluate_cmd(s: DemoSettings, gt: Path, pred: Path, out: Path, plots: Path | None = None) -> list[str]:
+    """``tools/evaluate.py`` scoring ``pred`` against ``gt`` to ``out`` (and its plots to ``plots``)."""
+    return [s.python, "tools/evaluate.py", "--gt", str(gt), "--pred", str(pred), "--out", str(out),
+            *(["--plots", str(plots)] if plots is not None else [])]
+
+
+def gradcam_cmd(s: DemoSettings, cls_train: Path, inputs: Path, out: Path) -> list[str]:
+    """Grad-CAM heatmaps (and the pointing game) of the CNN trained in ``cls_train`` on ``inputs``, to ``out``."""
+    return [s.python, "tools/explain.py", "--config-file", str(cls_train / "config.yaml"), "--weights",
+            str(cls_train / "model_best.pth"), "--input", str(inputs), "--out", str(out), "--method", "gradcam"]
 
 
 def test_prediction_cmd(s: DemoSettings, dicom_dir: Path, out: Path, cache: Path) -> list[str]:
@@ -340,13 +357,9 @@ def lung_crop_steps(s: DemoSettings) -> list[Step]:
         Step("lung crops: train the same CNN on fold 0 of the crops (CPU)", cnn_training_cmd(s, prepared, cls_train),
              [cls_train / "model_final.pth", cls_train / "model_best.pth"], console_filter=TRAIN_CONSOLE),
         Step("lung crops: classify the held-out fold 0 crops",
-             [py, "tools/predict.py", "--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
-              str(cls_train / "model_best.pth"), "--tta", *s.tta, "--input", str(p["lung_val_json"]),
-              "--classification-out", str(p["lung_cnn_val"])],
-             [p["lung_cnn_val"]]),
+             classify_cmd(s, cls_train, p["lung_val_json"], p["lung_cnn_val"]), [p["lung_cnn_val"]]),
         Step("lung crops: evaluate the CNN on the held-out crops",
-             [py, "tools/evaluate.py", "--gt", str(p["lung_val_json"]), "--pred", str(p["lung_cnn_val"]),
-              "--out", str(p["lung_cnn_val_metrics"]), "--plots", str(p["lung_cnn_val_plots"])],
+             evaluate_cmd(s, p["lung_val_json"], p["lung_cnn_val"], p["lung_cnn_val_metrics"], p["lung_cnn_val_plots"]),
              [p["lung_cnn_val_metrics"]]),
     ]
 
@@ -372,8 +385,6 @@ def build_steps(s: DemoSettings) -> list[Step]:
                       "--tta", *s.tta]
     cls_train = p["cls_train"]
     cls_cmd = cnn_training_cmd(s, prepared, cls_train)
-    cnn = ["--classifier-config", str(cls_train / "config.yaml"), "--classifier-weights",
-           str(cls_train / "model_best.pth")]
     return [
         Step("generate synthetic DICOMs and reader CSVs", generate_cmd(s, raw), [raw / d["train_csv"], raw / d["test_gt"]]),
         Step("the readers tool on the synthetic readers (panels, styles, outliers, the human baseline)",
@@ -391,41 +402,29 @@ def build_steps(s: DemoSettings) -> list[Step]:
               "--vis-dir", str(p["overlays"]), "--vis-num", "6"],
              [p["val_submission"]]),
         Step("evaluate the held-out fold 0",
-             [py, "tools/evaluate.py", "--gt", str(p["val_json"]), "--pred", str(p["val_submission"]),
-              "--out", str(p["val_metrics"]), "--plots", str(p["val_plots"])],
-             [p["val_metrics"]]),
+             evaluate_cmd(s, p["val_json"], p["val_submission"], p["val_metrics"], p["val_plots"]), [p["val_metrics"]]),
         Step("fit the image-level classifier on the held-out predictions",
              [py, "tools/fit_classifier.py", "--pred", str(p["val_submission"]), "--gt", str(p["val_json"]),
               "--out", str(p["classifier"])],
              [p["classifier"]]),
         Step("train the tiny image classifier (CNN) on fold 0 (CPU), initialised from the detector's backbone", cls_cmd,
              [cls_train / "model_final.pth", cls_train / "model_best.pth"], console_filter=TRAIN_CONSOLE),
-        Step("classify the held-out fold 0 with the CNN",
-             [py, "tools/predict.py", *cnn, "--tta", *s.tta, "--input", str(p["val_json"]), "--classification-out",
-              str(p["cnn_val"])],
+        Step("classify the held-out fold 0 with the CNN", classify_cmd(s, cls_train, p["val_json"], p["cnn_val"]),
              [p["cnn_val"]]),
         Step("evaluate the CNN on the held-out fold 0",
-             [py, "tools/evaluate.py", "--gt", str(p["val_json"]), "--pred", str(p["cnn_val"]),
-              "--out", str(p["cnn_val_metrics"]), "--plots", str(p["cnn_val_plots"])],
+             evaluate_cmd(s, p["val_json"], p["cnn_val"], p["cnn_val_metrics"], p["cnn_val_plots"]),
              [p["cnn_val_metrics"]]),
         Step("Grad-CAM heatmaps of the CNN on the held-out fold 0 (pointing game)",
-             [py, "tools/explain.py", "--config-file", str(cls_train / "config.yaml"), "--weights",
-              str(cls_train / "model_best.pth"), "--input", str(p["val_json"]), "--out", str(p["heatmaps"]),
-              "--method", "gradcam"],
-             [p["heatmaps"] / "summary.json"]),
+             gradcam_cmd(s, cls_train, p["val_json"], p["heatmaps"]), [p["heatmaps"] / "summary.json"]),
         Step("predict the synthetic test set (DICOM folder) to submission.csv, No finding from the CNN",
              test_prediction_cmd(s, raw / d["test_dir"], p["submission"], p["cache"]),
              [p["submission"]]),
         Step("score the test submission against the generator's test ground truth",
-             [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["submission"]),
-              "--out", str(p["test_metrics"])],
-             [p["test_metrics"]]),
+             evaluate_cmd(s, raw / d["test_gt"], p["submission"], p["test_metrics"]), [p["test_metrics"]]),
         Step("the same test submission with P(abnormal) from the detections (fitted classifier), for comparison",
              detection_test_cmd(s, raw / d["test_dir"], p["det_submission"], p["cache"]),
              [p["det_submission"]]),
-        Step("score it",
-             [py, "tools/evaluate.py", "--gt", str(raw / d["test_gt"]), "--pred", str(p["det_submission"]),
-              "--out", str(p["det_test_metrics"])],
+        Step("score it", evaluate_cmd(s, raw / d["test_gt"], p["det_submission"], p["det_test_metrics"]),
              [p["det_test_metrics"]]),
         *(lung_crop_steps(s) if s.lung_crops else []),
     ]
@@ -679,14 +678,14 @@ def run_demo(s: DemoSettings, quiet: bool = False, fresh: bool = False) -> dict[
             timings[step.name] = 0.0
             continue
         timings[step.name] = run_step(step, log_path, quiet=quiet)
+    lungs = lung_crop_facts(p) if s.lung_crops else None  # lung_crops is refused for MURA (DemoSettings)
     if s.dataset == "mura":
         numbers = mura_numbers(p)
         write_mura_report(s, p, numbers, timings)
     else:
         numbers = key_numbers(p, lung_crops=s.lung_crops)
-        lungs = lung_crop_facts(p) if s.lung_crops else None
         write_demo_report(s, p, numbers, timings, readers=readers_verdicts(s, p), lung_crops=lungs)
-    results = write_results(s, p, numbers, timings, lung_crops=lungs if s.dataset != "mura" else None)
+    results = write_results(s, p, numbers, timings, lung_crops=lungs)
     numbers_total = time.monotonic() - t_start
     print(f"\nreport: {p['report']}\nresults: {p['results']}\nsubmission: {p['submission']}\n"
           f"total time: {numbers_total:.0f} s\n")
